@@ -166,10 +166,13 @@ class Stages:
                 and all((self.out / f).exists() for f in STAGE_OUTPUTS[stage]))
 
     def start(self, stage):
-        """Forget this stage and every later one: they read what this one is about to rewrite."""
+        """Forget this stage and every later one, markers and outputs: the folder never holds a
+        train.bin from an older run beside a newer tokenizer, and a crash leaves nothing complete."""
         later = list(STAGE_KEYS)[list(STAGE_KEYS).index(stage):]
         for name in later:
             (self.dir / name).unlink(missing_ok=True)
+            for output in STAGE_OUTPUTS[name]:
+                (self.out / output).unlink(missing_ok=True)
 
     def finish(self, stage):
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -429,6 +432,16 @@ def allocate(available, weights, target):
     return quota
 
 
+def _documents_in(doc_list, split, n_tokens):
+    """How many of a source's documents (whole or cut short) the first n_tokens of a split hold."""
+    used, total = 0, 0
+    for s, n in doc_list:
+        if s == split and total < n_tokens:
+            used += 1
+            total += n
+    return used
+
+
 def encode(cfg, source_specs, out, tokenizer, stats):
     """Stage 7: tokenize curated documents, split by document, write train.bin/val.bin/meta.json."""
     dtype = np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.uint32
@@ -460,18 +473,15 @@ def encode(cfg, source_specs, out, tokenizer, stats):
         log(f"note: the curated corpus has {sum(available.values()):,} tokens, fewer than "
             f"target_tokens={cfg['target_tokens']:,}; all of it is used")
 
-    # Take each source's documents in curated order until its quota (the last one may be cut short),
-    # and lay the sources out one after another in each split, recording where each begins and ends.
-    counts = {"train": {}, "val": {}}
+    # Each source's quota is shared between train and val in proportion to what each split has, and
+    # each split takes its documents in curated order (the last one may be cut short). Sources are
+    # laid out one after another in each split; meta.json records where each begins and ends.
     keep = {}
     for name, doc_list in docs.items():
-        budget, take = quota[name], {"train": 0, "val": 0}
-        for split, n in doc_list:
-            if budget <= 0:
-                break
-            take[split] += min(n, budget)
-            budget -= min(n, budget)
-        keep[name] = take
+        have = {split: sum(n for s, n in doc_list if s == split) for split in ("train", "val")}
+        val_quota = round(quota[name] * have["val"] / max(1, available[name]))
+        keep[name] = {"val": min(have["val"], val_quota),
+                      "train": min(have["train"], quota[name] - val_quota)}
     meta_splits = {}
     for split in ("train", "val"):
         n_total = sum(keep[name][split] for name in docs)
@@ -485,12 +495,11 @@ def encode(cfg, source_specs, out, tokenizer, stats):
             n = keep[name][split]
             arr[pos:pos + n] = np.fromfile(tmp / f"{name}.{split}", dtype=dtype, count=n)
             ranges[name] = [pos, pos + n]
-            counts[split][name] = n
             pos += n
         arr.flush()
         del arr
         meta_splits[split] = {"tokens": n_total, "source_ranges": ranges,
-                              "documents": {name: sum(1 for s, _ in docs[name] if s == split)
+                              "documents": {name: _documents_in(docs[name], split, keep[name][split])
                                             for name in docs}}
     for split in ("train", "val"):  # rename only when both are complete
         os.replace(out / f"{split}.bin.tmp", out / f"{split}.bin")

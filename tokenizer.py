@@ -115,7 +115,7 @@ def train_bpe(chunk_counts, vocab_size, n_special=1, progress=None):
             continue
         merged = tokens[a] + tokens[b]
         new_id = token_ids.get(merged)
-        if new_id is None:  # the same bytes can arise from two different pairs; keep one token
+        if new_id is None:  # guard: tiktoken needs unique byte strings, so never add one twice
             new_id = len(tokens)
             tokens.append(merged)
             token_ids[merged] = new_id

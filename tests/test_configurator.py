@@ -1,0 +1,78 @@
+import pytest
+
+import configurator
+from configurator import ConfigError, parse
+
+SPEC = {
+    "dataset": ("demo", "name"),
+    "workers": (2, "processes"),
+    "learning_rate": (1e-3, "lr"),
+    "force": (False, "redo"),
+    "languages": (["en"], "codes"),
+    "seed_text": (None, "anything"),
+}
+
+
+def test_defaults_files_and_overrides_apply_left_to_right(tmp_path):
+    cfg_file = tmp_path / "c.py"
+    cfg_file.write_text("import math\nworkers = 4\nlanguages = ['en', 'fr']\n_private = 1\n")
+    cfg = parse(SPEC, [str(cfg_file), "--workers=8", "--learning_rate=1", "--force"])
+    assert cfg == {"dataset": "demo", "workers": 8, "learning_rate": 1.0, "force": True,
+                   "languages": ["en", "fr"], "seed_text": None}
+    assert isinstance(cfg["learning_rate"], float)
+
+
+def test_strings_need_no_quotes_and_numbers_stay_strings_for_string_keys():
+    assert parse(SPEC, ["--dataset=wiki"])["dataset"] == "wiki"
+    assert parse(SPEC, ["--dataset=2024"])["dataset"] == "2024"
+    assert parse(SPEC, ["--workers=1_000"])["workers"] == 1000
+
+
+def test_unknown_key_suggests_the_nearest():
+    with pytest.raises(ConfigError, match="unknown option --worker.*Did you mean 'workers'"):
+        parse(SPEC, ["--worker=2"])
+
+
+def test_unknown_key_in_config_file_names_the_file(tmp_path):
+    cfg_file = tmp_path / "bad.py"
+    cfg_file.write_text("learning_rat = 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad\.py: unknown key 'learning_rat'.*'learning_rate'"):
+        parse(SPEC, [str(cfg_file)])
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--workers=two", "workers='two' must be int"),
+    ("--workers=1.5", "workers=1.5 must be int"),
+    ("--force=1", "must be True or False"),
+    ("--languages=en", "languages='en' must be list"),
+    ("--workers", "--workers needs a value"),
+])
+def test_wrong_types_get_clear_messages(arg, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(SPEC, [arg])
+
+
+def test_broken_config_file_is_reported(tmp_path):
+    cfg_file = tmp_path / "broken.py"
+    cfg_file.write_text("workers = (\n")
+    with pytest.raises(ConfigError, match="broken.py failed to run: SyntaxError"):
+        parse(SPEC, [str(cfg_file)])
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        parse(SPEC, [str(tmp_path / "missing.py")])
+
+
+def test_help_lists_every_key(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(SPEC, ["--help"], description="Test tool.", prog="tool.py")
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "Test tool." in text
+    for key in SPEC:
+        assert f"--{key}=" in text
+
+
+def test_parse_or_exit_prints_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        configurator.parse_or_exit(SPEC, ["--nope=1"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: unknown option --nope")
