@@ -274,8 +274,88 @@ def _batched(iterable, size):
 
 
 def _histogram(lengths):
-    return np.histogram(lengths, bins=prepare_report.LENGTH_BINS + [10 ** 9])[0].tolist() if lengths else \
-        [0] * len(prepare_report.LENGTH_BINS)
+    return np.histogram(lengths, bins=prepare_report.LENGTH_BINS + [10 ** 9])[0].tolist()
+
+
+def curate_source(cfg, spec, folder, process, dedup, byte_limit):
+    """Collect, clean, filter and dedup one source into its shards; returns its statistics."""
+    name = spec["name"]
+    s = {"docs_in": 0, "docs_kept": 0, "chars_in": 0, "chars_kept": 0, "dropped": Counter(),
+         "skipped": Counter(), "cleaning": Counter(), "examples": defaultdict(list),
+         "limit_reached": False}
+    lengths_in, lengths_kept, kept_bytes = [], [], 0
+
+    def warn(kind, message):
+        s["skipped"][kind] += 1
+        if message and s["skipped"][kind] <= 20:
+            log(f"warning [{name}]: {message}")
+        elif message and s["skipped"][kind] == 21:
+            log(f"warning [{name}]: further '{kind}' warnings are counted, not shown")
+
+    documents = sources_mod.iter_source(spec, warn)
+    writer = ShardWriter(folder, name, cfg["docs_per_shard"])
+    bar = tqdm(desc=f"curate {name}", unit="doc", disable=None, file=sys.stderr)
+    for batch in _batched(documents, 128 * max(1, cfg["workers"])):
+        for (doc_id, doc_type, _), r in zip(batch, process(batch)):
+            s["docs_in"] += 1
+            s["chars_in"] += r["raw_chars"]
+            s["cleaning"].update(r["counts"])
+            lengths_in.append(r["raw_chars"])
+            dropped = (r["dropped"], r.get("reason")) if r["dropped"] else \
+                dedup.check(f"{name}/{doc_id}", r)
+            if dropped:
+                rule, reason = dropped
+                s["dropped"][rule] += 1
+                if len(s["examples"][rule]) < cfg["report_examples"]:
+                    snippet = r["snippet"] if "snippet" in r else r["text"][:400]
+                    s["examples"][rule].append({"id": doc_id, "reason": reason, "snippet": snippet})
+                continue
+            writer.write({"id": doc_id, "source": name, "doc_type": doc_type, "text": r["text"]})
+            s["docs_kept"] += 1
+            s["chars_kept"] += len(r["text"])
+            lengths_kept.append(len(r["text"]))
+            kept_bytes += len(r["text"].encode("utf-8"))
+        bar.update(len(batch))
+        if kept_bytes >= byte_limit:
+            s["limit_reached"] = True
+            log(f"[{name}] collected {kept_bytes:,} curated bytes, enough for its share of "
+                f"target_tokens; stopping this source (collect_bytes_per_token=0 takes all)")
+            break
+    bar.close()
+    writer.close()
+    if hasattr(documents, "close"):
+        documents.close()
+    s["length_histogram_in"] = _histogram(lengths_in)
+    s["length_histogram_kept"] = _histogram(lengths_kept)
+    if s["docs_kept"] == 0:
+        raise SystemExit(f"error: source {name!r} kept no documents out of {s['docs_in']} "
+                         f"(dropped: {dict(s['dropped'])}, skipped: {dict(s['skipped'])}); "
+                         "check its paths or loosen the filters")
+    return s
+
+
+class Deduplicator:
+    """Exact (hash of normalised text) and near-duplicate (MinHash LSH) checks against every document
+    kept so far, across all sources."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.exact_seen = set()
+        self.lsh = MinHashLSH(threshold=cfg["minhash_threshold"], num_perm=cfg["minhash_num_perm"])
+
+    def check(self, key, result):
+        """(rule, reason) if the processed document duplicates a kept one; else remember it, None."""
+        if self.cfg["dedup_exact"]:
+            if result["exact_key"] in self.exact_seen:
+                return "exact_duplicate", "same normalised text as an earlier document"
+            self.exact_seen.add(result["exact_key"])
+        minhash = MinHash(num_perm=self.cfg["minhash_num_perm"], seed=1, scheme="affine32",
+                          hashvalues=result["minhash"])
+        similar = self.lsh.query(minhash)
+        if similar:
+            return "near_duplicate", f"Jaccard >= ~{self.cfg['minhash_threshold']} with {min(similar)}"
+        self.lsh.insert(key, minhash)
+        return None
 
 
 def curate(cfg, source_specs, out):
@@ -284,9 +364,7 @@ def curate(cfg, source_specs, out):
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     total_weight = sum(s["weight"] for s in source_specs)
-    exact_seen = set()
-    lsh = MinHashLSH(threshold=cfg["minhash_threshold"], num_perm=cfg["minhash_num_perm"])
-    stats = {}
+    dedup = Deduplicator(cfg)
     pool = Pool(cfg["workers"], _init_worker, (cfg,)) if cfg["workers"] > 1 else None
     _init_worker(cfg)
 
@@ -295,79 +373,14 @@ def curate(cfg, source_specs, out):
         results = pool.map(process_batch, tasks) if pool else map(process_batch, tasks)
         return [r for rs in results for r in rs]
 
+    stats = {}
     try:
         for spec in source_specs:
-            name = spec["name"]
-            s = stats[name] = {"docs_in": 0, "docs_kept": 0, "chars_in": 0, "chars_kept": 0,
-                               "dropped": Counter(), "skipped": Counter(), "cleaning": Counter(),
-                               "examples": defaultdict(list), "limit_reached": False}
-            lengths_in, lengths_kept = [], []
             byte_limit = math.inf
             if cfg["collect_bytes_per_token"] > 0:
                 byte_limit = (spec["weight"] / total_weight * cfg["target_tokens"]
                               * cfg["collect_bytes_per_token"])
-            kept_bytes, warned = 0, Counter()
-
-            def warn(kind, message, s=s, warned=warned):
-                s["skipped"][kind] += 1
-                warned[kind] += 1
-                if message and warned[kind] <= 20:
-                    log(f"warning [{name}]: {message}")
-                elif message and warned[kind] == 21:
-                    log(f"warning [{name}]: further '{kind}' warnings are counted, not shown")
-
-            documents = sources_mod.iter_source(spec, warn)
-            writer = ShardWriter(tmp, name, cfg["docs_per_shard"])
-            bar = tqdm(desc=f"curate {name}", unit="doc", disable=None, file=sys.stderr)
-            for batch in _batched(documents, 128 * max(1, cfg["workers"])):
-                for (doc_id, doc_type, _), r in zip(batch, process(batch)):
-                    s["docs_in"] += 1
-                    s["chars_in"] += r["raw_chars"]
-                    s["cleaning"].update(r["counts"])
-                    lengths_in.append(r["raw_chars"])
-                    dropped = r["dropped"]
-                    if dropped is None and cfg["dedup_exact"]:
-                        if r["exact_key"] in exact_seen:
-                            dropped, r["reason"] = "exact_duplicate", "same normalised text as an earlier document"
-                        exact_seen.add(r["exact_key"])
-                    if dropped is None:
-                        minhash = MinHash(num_perm=cfg["minhash_num_perm"], seed=1, scheme="affine32",
-                                          hashvalues=r["minhash"])
-                        similar = lsh.query(minhash)
-                        if similar:
-                            dropped = "near_duplicate"
-                            r["reason"] = f"Jaccard >= ~{cfg['minhash_threshold']} with {min(similar)}"
-                        else:
-                            lsh.insert(f"{name}/{doc_id}", minhash)
-                    if dropped is not None:
-                        s["dropped"][dropped] += 1
-                        if len(s["examples"][dropped]) < cfg["report_examples"]:
-                            snippet = r.get("snippet", r.get("text", "")[:400])
-                            s["examples"][dropped].append(
-                                {"id": doc_id, "reason": r["reason"], "snippet": snippet})
-                        continue
-                    writer.write({"id": doc_id, "source": name, "doc_type": doc_type,
-                                  "text": r["text"]})
-                    s["docs_kept"] += 1
-                    s["chars_kept"] += len(r["text"])
-                    lengths_kept.append(len(r["text"]))
-                    kept_bytes += len(r["text"].encode("utf-8"))
-                bar.update(len(batch))
-                if kept_bytes >= byte_limit:
-                    s["limit_reached"] = True
-                    log(f"[{name}] collected {kept_bytes:,} curated bytes, enough for its share of "
-                        f"target_tokens; stopping this source (collect_bytes_per_token=0 takes all)")
-                    break
-            bar.close()
-            writer.close()
-            if hasattr(documents, "close"):
-                documents.close()
-            s["length_histogram_in"] = _histogram(lengths_in)
-            s["length_histogram_kept"] = _histogram(lengths_kept)
-            if s["docs_kept"] == 0:
-                raise SystemExit(f"error: source {name!r} kept no documents out of {s['docs_in']} "
-                                 f"(dropped: {dict(s['dropped'])}, skipped: {dict(s['skipped'])}); "
-                                 "check its paths or loosen the filters")
+            stats[spec["name"]] = curate_source(cfg, spec, tmp, process, dedup, byte_limit)
     finally:
         if pool:
             pool.close()
