@@ -113,4 +113,4 @@ def parse_or_exit(spec, argv=None, description="", prog=None):
         return parse(spec, argv, description, prog)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None

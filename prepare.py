@@ -200,7 +200,7 @@ def process_batch(items):
     """Clean and filter (doc_id, doc_type, raw) items; for kept documents also compute dedup keys."""
     cfg = _worker_cfg
     results, texts = [], []
-    for doc_id, doc_type, raw in items:
+    for _, doc_type, raw in items:
         counts = Counter()
         result = {"raw_chars": len(raw), "counts": counts, "dropped": None}
         try:
@@ -584,7 +584,7 @@ def main(argv=None):
         run(cfg)
     except (configurator.ConfigError, sources_mod.SourceError, sources_mod.DownloadError) as e:
         print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -92,9 +92,14 @@ def _top_tokens(out, meta, tokenizer, n=30):
     return [(int(i), tokenizer.token_str(int(i)), int(counts[i])) for i in order], int(counts.sum())
 
 
+def visible(token):
+    """A token as a label: spaces as middle dots, newlines and tabs escaped."""
+    return token.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "\u00b7")
+
+
 def _top_tokens_chart(top, total, path):
     fig, ax = plt.subplots(figsize=(8, 6))
-    labels = [repr(s)[1:-1][:16] for _, s, _ in top][::-1]
+    labels = [visible(s)[:16] for _, s, _ in top][::-1]
     ax.barh(labels, [c / total for _, _, c in top][::-1])
     ax.set_xlabel("share of train tokens")
     ax.set_title(f"Most frequent {len(top)} tokens")
@@ -161,7 +166,7 @@ def write_report(out, cfg, stats, meta, tokenizer):
     lines += ["", "![dropped documents](report/dropped.png)", "", "## Most frequent tokens", "",
               "| rank | id | token | share |", "|---:|---:|---|---:|"]
     for rank, (i, s, c) in enumerate(top, 1):
-        lines.append(f"| {rank} | {i} | `{repr(s)[1:-1].replace('|', '&#124;')}` | "
+        lines.append(f"| {rank} | {i} | `{visible(s).replace('|', '&#124;')}` | "
                      f"{100 * c / max(1, total):.2f}% |")
     lines += ["", "![top tokens](report/top_tokens.png)", "", "## Examples of dropped documents", ""]
     for name, s in stats.items():
