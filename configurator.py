@@ -50,7 +50,7 @@ def _parse_literal(text):
         return text
 
 
-def _read_config_file(path, keys):
+def _read_config_file(path, keys, ignore_unknown=False):
     try:
         source = open(path, encoding="utf-8").read()
     except OSError as e:
@@ -65,6 +65,8 @@ def _read_config_file(path, keys):
         if name.startswith("_") or type(value).__name__ in ("module", "function", "type"):
             continue
         if name not in keys:
+            if ignore_unknown:
+                continue
             raise ConfigError(f"{path}: unknown key '{name}'.{_suggest(name, keys)}")
         values[name] = value
     return values
@@ -79,8 +81,11 @@ def format_help(spec, description, prog):
     return "\n".join(lines)
 
 
-def parse(spec, argv=None, description="", prog=None):
-    """Resolve a config from defaults, config files and --key=value overrides; returns a dict."""
+def parse(spec, argv=None, description="", prog=None, ignore_unknown_in_files=False):
+    """Resolve a config from defaults, config files and --key=value overrides; returns a dict.
+
+    ignore_unknown_in_files: skip config-file keys this script does not use (a tool that reads
+    another script's config, such as model.py reading a training config), instead of failing."""
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = prog or sys.argv[0]
     if any(a in ("-h", "--help") for a in argv):
@@ -102,15 +107,15 @@ def parse(spec, argv=None, description="", prog=None):
                 value = _parse_literal(text)
             config[key] = _coerce(key, value, spec[key][0], f"--{key}")
         else:
-            for key, value in _read_config_file(arg, list(spec)).items():
+            for key, value in _read_config_file(arg, list(spec), ignore_unknown_in_files).items():
                 config[key] = _coerce(key, value, spec[key][0], arg)
     return config
 
 
-def parse_or_exit(spec, argv=None, description="", prog=None):
+def parse_or_exit(spec, argv=None, description="", prog=None, ignore_unknown_in_files=False):
     """parse(), but a ConfigError prints one line and exits with status 2 (no traceback)."""
     try:
-        return parse(spec, argv, description, prog)
+        return parse(spec, argv, description, prog, ignore_unknown_in_files)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -1,0 +1,98 @@
+"""Custom Triton kernels and the switch that picks them.
+
+Each kernel file holds the Triton kernel(s), a launcher, and its registration as a torch custom op
+with a fake (shape) implementation and an autograd formula, so torch.compile treats it as one opaque,
+differentiable node instead of breaking the graph.
+
+The functions below are what model.py calls. backend="auto" uses Triton for CUDA tensors and PyTorch
+for everything else; "triton" forces the kernels (on CPU that needs TRITON_INTERPRET=1 in the
+environment before this package is imported: the tests do that); "torch" forces PyTorch.
+"""
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "triton", "torch")
+
+try:
+    import triton  # noqa: F401
+
+    from kernels import crossentropy as _cross_entropy
+    from kernels import layernorm as _layernorm
+    from kernels import softmax as _softmax
+    HAVE_TRITON = True
+except ImportError:  # macOS, Windows: PyTorch everywhere
+    HAVE_TRITON = False
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def use_triton(x, backend):
+    if backend == "torch":
+        return False
+    if backend == "auto":
+        return HAVE_TRITON and x.is_cuda
+    if backend != "triton":
+        raise ValueError(f"kernel backend must be one of {BACKENDS}, got {backend!r}")
+    if not HAVE_TRITON:
+        raise RuntimeError("kernels='triton' needs the triton package (Linux): pip install triton")
+    if not x.is_cuda and not INTERPRETED:
+        raise RuntimeError("kernels='triton' on CPU runs only in Triton's interpreter: set "
+                           "TRITON_INTERPRET=1 before starting Python (slow; meant for tests)")
+    return True
+
+
+# ------------------------------------------------------------------------------ PyTorch references
+
+def _at_least_fp32(x):
+    """bf16/fp16 are upcast like the kernels do; fp64 stays fp64 (tests compare in fp64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def layer_norm_torch(x, weight, bias, eps=1e-5):
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def causal_softmax_torch(scores, scale, pad_lengths=None):
+    """softmax(scale * scores) over the last dim, with causal and left-padding masks.
+
+    scores: (B, H, Tq, Tk) where the Tq queries are the last Tq of the Tk positions (a KV cache
+    holds the first Tk - Tq). pad_lengths: (B,) number of left-padding positions per sequence, which
+    no query may attend to. Rows with no key to attend to (padding queries) come out as zeros.
+    """
+    tq, tk = scores.shape[-2:]
+    q_pos = torch.arange(tk - tq, tk, device=scores.device)[:, None]
+    k_pos = torch.arange(tk, device=scores.device)[None, :]
+    allowed = (k_pos <= q_pos)[None, None]
+    if pad_lengths is not None:
+        allowed = allowed & (k_pos[None, None] >= pad_lengths.view(-1, 1, 1, 1))
+    logits = (_at_least_fp32(scores) * scale).masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # rows with no allowed key: zeros
+    return probs.to(scores.dtype)
+
+
+def cross_entropy_torch(logits, targets, ignore_index=-100):
+    return F.cross_entropy(_at_least_fp32(logits), targets, ignore_index=ignore_index)
+
+
+# --------------------------------------------------------------------------------------- dispatch
+
+def layer_norm(x, weight, bias, eps=1e-5, backend="auto"):
+    if use_triton(x, backend):
+        return _layernorm.layer_norm(x, weight, bias, eps)
+    return layer_norm_torch(x, weight, bias, eps)
+
+
+def causal_softmax(scores, scale, pad_lengths=None, backend="auto"):
+    if use_triton(scores, backend):
+        return _softmax.causal_softmax(scores, scale, pad_lengths)
+    return causal_softmax_torch(scores, scale, pad_lengths)
+
+
+def cross_entropy(logits, targets, ignore_index=-100, backend="auto"):
+    """Mean token cross-entropy of (N, V) logits against (N,) targets, skipping ignore_index."""
+    if use_triton(logits, backend):
+        return _cross_entropy.cross_entropy(logits, targets, ignore_index)
+    return cross_entropy_torch(logits, targets, ignore_index)

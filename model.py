@@ -1,0 +1,329 @@
+"""model.py: a decoder-only GPT with custom Triton kernels and KV-cache generation.
+
+    python model.py config/mini_lm.py        # parameter count and breakdown for a config
+
+Pre-LayerNorm transformer blocks (causal self-attention, then a GELU MLP), learned position
+embeddings, a final LayerNorm and an LM head tied to the token embedding; GPT-2 initialisation.
+
+Kernels (kernels/): LayerNorm, the attention softmax (attention="triton") and the loss run as fused
+Triton kernels on CUDA and as PyTorch code elsewhere; `kernels` forces either ("triton" / "torch").
+Attention: "sdpa" (PyTorch's scaled_dot_product_attention, flash/memory-efficient kernels: the
+fastest measured, see BENCHMARKS.md), "triton" (explicit scores through the fused causal softmax
+kernel), "eager" (plain PyTorch, the reference the others are tested against).
+"""
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import kernels
+
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "triton", "eager")
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024   # longest context, in tokens
+    vocab_size: int = 32000  # tokenizer vocabulary (prepare.py's meta.json says which)
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True        # biases in Linear and LayerNorm layers
+    attention: str = "sdpa"  # "sdpa" | "triton" | "eager"
+    kernels: str = "auto"    # "auto" (Triton on CUDA) | "triton" | "torch"
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention={self.attention!r} must be one of {ATTENTION_IMPLEMENTATIONS}")
+        if self.kernels not in kernels.BACKENDS:
+            raise ValueError(f"kernels={self.kernels!r} must be one of {kernels.BACKENDS}")
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, n, bias, backend):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n))
+        self.bias = nn.Parameter(torch.zeros(n)) if bias else None
+        self.backend = backend
+
+    def forward(self, x):
+        return kernels.layer_norm(x, self.weight, self.bias, 1e-5, self.backend)
+
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far, preallocated to block_size."""
+
+    def __init__(self, config, batch_size, device, dtype):
+        shape = (batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.length = 0  # positions filled; advanced by GPT.forward after all layers ran
+
+    def update(self, layer, k, v):
+        end = self.length + k.shape[2]
+        self.keys[layer][:, :, self.length:end] = k
+        self.values[layer][:, :, self.length:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+def attention_mask(tq, tk, pad_lengths, device):
+    """Boolean (B or 1, 1, Tq, Tk) mask: causal, no left padding, and every query sees itself (so a
+    padding query has one visible key and never produces NaN)."""
+    q_pos = torch.arange(tk - tq, tk, device=device)[:, None]
+    k_pos = torch.arange(tk, device=device)[None, :]
+    mask = k_pos <= q_pos
+    if pad_lengths is not None:
+        mask = mask & ((k_pos >= pad_lengths.view(-1, 1, 1)) | (k_pos == q_pos))
+        return mask[:, None]
+    return mask[None, None]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.dropout, self.layer = config.n_head, config.dropout, layer
+        self.implementation, self.backend = config.attention, config.kernels
+
+    def forward(self, x, cache=None, pad_lengths=None):
+        b, t, c = x.shape
+        q, k, v = self.c_attn(x).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        tk = k.shape[2]
+        if self.implementation == "sdpa":
+            dropout = self.dropout if self.training else 0.0
+            if pad_lengths is None and tk == t:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            else:
+                mask = attention_mask(t, tk, pad_lengths, x.device)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        else:
+            scores = q @ k.transpose(-2, -1)
+            scale = 1.0 / math.sqrt(k.shape[-1])
+            if self.implementation == "triton":
+                probs = kernels.causal_softmax(scores, scale, pad_lengths, self.backend)
+            else:
+                mask = attention_mask(t, tk, pad_lengths, x.device)
+                probs = torch.softmax((scores * scale).masked_fill(~mask, float("-inf")), dim=-1)
+            y = self.attn_dropout(probs) @ v
+        y = y.transpose(1, 2).contiguous().view(b, t, c)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, config.bias, config.kernels)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = LayerNorm(config.n_embd, config.bias, config.kernels)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, pad_lengths=None):
+        x = x + self.attn(self.ln_1(x), cache, pad_lengths)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, config.bias, config.kernels),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # tied: one matrix, read twice
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by depth
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def parameter_breakdown(self):
+        """Parameter counts: token and position embeddings (the token one is also the LM head),
+        transformer blocks, final LayerNorm, and the total."""
+        t = self.transformer
+        counts = {"token embedding (tied LM head)": t.wte.weight.numel(),
+                  "position embedding": t.wpe.weight.numel(),
+                  "blocks": sum(p.numel() for p in t.h.parameters()),
+                  "final LayerNorm": sum(p.numel() for p in t.ln_f.parameters())}
+        counts["total"] = sum(counts.values())
+        return counts
+
+    def forward(self, idx, targets=None, cache=None, pad_lengths=None, ignore_index=-100):
+        """Logits (B, T, V) of idx (B, T), and the mean loss against targets (B, T) if given.
+
+        cache: a KVCache holding earlier positions (generation). pad_lengths: (B,) left padding of a
+        batch of prompts of different lengths; positions count from each sequence's first real token.
+        """
+        b, t = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + t > self.config.block_size:
+            raise ValueError(f"sequence of {start + t} tokens is longer than block_size="
+                             f"{self.config.block_size}")
+        pos = torch.arange(start, start + t, device=idx.device)
+        if pad_lengths is not None:
+            pos = (pos[None, :] - pad_lengths[:, None]).clamp(min=0)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x, cache, pad_lengths)
+        if cache is not None:
+            cache.length += t
+        logits = self.lm_head(self.transformer.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = kernels.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                                         ignore_index, self.config.kernels)
+        return logits, loss
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW: weight decay on every matrix (the tied embedding included), none on biases and
+        LayerNorm gains; the fused implementation on CUDA."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas,
+                                 fused=device_type == "cuda")
+
+    # ------------------------------------------------------------------------------- generation
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 stop_tokens=(), seed=None, use_cache=True):
+        """Continue each prompt; returns the new tokens of each (a stop token ends one, unreturned).
+
+        prompts: a list of token lists (lengths may differ; they are left-padded and masked) or a
+        (B, T) tensor. temperature 0 is greedy. top_k keeps the k likeliest tokens, top_p the
+        smallest set whose probability reaches p. seed makes sampling reproducible. With use_cache
+        the prompt is run once (prefill) and each step feeds one token through the KV cache; once the
+        context reaches block_size, each step runs on the last block_size tokens, exactly as without
+        the cache.
+        """
+        new_tokens = [[] for _ in range(len(prompts))]
+        for new_tokens in self.generate_stream(prompts, max_new_tokens, temperature, top_k, top_p,
+                                               stop_tokens, seed, use_cache):
+            pass
+        return new_tokens
+
+    @torch.no_grad()
+    def generate_stream(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                        stop_tokens=(), seed=None, use_cache=True):
+        """generate(), yielding the lists of new tokens so far after every step (for streaming)."""
+        device = self.lm_head.weight.device
+        if isinstance(prompts, torch.Tensor):
+            prompts = prompts.tolist()
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        width = int(lengths.max())
+        idx = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts], device=device)
+        pad = width - lengths
+        pad = pad if bool(pad.any()) else None
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=device).manual_seed(seed)
+        stop = torch.tensor(sorted(set(stop_tokens)), device=device, dtype=torch.long)
+        new_tokens = [[] for _ in prompts]
+        done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+        block = self.config.block_size
+        was_training = self.training
+        self.eval()
+        try:
+            cache = None
+            if use_cache and width < block:
+                cache = KVCache(self.config, len(prompts), device, self.lm_head.weight.dtype)
+                logits = self(idx, cache=cache, pad_lengths=pad)[0][:, -1]
+            else:
+                logits = self._last_logits(idx, pad)
+            for step in range(max_new_tokens):
+                token = sample(logits, temperature, top_k, top_p, generator)
+                finished_now = torch.isin(token, stop) & ~done
+                for i, (t, d, f) in enumerate(zip(token.tolist(), done.tolist(),
+                                                  finished_now.tolist())):
+                    if not d and not f:
+                        new_tokens[i].append(t)
+                done |= finished_now
+                yield new_tokens
+                if bool(done.all()) or step == max_new_tokens - 1:
+                    return
+                idx = torch.cat([idx, token[:, None]], dim=1)
+                if cache is not None and cache.length < block:
+                    logits = self(token[:, None], cache=cache, pad_lengths=pad)[0][:, -1]
+                else:
+                    cache = None  # full: slide the window, as generation without a cache does
+                    if idx.shape[1] > block:
+                        cut = idx.shape[1] - block
+                        idx = idx[:, cut:]
+                        if pad is not None:
+                            pad = (pad - cut).clamp(min=0)
+                    logits = self._last_logits(idx, pad)
+        finally:
+            self.train(was_training)
+
+    def _last_logits(self, idx, pad):
+        return self(idx[:, -self.config.block_size:], pad_lengths=pad)[0][:, -1]
+
+
+def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Next token per row of (B, V) logits."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p  # keeps the first always
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def main(argv=None):
+    import configurator
+    spec = {f.name: (f.default, f"GPTConfig.{f.name}") for f in fields(GPTConfig)}
+    cfg = configurator.parse_or_exit(spec, argv, description=__doc__, prog="model.py",
+                                     ignore_unknown_in_files=True)
+    try:
+        model = GPT(GPTConfig(**cfg))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(asdict(model.config))
+    for name, n in model.parameter_breakdown().items():
+        print(f"{name:>32}: {n / 1e6:8.2f}M")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The GPT: implementations agree, padding and the KV cache change nothing, sampling behaves."""
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig, KVCache, sample
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = dict(block_size=16, vocab_size=61, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+
+
+def tiny(dtype=torch.float64, **overrides):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**{**TINY, **overrides})).to(dtype)
+
+
+def clone_as(model, **overrides):
+    other = GPT(GPTConfig(**{**vars(model.config), **overrides})).to(model.lm_head.weight.dtype)
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+def test_parameter_breakdown_and_mini_lm_size():
+    model = tiny()
+    counts = model.parameter_breakdown()
+    assert counts["total"] == sum(p.numel() for p in model.parameters())  # tied weights counted once
+    assert model.transformer.wte.weight is model.lm_head.weight
+    result = subprocess.run([sys.executable, "model.py", "config/mini_lm.py"], cwd=ROOT,
+                            capture_output=True, text=True, check=True)
+    total = float(result.stdout.split("total:")[1].split("M")[0])
+    assert 45 < total < 55, result.stdout
+
+
+def test_gpt2_initialisation():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=6, n_head=4, n_embd=256, vocab_size=1000, block_size=64))
+    std = model.transformer.h[0].mlp.c_proj.weight.std().item()
+    assert abs(std - 0.02 / math.sqrt(12)) < 1e-3
+    assert abs(model.transformer.h[0].mlp.c_fc.weight.std().item() - 0.02) < 1e-3
+    assert model.transformer.h[0].attn.c_attn.bias.abs().max() == 0
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_attention_implementations_agree(bias):
+    eager = tiny(bias=bias, attention="eager")
+    idx = torch.randint(0, 61, (3, 16))
+    targets = torch.randint(0, 61, (3, 16))
+    ref_logits, ref_loss = eager(idx, targets)
+    ref_loss.backward()
+    for implementation in ("sdpa", "triton"):
+        model = clone_as(eager, attention=implementation)
+        logits, loss = model(idx, targets)
+        loss.backward()
+        torch.testing.assert_close(logits, ref_logits, atol=1e-10, rtol=1e-10)
+        for (name, p), p_ref in zip(model.named_parameters(), eager.parameters()):
+            torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-10, rtol=1e-10, msg=name)
+
+
+def test_triton_kernels_match_the_eager_model():
+    """Logits and every gradient with all three Triton kernels on, against the PyTorch path."""
+    eager = tiny(torch.float32, attention="eager", kernels="torch")
+    model = clone_as(eager, attention="triton", kernels="triton")
+    idx = torch.randint(0, 61, (2, 16))
+    targets = torch.randint(0, 61, (2, 16))
+    targets[0, :3] = -100
+    (logits, loss), (ref_logits, ref_loss) = model(idx, targets), eager(idx, targets)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    loss.backward()
+    ref_loss.backward()
+    for (name, p), p_ref in zip(model.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "triton", "eager"])
+def test_left_padding_changes_nothing_for_real_tokens(attention):
+    model = tiny(attention=attention).eval()
+    prompts = [[5, 6, 7, 8, 9], [1, 2], [3]]
+    width = 5
+    idx = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    pad = torch.tensor([width - len(p) for p in prompts])
+    logits, _ = model(idx, pad_lengths=pad)
+    assert torch.isfinite(logits).all()
+    for i, p in enumerate(prompts):
+        alone, _ = model(torch.tensor([p]))
+        torch.testing.assert_close(logits[i, pad[i]:], alone[0], atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "triton", "eager"])
+def test_kv_cache_steps_equal_full_forward(attention):
+    model = tiny(attention=attention).eval()
+    idx = torch.randint(0, 61, (2, 12))
+    full, _ = model(idx)
+    cache = KVCache(model.config, 2, "cpu", torch.float64)
+    parts = [model(idx[:, :7], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0]
+                                                   for t in range(7, 12)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-10, rtol=1e-10)
+    assert cache.length == 12
+
+
+def reference_greedy(model, prompt, n):
+    """Uncached, unbatched, one prompt at a time, cropping to block_size like nanoGPT."""
+    idx = torch.tensor([prompt])
+    out = []
+    for _ in range(n):
+        logits, _ = model(idx[:, -model.config.block_size:])
+        token = logits[0, -1].argmax()
+        out.append(int(token))
+        idx = torch.cat([idx, token.view(1, 1)], dim=1)
+    return out
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "triton", "eager"])
+def test_greedy_generation_with_cache_equals_without(attention):
+    model = tiny(attention=attention).eval()
+    prompts = [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7], [1, 8, 2, 8, 1]]
+    n = 20  # runs past block_size=16: the window slides
+    cached = model.generate(prompts, n, temperature=0)
+    uncached = model.generate(prompts, n, temperature=0, use_cache=False)
+    assert cached == uncached
+    assert cached == [reference_greedy(model, p, n) for p in prompts]
+
+
+def test_stop_tokens_end_each_sequence_on_its_own():
+    model = tiny().eval()
+    prompts = [[3, 1, 4], [2, 7, 1, 8]]
+    free = model.generate(prompts, 12, temperature=0)
+    stop = free[0][4]
+    stopped = model.generate(prompts, 12, temperature=0, stop_tokens=[stop])
+    assert stopped[0] == free[0][:free[0].index(stop)]
+    expected_1 = free[1][:free[1].index(stop)] if stop in free[1] else free[1]
+    assert stopped[1] == expected_1
+
+
+def test_sampling_is_seeded_and_top_k_top_p_narrow_it():
+    model = tiny().eval()
+    prompts = [[1, 2, 3], [4, 5]]
+    a = model.generate(prompts, 10, temperature=1.0, seed=7)
+    assert a == model.generate(prompts, 10, temperature=1.0, seed=7)
+    assert a != model.generate(prompts, 10, temperature=1.0, seed=8)
+    greedy = model.generate(prompts, 10, temperature=0)
+    assert model.generate(prompts, 10, temperature=1.0, top_k=1, seed=3) == greedy
+    assert model.generate(prompts, 10, temperature=1.0, top_p=1e-9, seed=3) == greedy
+
+
+def test_sample_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    seen = {int(sample(logits, 1.0, top_p=0.8, generator=torch.Generator().manual_seed(s)))
+            for s in range(200)}
+    assert seen == {0, 1}
+    seen = {int(sample(logits, 1.0, top_k=3, generator=torch.Generator().manual_seed(s)))
+            for s in range(200)}
+    assert seen == {0, 1, 2}
+
+
+def test_bad_inputs():
+    model = tiny()
+    with pytest.raises(ValueError, match="longer than block_size=16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match="at least one token"):
+        model.generate([[1], []], 3)
+    with pytest.raises(ValueError, match="multiple of n_head"):
+        GPTConfig(n_embd=10, n_head=3)
+    with pytest.raises(ValueError, match="attention="):
+        GPTConfig(attention="flash")
+    assert model.generate([[1, 2]], 0) == [[]]
+
+
+def test_generate_restores_training_mode():
+    model = tiny()
+    model.train()
+    model.generate([[1]], 2)
+    assert model.training
+
+
+def test_compile_on_cpu_matches_eager():
+    model = tiny(torch.float32, attention="triton", kernels="torch")
+    compiled = torch.compile(clone_as(model))
+    idx = torch.randint(0, 61, (2, 16))
+    targets = torch.randint(0, 61, (2, 16))
+    logits, loss = model(idx, targets)
+    c_logits, c_loss = compiled(idx, targets)
+    torch.testing.assert_close(c_logits, logits, atol=1e-5, rtol=1e-5)
+    loss.backward()
+    c_loss.backward()
+    for p, p_ref in zip(compiled.parameters(), model.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_compile_fullgraph_with_triton_kernels():
+    """The custom ops keep torch.compile's graph whole (fullgraph=True fails on any break)."""
+    model = tiny(torch.float32, attention="triton", kernels="triton")
+    reference = clone_as(model, kernels="torch")
+    compiled = torch.compile(clone_as(model), fullgraph=True)
+    idx = torch.randint(0, 61, (2, 16))
+    targets = torch.randint(0, 61, (2, 16))
+    c_logits, c_loss = compiled(idx, targets)
+    logits, loss = reference(idx, targets)
+    torch.testing.assert_close(c_logits, logits, atol=1e-5, rtol=1e-5)
+    c_loss.backward()
+    loss.backward()
+    for p, p_ref in zip(compiled.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-5, rtol=1e-4)
