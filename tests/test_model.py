@@ -125,6 +125,17 @@ def test_greedy_generation_with_cache_equals_without(attention):
     assert cached == [reference_greedy(model, p, n) for p in prompts]
 
 
+def test_decoding_layout_changes_no_value():
+    model = tiny(torch.float32).eval()
+    idx = torch.randint(0, 61, (2, 10))
+    before = model(idx)[0]
+    greedy = model.generate([[1, 2, 3]], 8, temperature=0)
+    model.optimize_for_decoding()
+    assert model.lm_head.weight.stride() == (1, 61) and model.transformer.wte.weight is model.lm_head.weight
+    torch.testing.assert_close(model(idx)[0], before, atol=1e-5, rtol=1e-5)
+    assert model.generate([[1, 2, 3]], 8, temperature=0) == greedy
+
+
 def test_stop_tokens_end_each_sequence_on_its_own():
     model = tiny().eval()
     prompts = [[3, 1, 4], [2, 7, 1, 8]]
