@@ -2,14 +2,18 @@
 
     python bench.py prepare            # data pipeline on the offline default corpus (run prepare.py first)
     python bench.py prepare --hf       # also HF `tokenizers` BPE side by side (pip install tokenizers)
+    python bench.py model              # CPU: training step tokens/s, loss memory, generation tokens/s
+    python bench.py gpu                # CUDA: kernel tests, kernel GB/s, memory, bf16 training + MFU
 
 Figures are wall-clock on whatever machine runs them; the machine is printed with them.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -151,12 +155,279 @@ def bench_prepare(args):
               f" | {n_tokens:,} tokens, {corpus_bytes / n_tokens:.2f} bytes/token |", flush=True)
 
 
+# ------------------------------------------------------------------------------------- the model
+
+SMALL = dict(n_layer=4, n_head=4, n_embd=256, block_size=256, dropout=0.0, bias=True)  # nanoGPT's
+MINI_LM = dict(n_layer=10, n_head=8, n_embd=512, block_size=1024, vocab_size=32000, dropout=0.0,
+               bias=False)  # config/mini_lm.py
+
+
+def train_step_rate(model_kwargs, batch, steps, compile_=False, device="cpu", dtype=None,
+                    **config):
+    """Median tokens/s of full training steps (forward, backward, AdamW), and the first step's time."""
+    import torch
+
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**model_kwargs, **config)).to(device)
+    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device)
+    run = torch.compile(model) if compile_ else model
+    t = model.config.block_size
+    x = torch.randint(model.config.vocab_size, (batch, t), device=device)
+    y = torch.randint(model.config.vocab_size, (batch, t), device=device)
+    autocast = torch.autocast(device, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    def step():
+        with autocast:
+            _, loss = run(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return batch * t / statistics.median(times), first, model
+
+
+def saved_for_backward_bytes(loss_fn, logits, targets):
+    """Bytes that a loss keeps alive between forward and backward, beyond its inputs."""
+    import torch
+    inputs = {logits.untyped_storage().data_ptr(), targets.untyped_storage().data_ptr()}
+    saved = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in inputs:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss_fn(logits, targets)
+    return sum(saved.values())
+
+
+def weight_bytes_per_token(model):
+    """Bytes of weights one batch-1 decoding step reads: every matrix once (the tied embedding is
+    read as the LM head), plus one position-embedding row."""
+    import torch.nn as nn
+    linear = sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
+                 if isinstance(m, nn.Linear))
+    return linear + model.config.n_embd * model.lm_head.weight.element_size()
+
+
+def matvec_bandwidth(dtype, megabytes=168, repeats=20):
+    """Best GB/s of a vector-matrix product over a weight of that size, in both memory layouts."""
+    import torch
+    k = 2560
+    n = int(megabytes * 1e6 / (k * torch.tensor([], dtype=dtype).element_size()))
+    w = torch.randn(n, k).to(dtype)
+    x = torch.randn(1, k).to(dtype)
+    best = 0.0
+    for weight in (w, w.t().contiguous().t()):
+        for _ in range(3):
+            torch.nn.functional.linear(x, weight)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            torch.nn.functional.linear(x, weight)
+        best = max(best, w.numel() * w.element_size() * repeats / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def bench_model_cpu(quick=False):
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # only the loss-memory check runs a kernel on CPU
+    import torch
+
+    import kernels
+    from model import GPT, GPTConfig
+    print(f"machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    steps = 2 if quick else 8
+    small = dict(SMALL, block_size=32) if quick else SMALL
+    batch = 2 if quick else 16
+
+    print("Training step, float32, batch "
+          f"{batch} x {small['block_size']}, {small['n_layer']} layers x {small['n_embd']}:\n")
+    print("| vocab | attention | mode | tokens/s | first step | vs eager sdpa |\n|---:|---|---|---:|---:|---:|")
+    for vocab in (222, 32000):
+        base = None
+        for attention, compile_ in (("sdpa", False), ("eager", False), ("triton", False),
+                                    ("sdpa", True)):
+            if vocab == 32000 and attention != "sdpa":
+                continue
+            rate, first, _ = train_step_rate(dict(small, vocab_size=vocab), batch, steps, compile_,
+                                             attention=attention)
+            base = base or rate
+            print(f"| {vocab:,} | {attention} | {'compiled' if compile_ else 'eager'} | {rate:,.0f} | "
+                  f"{first:.1f} s | {rate / base:.2f}x |", flush=True)
+
+    print("\nLoss at vocab 32,000 (float32 logits):\n")
+    n, v = (64, 32000) if quick else (batch * small["block_size"], 32000)
+    logits = torch.randn(n, v, requires_grad=True)
+    targets = torch.randint(v, (n,))
+    for _ in range(2):
+        t0 = time.perf_counter()
+        torch.nn.functional.cross_entropy(logits, targets).backward()
+        dt = time.perf_counter() - t0
+    torch_saved = saved_for_backward_bytes(
+        lambda a, b: torch.nn.functional.cross_entropy(a, b), logits[:8], targets[:8])
+    fused_saved = saved_for_backward_bytes(
+        lambda a, b: kernels.cross_entropy(a, b, backend="triton"),
+        logits[:8].detach().requires_grad_(), targets[:8])
+    print(f"- PyTorch cross-entropy forward+backward over {n:,} x {v:,} logits: {dt * 1e3:.0f} ms.")
+    print(f"- Kept for backward per token: PyTorch {torch_saved / 8:,.0f} bytes (the log-probabilities),"
+          f" fused kernel {fused_saved / 8:,.0f} bytes (one log-sum-exp): at {n:,} tokens that is "
+          f"{torch_saved / 8 * n / 1e6:,.0f} MB against {fused_saved / 8 * n / 1e3:,.1f} kB.")
+
+    print("\nGeneration, batch 1, mini_lm size (random weights), 16-token prompt:\n")
+    new = 20 if quick else 500
+    config = dict(MINI_LM, n_layer=2) if quick else MINI_LM
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**config)).eval()
+    limits = {}
+    print("| weights | KV cache | new tokens | tokens/s | memory-bound limit | share of limit |\n"
+          "|---|---|---:|---:|---:|---:|")
+    for dtype, use_cache in ((torch.float32, True), (torch.float32, False), (torch.bfloat16, True)):
+        model = model.to(dtype).optimize_for_decoding()
+        if dtype not in limits:
+            limits[dtype] = matvec_bandwidth(dtype) * 1e9 / weight_bytes_per_token(model)
+        model.generate([[1] * 16], 3, temperature=0, use_cache=use_cache)
+        t0 = time.perf_counter()
+        out = model.generate([[1] * 16], new, temperature=0, use_cache=use_cache)
+        rate = len(out[0]) / (time.perf_counter() - t0)
+        print(f"| {str(dtype).split('.')[1]} | {'yes' if use_cache else 'no'} | {len(out[0])} | "
+              f"{rate:,.1f} | {limits[dtype]:,.0f} | {rate / limits[dtype]:.0%} |", flush=True)
+    print(f"\n(limit = best matrix-vector bandwidth measured in this run / "
+          f"{weight_bytes_per_token(model.float()) / 1e6:.0f} MB of fp32 weights read per token)")
+
+
+# --------------------------------------------------------------------------------------- the GPU
+
+def bench_gpu(quick=False):
+    import subprocess
+    import sys
+
+    import torch
+    if not torch.cuda.is_available() and not quick:
+        raise SystemExit("no CUDA device: `python bench.py gpu` is for a GPU machine "
+                         "(--quick runs its code paths on CPU with tiny shapes)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    import kernels
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU (smoke test)"
+    print(f"device: {name}, torch {torch.__version__}\n")
+
+    if device == "cuda":
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_kernels.py",
+                                 "tests/test_model.py"], capture_output=True, text=True)
+        print("kernel and model tests on CUDA: " + result.stdout.strip().splitlines()[-1] + "\n",
+              flush=True)
+
+    def timed(fn):
+        if device == "cuda":
+            import triton.testing
+            return triton.testing.do_bench(fn, warmup=25, rep=100)
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+    copy_src = torch.empty(2 ** 28 if device == "cuda" else 2 ** 16, dtype=torch.uint8, device=device)
+    peak_bw = 2 * copy_src.numel() / timed(lambda: copy_src.clone()) / 1e6
+    print(f"device copy bandwidth (read + write): {peak_bw:,.0f} GB/s\n")
+    print("| kernel | shape | pass | ours GB/s | torch eager GB/s | torch.compile GB/s | ours / best |\n"
+          "|---|---|---|---:|---:|---:|---:|", flush=True)
+    dt = torch.bfloat16
+    scale = 1 / 8
+    rows = [(1024, 512), (1024, 768)] if not quick else [(64, 40)]
+
+    def compare(label, shape, pass_name, nbytes, ours, eager):
+        compiled = torch.compile(eager)
+        t = {k: timed(f) for k, f in (("ours", ours), ("eager", eager), ("compiled", compiled))}
+        gbs = {k: nbytes / ms / 1e6 for k, ms in t.items()}
+        print(f"| {label} | {shape} | {pass_name} | {gbs['ours']:,.0f} | {gbs['eager']:,.0f} | "
+              f"{gbs['compiled']:,.0f} | {gbs['ours'] / max(gbs['eager'], gbs['compiled']):.2f} |",
+              flush=True)
+
+    batch = 16 if not quick else 2
+    for t, c in rows:
+        x = torch.randn(batch * t, c, device=device, dtype=dt, requires_grad=True)
+        w = torch.randn(c, device=device, requires_grad=True)
+        dy = torch.randn_like(x)
+        fwd_ours = lambda: kernels.layer_norm(x, w, None, backend="triton")
+        fwd_torch = lambda: kernels.layer_norm_torch(x, w, None)
+        compare("LayerNorm", f"{batch * t}x{c}", "fwd", 2 * x.numel() * 2, fwd_ours, fwd_torch)
+        compare("LayerNorm", f"{batch * t}x{c}", "fwd+bwd", 5 * x.numel() * 2,
+                lambda: torch.autograd.grad(fwd_ours(), (x, w), dy),
+                lambda: torch.autograd.grad(fwd_torch(), (x, w), dy))
+    for t, heads in ([(1024, 8), (1024, 12)] if not quick else [(16, 2)]):
+        s = torch.randn(batch, heads, t, t, device=device, dtype=dt, requires_grad=True)
+        dy = torch.randn_like(s)
+        fwd_ours = lambda: kernels.causal_softmax(s, scale, backend="triton")
+        fwd_torch = lambda: kernels.causal_softmax_torch(s, scale)
+        compare("causal softmax", f"{batch}x{heads}x{t}x{t}", "fwd", 2 * s.numel() * 2, fwd_ours,
+                fwd_torch)
+        compare("causal softmax", f"{batch}x{heads}x{t}x{t}", "fwd+bwd", 5 * s.numel() * 2,
+                lambda: torch.autograd.grad(fwd_ours(), s, dy),
+                lambda: torch.autograd.grad(fwd_torch(), s, dy))
+    for n, v in ([(16 * 1024, 32000), (8 * 1024, 50257)] if not quick else [(32, 300)]):
+        logits = torch.randn(n, v, device=device, dtype=dt, requires_grad=True)
+        targets = torch.randint(v, (n,), device=device)
+        ours = lambda: kernels.cross_entropy(logits, targets, backend="triton")
+        eager = lambda: kernels.cross_entropy_torch(logits, targets)
+        compare("cross-entropy", f"{n}x{v}", "fwd", logits.numel() * 2, ours, eager)
+        compare("cross-entropy", f"{n}x{v}", "fwd+bwd", 3 * logits.numel() * 2,
+                lambda: torch.autograd.grad(ours(), logits), lambda: torch.autograd.grad(eager(), logits))
+        if device == "cuda":
+            for label, fn in (("fused", ours), ("PyTorch", eager)):
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                torch.autograd.grad(fn(), logits)
+                torch.cuda.synchronize()
+                extra = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+                print(f"| cross-entropy peak extra memory | {n}x{v} | fwd+bwd | {label}: "
+                      f"{extra:,.0f} MiB | | | |", flush=True)
+
+    print("\nTraining step, mini_lm (48M), batch 16 x 1024, compiled, AdamW fused:\n")
+    print("| dtype | kernels | attention | tokens/s | MFU |\n|---|---|---|---:|---:|", flush=True)
+    config = MINI_LM if not quick else dict(MINI_LM, n_layer=1, block_size=32, vocab_size=300)
+    peak_flops = 989e12 if "H200" in name or "H100" in name else None
+    for dtype, kernel_backend, attention in ((torch.bfloat16, "auto", "sdpa"),
+                                             (torch.bfloat16, "torch", "sdpa"),
+                                             (torch.bfloat16, "auto", "triton"),
+                                             (None, "auto", "sdpa")):
+        rate, _, model = train_step_rate(config, batch, 3 if quick else 10, compile_=True,
+                                         device=device, dtype=dtype, kernels=kernel_backend,
+                                         attention=attention)
+        n_params = model.parameter_breakdown()["total"] - model.transformer.wpe.weight.numel()
+        cfg = model.config
+        flops_per_token = 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+        mfu = f"{flops_per_token * rate / peak_flops:.1%}" if peak_flops else "n/a"
+        print(f"| {'bf16 autocast' if dtype else 'fp32'} | {kernel_backend} | {attention} | "
+              f"{rate:,.0f} | {mfu} |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("suite", choices=["prepare"])
+    parser.add_argument("suite", choices=["prepare", "model", "gpu"])
     parser.add_argument("--hf", action="store_true", help="compare with HF tokenizers (prepare)")
+    parser.add_argument("--quick", action="store_true",
+                        help="model/gpu: tiny shapes and few steps, to check the script itself runs")
     args = parser.parse_args()
-    {"prepare": bench_prepare}[args.suite](args)
+    if args.suite == "prepare":
+        bench_prepare(args)
+    elif args.suite == "model":
+        bench_model_cpu(args.quick)
+    else:
+        bench_gpu(args.quick)
 
 
 if __name__ == "__main__":

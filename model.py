@@ -102,6 +102,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
+            q = q.to(k.dtype)  # the cache may be wider than the weights (fp32 for bf16 on CPU)
         if self.implementation == "sdpa":
             dropout = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
@@ -118,7 +119,7 @@ class CausalSelfAttention(nn.Module):
                 probs = torch.softmax(scores if mask is None else
                                       scores.masked_fill(~mask, float("-inf")), dim=-1)
             y = self.attn_dropout(probs) @ v
-        y = y.transpose(1, 2).contiguous().view(b, t, c)
+        y = y.transpose(1, 2).contiguous().view(b, t, c).to(x.dtype)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -277,7 +278,11 @@ class GPT(nn.Module):
         try:
             cache = None
             if use_cache and width < block:
-                cache = KVCache(self.config, len(prompts), device, self.lm_head.weight.dtype)
+                # bf16/fp16 attention is several times slower than fp32 on CPUs: keep the cache and
+                # the attention in fp32 there (it is a small share of the bytes a step reads)
+                dtype = self.lm_head.weight.dtype
+                cache_dtype = torch.promote_types(dtype, torch.float32) if device.type == "cpu" else dtype
+                cache = KVCache(self.config, len(prompts), device, cache_dtype)
                 logits = self(idx, cache=cache, pad_lengths=pad)[0][:, -1]
             else:
                 logits = self._last_logits(idx, pad)

@@ -10,6 +10,7 @@ import torch
 from model import GPT, GPTConfig, KVCache, sample
 
 ROOT = Path(__file__).resolve().parent.parent
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton kernels run
 TINY = dict(block_size=16, vocab_size=61, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
 
 
@@ -19,7 +20,8 @@ def tiny(dtype=torch.float64, **overrides):
 
 
 def clone_as(model, **overrides):
-    other = GPT(GPTConfig(**{**vars(model.config), **overrides})).to(model.lm_head.weight.dtype)
+    w = model.lm_head.weight
+    other = GPT(GPTConfig(**{**vars(model.config), **overrides})).to(w.device, w.dtype)
     other.load_state_dict(model.state_dict())
     return other
 
@@ -62,10 +64,10 @@ def test_attention_implementations_agree(bias):
 
 def test_triton_kernels_match_the_eager_model():
     """Logits and every gradient with all three Triton kernels on, against the PyTorch path."""
-    eager = tiny(torch.float32, attention="eager", kernels="torch")
+    eager = tiny(torch.float32, attention="eager", kernels="torch").to(DEVICE)
     model = clone_as(eager, attention="triton", kernels="triton")
-    idx = torch.randint(0, 61, (2, 16))
-    targets = torch.randint(0, 61, (2, 16))
+    idx = torch.randint(0, 61, (2, 16), device=DEVICE)
+    targets = torch.randint(0, 61, (2, 16), device=DEVICE)
     targets[0, :3] = -100
     (logits, loss), (ref_logits, ref_loss) = model(idx, targets), eager(idx, targets)
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
@@ -204,11 +206,11 @@ def test_compile_on_cpu_matches_eager():
 
 def test_compile_fullgraph_with_triton_kernels():
     """The custom ops keep torch.compile's graph whole (fullgraph=True fails on any break)."""
-    model = tiny(torch.float32, attention="triton", kernels="triton")
+    model = tiny(torch.float32, attention="triton", kernels="triton").to(DEVICE)
     reference = clone_as(model, kernels="torch")
     compiled = torch.compile(clone_as(model), fullgraph=True)
-    idx = torch.randint(0, 61, (2, 16))
-    targets = torch.randint(0, 61, (2, 16))
+    idx = torch.randint(0, 61, (2, 16), device=DEVICE)
+    targets = torch.randint(0, 61, (2, 16), device=DEVICE)
     c_logits, c_loss = compiled(idx, targets)
     logits, loss = reference(idx, targets)
     torch.testing.assert_close(c_logits, logits, atol=1e-5, rtol=1e-5)
