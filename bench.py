@@ -4,6 +4,7 @@
     python bench.py prepare --hf       # also HF `tokenizers` BPE side by side (pip install tokenizers)
     python bench.py model              # CPU: training step tokens/s, loss memory, generation tokens/s
     python bench.py gpu                # CUDA: kernel tests, kernel GB/s, memory, bf16 training + MFU
+    python bench.py all                # model, then gpu when CUDA is present (--gpu forces it)
 
 Figures are wall-clock on whatever machine runs them; the machine is printed with them.
 """
@@ -417,7 +418,8 @@ def bench_gpu(quick=False):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("suite", choices=["prepare", "model", "gpu"])
+    parser.add_argument("suite", choices=["prepare", "model", "gpu", "all"])
+    parser.add_argument("--gpu", action="store_true", help="all: run the GPU suite too")
     parser.add_argument("--hf", action="store_true", help="compare with HF tokenizers (prepare)")
     parser.add_argument("--quick", action="store_true",
                         help="model/gpu: tiny shapes and few steps, to check the script itself runs")
@@ -426,8 +428,13 @@ def main():
         bench_prepare(args)
     elif args.suite == "model":
         bench_model_cpu(args.quick)
-    else:
+    elif args.suite == "gpu":
         bench_gpu(args.quick)
+    else:
+        import torch
+        bench_model_cpu(args.quick)
+        if args.gpu or torch.cuda.is_available():
+            bench_gpu(args.quick)
 
 
 if __name__ == "__main__":
