@@ -14,9 +14,10 @@ $(VENV)/.installed: requirements.txt
 
 demo: setup
 	$(BIN)/python prepare.py
+	$(BIN)/python train.py config/cpu_demo.py
 
 test: setup
 	$(BIN)/python -m pytest -q tests
 
 clean:
-	rm -rf data/demo
+	rm -rf data/demo out

@@ -4,6 +4,7 @@
     python bench.py prepare --hf       # also HF `tokenizers` BPE side by side (pip install tokenizers)
     python bench.py model              # CPU: training step tokens/s, loss memory, generation tokens/s
     python bench.py gpu                # CUDA: kernel tests, kernel GB/s, memory, bf16 training + MFU
+    python bench.py train              # train.py itself: tokens/s and peak memory per setting
     python bench.py all                # model, then gpu when CUDA is present (--gpu forces it)
 
 Figures are wall-clock on whatever machine runs them; the machine is printed with them.
@@ -308,6 +309,36 @@ def bench_model_cpu(quick=False):
           f"{weight_bytes_per_token(model.float()) / 1e6:.0f} MB of fp32 weights read per token)")
 
 
+# ------------------------------------------------------------------------------------- train.py
+
+def bench_train(quick=False):
+    """Runs train.py in fresh processes (so peak memory is each setting's own) and reads its log."""
+    import re
+    import subprocess
+    import sys
+    import tempfile
+    base = ["config/cpu_demo.py", "--eval_interval=100000", "--sample_interval=0",
+            "--log_interval=1", "--tensorboard=False", "--checkpoint_interval=0"]
+    mini = base + ["--n_layer=10", "--n_head=8", "--n_embd=512", "--block_size=1024", "--batch_size=4",
+                   f"--max_iters={4 if quick else 8}"]
+    base = base + [f"--max_iters={4 if quick else 24}"]
+    if quick:
+        mini = base + ["--n_layer=2", "--block_size=64", "--batch_size=2"]
+    print(f"machine: {machine()}\n\n| model | setting | tokens/s (median of last steps) | peak memory |\n"
+          "|---|---|---:|---:|")
+    for label, args in (("cpu_demo (4.9M)", base), ("mini_lm size (48M), batch 4 x 1024", mini)):
+        for setting in ([], ["--gradient_checkpointing=True"], ["--compile=True"]):
+            with tempfile.TemporaryDirectory() as out:
+                result = subprocess.run([sys.executable, "train.py", *args, *setting, f"--out_dir={out}"],
+                                        capture_output=True, text=True)
+            if result.returncode:
+                raise SystemExit(result.stderr[-2000:])
+            rates = [float(r.replace(",", "")) for r in re.findall(r"([\d,]+) tokens/s", result.stdout)]
+            memory = re.findall(r"memory ([\d.]+) GB", result.stdout)[-1]
+            rate = statistics.median(rates[len(rates) // 2:])
+            print(f"| {label} | {' '.join(setting) or 'eager'} | {rate:,.0f} | {memory} GB |", flush=True)
+
+
 # --------------------------------------------------------------------------------------- the GPU
 
 def bench_gpu(quick=False):
@@ -418,7 +449,7 @@ def bench_gpu(quick=False):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("suite", choices=["prepare", "model", "gpu", "all"])
+    parser.add_argument("suite", choices=["prepare", "model", "train", "gpu", "all"])
     parser.add_argument("--gpu", action="store_true", help="all: run the GPU suite too")
     parser.add_argument("--hf", action="store_true", help="compare with HF tokenizers (prepare)")
     parser.add_argument("--quick", action="store_true",
@@ -428,11 +459,14 @@ def main():
         bench_prepare(args)
     elif args.suite == "model":
         bench_model_cpu(args.quick)
+    elif args.suite == "train":
+        bench_train(args.quick)
     elif args.suite == "gpu":
         bench_gpu(args.quick)
     else:
         import torch
         bench_model_cpu(args.quick)
+        bench_train(args.quick)
         if args.gpu or torch.cuda.is_available():
             bench_gpu(args.quick)
 

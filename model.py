@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 import kernels
 
@@ -35,6 +36,7 @@ class GPTConfig:
     bias: bool = True        # biases in Linear and LayerNorm layers
     attention: str = "sdpa"  # "sdpa" | "triton" | "eager"
     kernels: str = "auto"    # "auto" (Triton on CUDA) | "triton" | "torch"
+    gradient_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -201,7 +203,10 @@ class GPT(nn.Module):
         if pad_lengths is not None or (start > 0 and t > 1):
             mask = attention_mask(t, start + t, pad_lengths, idx.device)
         for block in self.transformer.h:
-            x = block(x, cache, pad_lengths, mask)
+            if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, cache, pad_lengths, mask, use_reentrant=False)
+            else:
+                x = block(x, cache, pad_lengths, mask)
         if cache is not None:
             cache.length += t
         logits = self.lm_head(self.transformer.ln_f(x))

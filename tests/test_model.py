@@ -62,6 +62,20 @@ def test_attention_implementations_agree(bias):
             torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-10, rtol=1e-10, msg=name)
 
 
+def test_gradient_checkpointing_gives_identical_gradients():
+    """Dropout on: the recomputation must replay the same random masks."""
+    plain = tiny(torch.float32, dropout=0.2)
+    ckpt = clone_as(plain, gradient_checkpointing=True)
+    idx = torch.randint(0, 61, (2, 16))
+    targets = torch.randint(0, 61, (2, 16))
+    torch.manual_seed(5)
+    plain(idx, targets)[1].backward()
+    torch.manual_seed(5)
+    ckpt(idx, targets)[1].backward()
+    for (name, p), p_ref in zip(ckpt.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, atol=0, rtol=0, msg=name)
+
+
 def test_triton_kernels_match_the_eager_model():
     """Logits and every gradient with all three Triton kernels on, against the PyTorch path."""
     eager = tiny(torch.float32, attention="eager", kernels="torch").to(DEVICE)

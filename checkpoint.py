@@ -1,0 +1,73 @@
+"""Checkpoint I/O shared by train.py, eval.py and serve.py.
+
+A checkpoint is one self-contained file: model weights and config, the tokenizer, optimizer and
+scaler state, schedule and data position, RNG states, the training config and the metric history.
+It is written atomically (temporary file, fsync, rename), so a crash mid-write leaves the previous
+file intact, and read with torch.load(weights_only=True), so loading one cannot run code.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def save(obj, path):
+    """torch.save to path atomically: readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def load(path, map_location="cpu"):
+    """The checkpoint dict at path, with errors that say what is wrong and what to do."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, unpickling refused
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "it is truncated, corrupt or not a checkpoint of this project; use another one "
+            "(out/last.pt and out/best.pt are written atomically, so one of them is whole)") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} is not a format-{FORMAT_VERSION} checkpoint of "
+                              "this project (no or another format_version)")
+    missing = {"model", "model_args", "tokenizer", "config"} - set(ckpt)
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}")
+    return ckpt
+
+
+def load_model(path, device="cpu"):
+    """(model, tokenizer, checkpoint) from a checkpoint file, the model in eval mode on device."""
+    from model import GPT, GPTConfig
+    from tokenizer import Tokenizer
+    ckpt = load(path)
+    try:
+        model = GPT(GPTConfig(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["model"])
+        tokenizer = Tokenizer.from_dict(ckpt["tokenizer"], origin=f"{path} (tokenizer)")
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {path}: model or tokenizer does not load: "
+                              f"{str(e).splitlines()[0][:300]}") from None
+    return model.to(device).eval(), tokenizer, ckpt

@@ -1,0 +1,19 @@
+# The README's main job: learns visibly on a 2-core CPU in about 10 minutes (data: python prepare.py).
+dataset = "demo"
+out_dir = "out"
+n_layer = 4
+n_head = 4
+n_embd = 128
+block_size = 128
+batch_size = 16
+dropout = 0.0
+max_iters = 800
+lr_decay_iters = 800
+warmup_iters = 50
+learning_rate = 2e-3
+min_lr = 2e-4
+eval_interval = 100
+eval_iters = 10
+log_interval = 20
+checkpoint_interval = 100
+sample_interval = 200

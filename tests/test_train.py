@@ -1,0 +1,194 @@
+"""train.py on CPU with a tiny model: exact resume, DDP equivalence, precision, checkpoints, config."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import checkpoint
+import prepare
+import train
+from test_prepare import config as prepare_config
+from test_prepare import make_corpus
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    corpus = make_corpus(tmp_path_factory.mktemp("corpus"))
+    root = tmp_path_factory.mktemp("data")
+    prepare.run(prepare_config(corpus, root, dataset="tiny", vocab_size=300))
+    return root
+
+
+def args(data_root, out_dir, *extra):
+    return [str(ROOT / "config" / "tiny.py"), f"--data_root={data_root}", "--dataset=tiny",
+            f"--out_dir={out_dir}", "--tensorboard=False", "--sample_interval=0", *extra]
+
+
+def run(data_root, out_dir, *extra):
+    train.main(args(data_root, out_dir, *extra))
+    return checkpoint.load(Path(out_dir) / "last.pt")
+
+
+def assert_same_parameters(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+
+
+def test_resume_continues_exactly(data_root, tmp_path):
+    """12 steps straight == 6 steps, stop, resume, 6 more: same weights, optimizer, RNG and data."""
+    straight = run(data_root, tmp_path / "a", "--max_iters=12", "--lr_decay_iters=12",
+                   "--eval_interval=4")
+    run(data_root, tmp_path / "b", "--max_iters=6", "--lr_decay_iters=12", "--eval_interval=4")
+    resumed = run(data_root, tmp_path / "b", "--max_iters=12", "--lr_decay_iters=12",
+                  "--eval_interval=4", "--init_from=resume")
+    assert straight["iter_num"] == resumed["iter_num"] == 12
+    assert_same_parameters(straight["model"], resumed["model"])  # bitwise: dropout is on (0.1)
+    assert torch.equal(straight["train_generator"], resumed["train_generator"])
+    by_step = {h["iter"]: h["val_loss"] for h in resumed["history"]}  # it also has step 6, the stop
+    assert all(by_step[h["iter"]] == h["val_loss"] for h in straight["history"])
+    state, state2 = straight["optimizer"]["state"], resumed["optimizer"]["state"]
+    assert all(torch.equal(state[k]["exp_avg_sq"], state2[k]["exp_avg_sq"]) for k in state)
+
+
+def test_ddp_equals_single_process_accumulation(data_root, tmp_path):
+    """torchrun, 2 ranks (gloo), accumulation 2 overall (1 per rank) == one process accumulating 2."""
+    common = ["--max_iters=4", "--lr_decay_iters=4", "--eval_interval=100", "--dropout=0.0",
+              "--gradient_accumulation_steps=2"]
+    single = run(data_root, tmp_path / "single", *common)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "train.py", *args(data_root, tmp_path / "ddp", *common)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[:4000]
+    ddp = checkpoint.load(tmp_path / "ddp" / "last.pt")
+    assert len(ddp["rng"]) == 2 and ddp["iter_num"] == 4
+    assert_same_parameters(single["model"], ddp["model"], atol=1e-5)
+
+
+def test_gradient_checkpointing_trains_identically(data_root, tmp_path):
+    plain = run(data_root, tmp_path / "plain", "--max_iters=4")
+    ckpt = run(data_root, tmp_path / "ckpt", "--max_iters=4", "--gradient_checkpointing=True")
+    assert_same_parameters(plain["model"], ckpt["model"])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_mixed_precision_loss_is_finite_and_falls(data_root, tmp_path, dtype):
+    ckpt = run(data_root, tmp_path / dtype, f"--dtype={dtype}", "--max_iters=40", "--lr_decay_iters=40",
+               "--eval_interval=20")
+    losses = [h["val_loss"] for h in ckpt["history"]]
+    assert all(map(torch.isfinite, torch.tensor(losses))), losses
+    assert losses[-1] < losses[0] - 0.5, losses
+    if dtype == "float16":
+        assert ckpt["scaler"]["scale"] > 0  # the gradient scaler ran
+
+
+def test_training_beats_the_unigram_baseline(data_root, tmp_path):
+    ckpt = run(data_root, tmp_path / "learn", "--max_iters=200", "--lr_decay_iters=200", "--batch_size=16",
+               "--eval_interval=50", "--dropout=0.0")
+    assert ckpt["history"][-1]["val_loss"] < ckpt["unigram_val_loss"] - 0.3, ckpt["history"]
+
+
+def test_checkpoints_are_self_contained(data_root, tmp_path):
+    run(data_root, tmp_path / "o", "--max_iters=20", "--keep_last=2", "--checkpoint_interval=5")
+    assert sorted(p.name for p in (tmp_path / "o").glob("ckpt_*.pt")) == \
+        ["ckpt_0000015.pt", "ckpt_0000020.pt"]
+    model, tokenizer, ckpt = checkpoint.load_model(tmp_path / "o" / "best.pt")
+    assert ckpt["config"]["n_embd"] == 32 and ckpt["iter_num"] in (10, 20)
+    text = tokenizer.decode(model.generate([tokenizer.encode("The ")], 5, temperature=0)[0])
+    assert isinstance(text, str)
+
+
+def test_non_finite_steps_stop_the_run(data_root, tmp_path):
+    with pytest.raises(SystemExit, match="consecutive non-finite steps"):
+        run(data_root, tmp_path / "nan", "--learning_rate=1e12", "--decay_lr=False",
+            "--max_bad_steps=2", "--grad_clip=0.0", "--max_iters=50")
+
+
+def test_corrupt_and_foreign_checkpoints_get_clear_errors(data_root, tmp_path):
+    good = run(data_root, tmp_path / "c", "--max_iters=2")
+    path = tmp_path / "c" / "last.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match="truncated, corrupt"):
+        checkpoint.load(path)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(args(data_root, tmp_path / "c", "--init_from=resume"))
+    assert exit_info.value.code == 2
+    torch.save({"format_version": 1, "evil": Path("/")}, path)  # needs unpickling a class
+    with pytest.raises(checkpoint.CheckpointError, match="cannot be read"):
+        checkpoint.load(path)
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="not a format-1 checkpoint"):
+        checkpoint.load(path)
+    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
+        checkpoint.load(tmp_path / "nowhere.pt")
+    assert good["iter_num"] == 2
+
+
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
+    path = tmp_path / "last.pt"
+    checkpoint.save({"format_version": 1, "step": 0, "big": torch.zeros(1)}, path)
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, torch, checkpoint\n"
+        "big = torch.randn(64 * 2**20)\n"  # 256 MB: the write takes a while
+        "for step in range(1, 1000):\n"
+        "    checkpoint.save({'format_version': 1, 'step': step, 'big': big}, sys.argv[1])\n"
+    ), str(path)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    tmp = tmp_path / ".last.pt.tmp"
+    deadline = time.time() + 60
+    while not (tmp.exists() and tmp.stat().st_size > 10 * 2**20) and time.time() < deadline:
+        time.sleep(0.005)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert tmp.exists(), "the writer was not caught mid-write"
+    obj = torch.load(path, weights_only=True)  # the previous complete file
+    assert obj["format_version"] == 1 and obj["step"] >= 0
+
+
+def test_sigterm_saves_then_resume_finishes(data_root, tmp_path):
+    out = tmp_path / "term"
+    proc = subprocess.Popen([sys.executable, "train.py", *args(data_root, out, "--max_iters=100000",
+                                                                "--lr_decay_iters=100000",
+                                                                "--eval_interval=1000000",
+                                                                "--log_interval=1")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("iter 3:"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, output
+    assert "resume with --init_from=resume" in output
+    stopped = checkpoint.load(out / "last.pt")
+    assert 3 <= stopped["iter_num"] < 100
+    resumed = run(data_root, out, f"--max_iters={stopped['iter_num'] + 2}", "--lr_decay_iters=100000",
+                  "--eval_interval=1000000", "--init_from=resume")
+    assert resumed["iter_num"] == stopped["iter_num"] + 2
+
+
+def test_config_errors(data_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--batchsize=3"])
+    assert exit_info.value.code == 2 and "Did you mean 'batch_size'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(args(data_root, tmp_path, "--gradient_accumulation_steps=0.5"))
+    assert "must be int" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(args(data_root, tmp_path, "--dtype=float8"))
+    assert "dtype='float8' must be" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="run `python prepare.py --dataset=missing` first"):
+        train.main(args(data_root, tmp_path, "--dataset=missing"))
+
+
+def test_shipped_train_configs_load():
+    import configurator
+    for name in ("tiny", "cpu_demo", "mini_lm"):
+        cfg = configurator.parse(train.SPEC, [str(ROOT / "config" / f"{name}.py")])
+        assert cfg["max_iters"] > 0
