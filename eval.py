@@ -1,0 +1,290 @@
+"""eval.py: evaluate a checkpoint and write eval.json and report.md.
+
+    python eval.py --ckpt=out/best.pt                         # on the validation split it trained against
+    python eval.py --ckpt=out/best.pt --data=data/other       # another prepared folder (same tokenizer)
+    python eval.py --ckpt=out/best.pt --text="['notes.txt']"  # raw text files
+
+1. Likelihood: perplexity and bits per byte over the whole split with a sliding window (every token
+   scored once, each with at least block_size - stride tokens of context), overall and per source,
+   beside uniform, unigram and Kneser-Ney n-gram baselines scored on the same tokens (metrics.py).
+2. Generation task: the first `gen_documents` held-out documents long enough are cut into a prompt
+   (first `prompt_tokens` tokens) and a reference (the next `reference_tokens`); the model continues
+   each prompt (greedy unless temperature > 0) and the continuations are scored against the
+   references with sacrebleu (corpus BLEU, chrF; signatures in the report) and rouge-score
+   (ROUGE-1/2/L F1 with stemming), and on their own: distinct-1/2/3, self-BLEU, repetition,
+   coherence with the prompt and toxicity rate.
+3. Report: the tables, learning curves from the checkpoint's history, samples, the model and configs;
+   metrics also go to TensorBoard (<out_dir>/tb).
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import checkpoint
+import configurator
+import metrics
+from tokenizer import Tokenizer
+
+SPEC = {
+    "ckpt": ("out/best.pt", "checkpoint to evaluate"),
+    "data": ("", "prepared data folder (default: the one the checkpoint was trained on)"),
+    "text": ([], "raw text files to evaluate instead of a data folder"),
+    "split": ("val", "split of the data folder"),
+    "out_dir": ("", "where eval.json, report.md and plots go (default: <ckpt folder>/eval)"),
+    "stride": (0, "sliding-window stride in tokens (0: half of block_size)"),
+    "batch_size": (8, "windows or prompts per forward pass"),
+    "max_tokens": (0, "score at most this many tokens per source (0: all)"),
+    "device": ("auto", "'auto', 'cpu', 'cuda' ..."),
+    "gen_documents": (100, "documents in the generation task"),
+    "prompt_tokens": (64, "prompt length in the generation task (cut to block_size - 1)"),
+    "reference_tokens": (64, "reference continuation length = tokens generated"),
+    "temperature": (0.0, "0 = greedy"),
+    "top_k": (0, "sampling: keep the k likeliest tokens (0: all)"),
+    "top_p": (1.0, "sampling: nucleus probability"),
+    "seed": (1337, "sampling seed"),
+    "ngram_order": (3, "order of the Kneser-Ney baseline"),
+    "ngram_train_tokens": (20_000_000, "train tokens the n-gram baselines count (0: all)"),
+    "tensorboard": (True, "also log the metrics to TensorBoard"),
+}
+
+
+class EvalError(ValueError):
+    pass
+
+
+def load_streams(cfg, tokenizer, ckpt):
+    """{source: token array} to score, the train tokens for the baselines (or None), and a label."""
+    if cfg["text"]:
+        parts = []
+        for path in cfg["text"]:
+            try:
+                parts.append(Path(path).read_text(encoding="utf-8", errors="replace"))
+            except OSError as e:
+                raise EvalError(f"cannot read --text file {path}: {e.strerror}") from None
+        ids = []
+        for text in parts:
+            ids += tokenizer.encode(text) + [tokenizer.eot_id]
+        return {"text": np.array(ids, dtype=np.int64)}, None, ", ".join(cfg["text"])
+    folder = Path(cfg["data"] or ckpt.get("dataset", {}).get("path", ""))
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        raise EvalError(f"{meta_path} not found: give --data=<a folder prepare.py wrote> or --text")
+    meta = json.loads(meta_path.read_text())
+    data_tokenizer = Tokenizer.load(folder / meta.get("tokenizer", "tokenizer.json"))
+    if data_tokenizer.tokens != tokenizer.tokens or data_tokenizer.pattern != tokenizer.pattern:
+        raise EvalError(f"{folder} was tokenized with a different tokenizer than {cfg['ckpt']}: its "
+                        "token ids mean other strings; evaluate raw files with --text instead")
+    if cfg["split"] not in meta["splits"]:
+        raise EvalError(f"split {cfg['split']!r} not in {folder} (has {list(meta['splits'])})")
+    data = np.memmap(folder / f"{cfg['split']}.bin", dtype=meta["dtype"], mode="r")
+    streams = {name: np.asarray(data[start:end], dtype=np.int64)
+               for name, (start, end) in meta["splits"][cfg["split"]]["source_ranges"].items()
+               if end - start > 1}
+    train = np.memmap(folder / "train.bin", dtype=meta["dtype"], mode="r")
+    if cfg["ngram_train_tokens"]:
+        train = train[:cfg["ngram_train_tokens"]]
+    return streams, np.asarray(train, dtype=np.int64), f"{folder} ({cfg['split']})"
+
+
+def generation_task(model, tokenizer, streams, cfg, device):
+    """Prompts, references and continuations (as text) for the held-out documents."""
+    block = model.config.block_size
+    prompt_len = min(cfg["prompt_tokens"], block - 1)
+    cases = []
+    per_source = max(1, cfg["gen_documents"] // max(1, len(streams)))
+    for tokens in streams.values():
+        ends = np.flatnonzero(tokens == tokenizer.eot_id)
+        starts = np.concatenate([[0], ends + 1])[:len(ends)]
+        taken = 0
+        for s, e in zip(starts, ends):
+            if e - s >= prompt_len + cfg["reference_tokens"] and taken < per_source:
+                cases.append((tokens[s:s + prompt_len].tolist(),
+                              tokens[s + prompt_len:s + prompt_len + cfg["reference_tokens"]].tolist()))
+                taken += 1
+    outputs = []
+    for i in range(0, len(cases), cfg["batch_size"]):
+        prompts = [c[0] for c in cases[i:i + cfg["batch_size"]]]
+        outputs += model.generate(prompts, cfg["reference_tokens"], temperature=cfg["temperature"],
+                                  top_k=cfg["top_k"] or None, top_p=cfg["top_p"],
+                                  seed=cfg["seed"] + i)
+    return ([tokenizer.decode(p) for p, _ in cases], [tokenizer.decode(r) for _, r in cases],
+            [tokenizer.decode(o) for o in outputs])
+
+
+def score_generations(prompts, references, hypotheses):
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    import filters
+    bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
+    result = {"documents": len(hypotheses)}
+    if not hypotheses:
+        return result
+    result["bleu"] = bleu.corpus_score(hypotheses, [references]).score
+    result["bleu_signature"] = str(bleu.get_signature())
+    result["chrf"] = chrf.corpus_score(hypotheses, [references]).score
+    result["chrf_signature"] = str(chrf.get_signature())
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    rouge = [scorer.score(r, h) for r, h in zip(references, hypotheses)]
+    for key in ("rouge1", "rouge2", "rougeL"):
+        result[key] = float(np.mean([s[key].fmeasure for s in rouge]))
+    for n in (1, 2, 3):
+        result[f"distinct_{n}"] = metrics.distinct_n(hypotheses, n)
+    result["self_bleu"] = metrics.self_bleu(hypotheses)
+    result["repetition_4gram"] = metrics.repetition_rate(hypotheses, 4)
+    result["coherence"] = metrics.coherence(prompts, hypotheses)
+    result["coherence_of_references"] = metrics.coherence(prompts, references)
+    result["toxicity_rate"] = float(np.mean([s > 0.5 for s in filters.toxicity_scores(hypotheses)]))
+    return result
+
+
+def evaluate(cfg):
+    device = torch.device(cfg["device"] if cfg["device"] != "auto"
+                          else ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, tokenizer, ckpt = checkpoint.load_model(cfg["ckpt"], device)
+    if device.type == "cpu":
+        model.optimize_for_decoding()
+    block = model.config.block_size
+    stride = cfg["stride"] or max(1, block // 2)
+    if not 0 < stride <= block:
+        raise EvalError(f"stride={stride} must be between 1 and block_size={block}")
+    streams, train, label = load_streams(cfg, tokenizer, ckpt)
+    if cfg["max_tokens"]:
+        streams = {k: v[:cfg["max_tokens"]] for k, v in streams.items()}
+    if not streams:
+        raise EvalError(f"nothing to evaluate in {label}")
+    out_dir = Path(cfg["out_dir"] or Path(cfg["ckpt"]).parent / "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    vocab = model.config.vocab_size
+    kn = metrics.KneserNey(train, vocab, cfg["ngram_order"]) if train is not None else None
+    rows, all_nll = {}, {"model": [], "uniform": [], "unigram": [], "kneser_ney": []}
+    for source, tokens in streams.items():
+        nll = metrics.sliding_window_nll(model, tokens, stride, cfg["batch_size"], device)
+        row = {"tokens": len(nll), "perplexity": metrics.perplexity(nll),
+               "bits_per_byte": metrics.bits_per_byte(nll, tokens, tokenizer)}
+        all_nll["model"].append(nll)
+        all_nll["uniform"].append(metrics.uniform_nll(len(nll), vocab))
+        if train is not None:
+            all_nll["unigram"].append(metrics.unigram_nll(train, tokens[1:], vocab))
+            all_nll["kneser_ney"].append(kn.nll(tokens))
+        rows[source] = row
+        print(f"{source}: {len(nll):,} tokens, perplexity {row['perplexity']:.2f}, "
+              f"bits per byte {row['bits_per_byte']:.3f}", flush=True)
+    model_nll = np.concatenate(all_nll["model"])
+    likelihood = {"overall": {"tokens": len(model_nll), "perplexity": metrics.perplexity(model_nll),
+                              "loss": float(np.mean(model_nll))}, "per_source": rows}
+    baselines = {}
+    for name, parts in all_nll.items():
+        if parts and name != "model":
+            nll = np.concatenate(parts)
+            baselines[name] = {"perplexity": metrics.perplexity(nll), "loss": float(np.mean(nll))}
+    baselines = {"model": dict(likelihood["overall"]), **baselines}
+    if train is not None:
+        baselines["kneser_ney"]["order"] = cfg["ngram_order"]
+        baselines["kneser_ney"]["train_tokens"] = len(train)
+
+    prompts, references, hypotheses = generation_task(model, tokenizer, streams, cfg, device)
+    generation = score_generations(prompts, references, hypotheses)
+    samples = [{"prompt": p, "reference": r, "generated": h}
+               for p, r, h in list(zip(prompts, references, hypotheses))[:5]]
+    params = model.parameter_breakdown()
+    result = {"checkpoint": str(cfg["ckpt"]), "evaluated_on": label, "stride": stride,
+              "likelihood": likelihood, "baselines": baselines, "generation": generation,
+              "samples": samples, "model": {"parameters": params, "config": ckpt["model_args"]},
+              "training": {"iter_num": ckpt.get("iter_num"), "tokens_seen": ckpt.get("tokens_seen"),
+                           "config": ckpt["config"]}, "eval_config": cfg}
+    tmp = out_dir / "eval.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    os.replace(tmp, out_dir / "eval.json")
+    write_report(out_dir, result, ckpt.get("history", []))
+    if cfg["tensorboard"]:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out_dir / "tb"))
+        step = ckpt.get("iter_num") or 0
+        writer.add_scalar("eval/perplexity", likelihood["overall"]["perplexity"], step)
+        for key in ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "distinct_2", "self_bleu",
+                    "repetition_4gram", "coherence", "toxicity_rate"):
+            if key in generation:
+                writer.add_scalar(f"eval/{key}", generation[key], step)
+        writer.close()
+    print(f"overall perplexity {likelihood['overall']['perplexity']:.2f}"
+          + "".join(f", {k} {v['perplexity']:.2f}" for k, v in baselines.items() if k != "model")
+          + (f"; BLEU {generation['bleu']:.2f}, ROUGE-L {generation['rougeL']:.3f}"
+             if "bleu" in generation else "") + f"; wrote {out_dir}/report.md", flush=True)
+    return result
+
+
+def write_report(out_dir, result, history):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    lines = [f"# Evaluation of {result['checkpoint']}", "",
+             f"Evaluated on {result['evaluated_on']}; sliding window stride {result['stride']}.", "",
+             "## Likelihood", "", "| | tokens | perplexity | bits per byte |", "|---|---:|---:|---:|"]
+    for source, row in result["likelihood"]["per_source"].items():
+        lines.append(f"| {source} | {row['tokens']:,} | {row['perplexity']:.2f} | {row['bits_per_byte']:.3f} |")
+    overall = result["likelihood"]["overall"]
+    lines += [f"| **all** | {overall['tokens']:,} | {overall['perplexity']:.2f} | |", "",
+              "## Baselines (same tokens)", "", "| model | loss (nats/token) | perplexity |",
+              "|---|---:|---:|"]
+    for name, row in result["baselines"].items():
+        lines.append(f"| {name} | {row['loss']:.3f} | {row['perplexity']:.2f} |")
+    g = result["generation"]
+    lines += ["", f"## Generation task ({g['documents']} documents)", ""]
+    if "bleu" in g:
+        lines += ["| metric | value | range |", "|---|---:|---|"]
+        for key, span in (("bleu", "0-100"), ("chrf", "0-100"), ("rouge1", "0-1"), ("rouge2", "0-1"),
+                          ("rougeL", "0-1"), ("distinct_1", "0-1"), ("distinct_2", "0-1"),
+                          ("distinct_3", "0-1"), ("self_bleu", "0-100, lower = more diverse"),
+                          ("repetition_4gram", "0-1, lower = fewer loops"),
+                          ("coherence", "0-1"), ("coherence_of_references", "0-1"),
+                          ("toxicity_rate", "0-1")):
+            lines.append(f"| {key} | {g[key]:.4f} | {span} |")
+        lines += ["", f"BLEU signature: `{g['bleu_signature']}`; chrF: `{g['chrf_signature']}`"]
+    if history:
+        steps = [h["iter"] for h in history]
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        axes[0].plot(steps, [h["train_loss"] for h in history], label="train")
+        axes[0].plot(steps, [h["val_loss"] for h in history], label="val")
+        axes[0].set_xlabel("step")
+        axes[0].set_ylabel("loss (nats/token)")
+        axes[0].legend()
+        axes[1].plot([h["tokens"] / 1e6 for h in history], [h["val_ppl"] for h in history])
+        axes[1].set_xlabel("tokens seen (millions)")
+        axes[1].set_ylabel("validation perplexity")
+        axes[1].set_yscale("log")
+        fig.tight_layout()
+        fig.savefig(out_dir / "learning_curves.png", dpi=100, metadata={"Software": None})
+        plt.close(fig)
+        lines += ["", "## Learning curves", "", "![learning curves](learning_curves.png)"]
+    lines += ["", "## Samples", ""]
+    for s in result["samples"]:
+        lines += ["**prompt**", "```", s["prompt"], "```", "**reference**", "```", s["reference"], "```",
+                  "**generated**", "```", s["generated"], "```", ""]
+    params = result["model"]["parameters"]
+    lines += ["## Model, data and training", "",
+              f"{params['total'] / 1e6:.2f}M parameters; model config `{result['model']['config']}`; "
+              f"trained {result['training']['iter_num']} steps on {result['training']['tokens_seen']:,} "
+              "tokens.", "", "```", json.dumps(result["training"]["config"], indent=1, default=str), "```"]
+    tmp = out_dir / "report.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out_dir / "report.md")
+
+
+def main(argv=None):
+    cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="eval.py")
+    try:
+        return evaluate(cfg)
+    except (EvalError, checkpoint.CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""eval.py and metrics.py: perplexity against independent computations and known answers, the
+n-gram baselines against a direct implementation, generation metrics, the report, bad inputs."""
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoint
+import eval as evaluate_script
+import metrics
+from model import GPT, GPTConfig
+from test_train import data_root, run  # noqa: F401  (fixture and helper)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_model(block=8, vocab=50):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(block_size=block, vocab_size=vocab, n_layer=1, n_head=2, n_embd=16)).eval()
+
+
+@torch.no_grad()
+def brute_force_nll(model, tokens, context):
+    """Each target j scored alone with the `context` tokens before it (or all, near the start)."""
+    out = []
+    for j in range(1, len(tokens)):
+        x = torch.from_numpy(np.asarray(tokens[max(0, j - context):j]))[None]
+        logits = model(x)[0][0, -1].double()
+        out.append(float(torch.logsumexp(logits, 0) - logits[tokens[j]]))
+    return np.array(out)
+
+
+def test_non_overlapping_windows_equal_torch_cross_entropy():
+    model = tiny_model()
+    tokens = np.random.default_rng(0).integers(0, 50, 8 * 5 + 1)
+    nll = metrics.sliding_window_nll(model, tokens, stride=8, batch_size=3)
+    x = torch.tensor(tokens[:-1]).view(5, 8)
+    y = torch.tensor(tokens[1:]).view(5, 8)
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(model(x)[0].reshape(-1, 50), y.reshape(-1),
+                                                     reduction="none")
+    np.testing.assert_allclose(nll, expected.double().numpy(), rtol=1e-5, atol=1e-6)
+    assert metrics.perplexity(nll) == pytest.approx(math.exp(expected.mean().item()), rel=1e-5)
+
+
+def test_stride_one_scores_every_token_with_full_context():
+    model = tiny_model()
+    tokens = np.random.default_rng(1).integers(0, 50, 23)
+    nll = metrics.sliding_window_nll(model, tokens, stride=1, batch_size=4)
+    np.testing.assert_allclose(nll, brute_force_nll(model, tokens, 8), rtol=1e-5, atol=1e-6)
+
+
+def test_every_token_is_scored_once_whatever_the_stride():
+    model = tiny_model()
+    tokens = np.random.default_rng(2).integers(0, 50, 37)
+    for stride in (1, 3, 4, 7, 8):
+        nll = metrics.sliding_window_nll(model, tokens, stride=stride)
+        assert nll.shape == (36,) and np.isfinite(nll).all()
+    with pytest.raises(ValueError, match="stride=9"):
+        metrics.sliding_window_nll(model, tokens, stride=9)
+
+
+def test_uniform_model_has_perplexity_equal_to_the_vocabulary():
+    model = tiny_model(vocab=37)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # tied: the embedding too, so every logit is 0
+    nll = metrics.sliding_window_nll(model, np.arange(30) % 37, stride=4)
+    assert metrics.perplexity(nll) == pytest.approx(37, rel=1e-6)
+    assert metrics.perplexity(metrics.uniform_nll(10, 37)) == pytest.approx(37)
+
+
+def test_hand_computed_perplexity_and_bits_per_byte():
+    # probabilities 1/2, 1/4, 1/8: mean NLL = 2 ln 2, perplexity 4
+    nll = np.log([2.0, 4.0, 8.0])
+    assert metrics.perplexity(nll) == pytest.approx(4.0)
+
+    class Tok:
+        tokens = [b"a", b"bb", b"ccc"]
+        special_tokens = {"<|endoftext|>": 3}
+
+    # targets are tokens[1:] = "bb", "ccc", eot: 5 bytes; 6 bits total (log2 2+4+8 = 1+2+3)
+    assert metrics.bits_per_byte(nll, np.array([0, 1, 2, 3]), Tok()) == pytest.approx(6 / 5)
+
+
+def kn_reference(train, tokens, vocab, order, d=0.75):
+    """Interpolated Kneser-Ney straight from the definition, with dicts."""
+    raw = Counter(tuple(train[i:i + order]) for i in range(len(train) - order + 1))
+    levels = {order: raw}
+    for k in range(order - 1, 0, -1):
+        levels[k] = Counter(g[1:] for g in levels[k + 1])
+
+    def prob(history, w):
+        k = len(history) + 1
+        counts = levels[k]
+        if k == 1:
+            total = sum(counts.values())
+            return max(counts.get((w,), 0) - d, 0) / total + d * len(counts) / total / vocab
+        lower = prob(history[1:], w)
+        grams = {g: c for g, c in counts.items() if g[:-1] == history}
+        s = sum(grams.values())
+        if s == 0:
+            return lower
+        return max(grams.get(history + (w,), 0) - d, 0) / s + d * len(grams) / s * lower
+
+    return np.array([-math.log(prob(tuple(tokens[max(0, j - order + 1):j]), tokens[j]))
+                     for j in range(1, len(tokens))])
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_kneser_ney_matches_the_definition(order):
+    rng = np.random.default_rng(order)
+    train = rng.integers(0, 6, 300) // np.array([1, 2])[rng.integers(0, 2, 300)]  # skewed counts
+    tokens = rng.integers(0, 7, 40)  # includes a token never seen in train (6)
+    model = metrics.KneserNey(train, 7, order)
+    np.testing.assert_allclose(model.nll(tokens), kn_reference(list(train), list(tokens), 7, order),
+                               rtol=1e-10)
+
+
+def test_kneser_ney_probabilities_sum_to_one():
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 5, 200)
+    model = metrics.KneserNey(train, 5, 3)
+    for history in ([0, 1], [4, 4], [3, 2]):
+        total = sum(math.exp(-model.nll(np.array(history + [w]))[-1]) for w in range(5))
+        assert total == pytest.approx(1.0, rel=1e-9)
+
+
+def test_unigram_baseline():
+    nll = metrics.unigram_nll(np.array([0, 0, 1]), np.array([0, 2]), 3)
+    np.testing.assert_allclose(nll, [-math.log(3 / 6), -math.log(1 / 6)])
+
+
+def test_generation_metrics_known_answers():
+    from eval import score_generations
+    refs = ["the cat sat on the mat today", "a dog ran in the park at noon"]
+    same = score_generations(["prompt one", "prompt two"], refs, refs)
+    assert same["bleu"] == pytest.approx(100.0) and same["chrf"] == pytest.approx(100.0)
+    assert same["rouge1"] == same["rouge2"] == same["rougeL"] == pytest.approx(1.0)
+    assert "nrefs:1" in same["bleu_signature"]
+    different = score_generations(["p", "q"], refs, ["zebra quantum", "violet xylophone"])
+    assert different["bleu"] == pytest.approx(0.0, abs=1e-9) and different["rouge1"] == 0.0
+    assert metrics.distinct_n(["a b a b"], 1) == 0.5 and metrics.distinct_n(["a b a b"], 2) == 2 / 3
+    assert metrics.repetition_rate(["x y z w x y z w"], 4) == pytest.approx(1 / 5)
+    assert metrics.repetition_rate(["one two three four five"], 4) == 0.0
+    assert metrics.coherence(["red apple"], ["red apple"]) == pytest.approx(1.0)
+    assert metrics.coherence(["red apple"], ["blue sky"]) == 0.0
+    assert metrics.self_bleu(["same text here ok", "same text here ok"]) == pytest.approx(100.0)
+
+
+def test_eval_end_to_end_on_a_trained_tiny_model(data_root, tmp_path):  # noqa: F811
+    run(data_root, tmp_path / "o", "--max_iters=30", "--eval_interval=10")
+    out = tmp_path / "eval"
+    result = evaluate_script.main([f"--ckpt={tmp_path / 'o' / 'best.pt'}", f"--out_dir={out}",
+                                   "--gen_documents=4", "--prompt_tokens=16", "--reference_tokens=8"])
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["likelihood"]["overall"]["perplexity"] == pytest.approx(
+        result["likelihood"]["overall"]["perplexity"])
+    assert set(saved["likelihood"]["per_source"]) == {"code", "prose"}
+    assert saved["baselines"]["uniform"]["perplexity"] == pytest.approx(300)
+    assert saved["baselines"]["model"]["perplexity"] < saved["baselines"]["uniform"]["perplexity"]
+    assert saved["generation"]["documents"] == 4 and 0 <= saved["generation"]["bleu"] <= 100
+    report = (out / "report.md").read_text()
+    assert "## Baselines" in report and "learning_curves.png" in report
+    assert (out / "learning_curves.png").exists() and list((out / "tb").iterdir())
+
+
+def test_eval_on_raw_text_files(data_root, tmp_path):  # noqa: F811
+    run(data_root, tmp_path / "o", "--max_iters=2")
+    text = tmp_path / "notes.txt"
+    text.write_text("The old town has a market. The river crosses the town. " * 10)
+    result = evaluate_script.main([f"--ckpt={tmp_path / 'o' / 'last.pt'}", f"--text=['{text}']",
+                                   f"--out_dir={tmp_path / 'e'}", "--tensorboard=False"])
+    assert set(result["likelihood"]["per_source"]) == {"text"}
+    assert "kneser_ney" not in result["baselines"]  # no train split to count n-grams on
+
+
+def test_eval_bad_inputs(data_root, tmp_path, capsys):  # noqa: F811
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_script.main([f"--ckpt={tmp_path / 'missing.pt'}"])
+    assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
+    run(data_root, tmp_path / "o", "--max_iters=2")
+    other = tmp_path / "other"  # a data folder whose tokenizer differs
+    other.mkdir()
+    meta = json.loads((Path(data_root) / "tiny" / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps(meta))
+    tok = json.loads((Path(data_root) / "tiny" / "tokenizer.json").read_text())
+    tok["tokens"] = tok["tokens"][:-1]
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(SystemExit):
+        evaluate_script.main([f"--ckpt={tmp_path / 'o' / 'last.pt'}", f"--data={other}"])
+    assert "different tokenizer" in capsys.readouterr().err
+    # a prompt longer than the context is cut to block_size - 1 tokens (documented)
+    result = evaluate_script.main([f"--ckpt={tmp_path / 'o' / 'last.pt'}", "--prompt_tokens=500",
+                                   "--reference_tokens=4", "--gen_documents=2", "--tensorboard=False",
+                                   f"--out_dir={tmp_path / 'e2'}"])
+    assert result["generation"]["documents"] >= 1
