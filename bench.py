@@ -5,6 +5,7 @@
     python bench.py model              # CPU: training step tokens/s, loss memory, generation tokens/s
     python bench.py gpu                # CUDA: kernel tests, kernel GB/s, memory, bf16 training + MFU
     python bench.py train              # train.py itself: tokens/s and peak memory per setting
+    python bench.py eval               # tokens/s of eval.py's perplexity pass
     python bench.py all                # model, then gpu when CUDA is present (--gpu forces it)
 
 Figures are wall-clock on whatever machine runs them; the machine is printed with them.
@@ -339,6 +340,32 @@ def bench_train(quick=False):
             print(f"| {label} | {' '.join(setting) or 'eager'} | {rate:,.0f} | {memory} GB |", flush=True)
 
 
+# -------------------------------------------------------------------------------------- eval.py
+
+def bench_eval(quick=False):
+    """Tokens/s of the sliding-window perplexity pass (no grad, batched, fp32), random weights."""
+    import numpy as np
+    import torch
+
+    import metrics
+    from model import GPT, GPTConfig
+    cpu_demo = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=32000, bias=False)
+    print(f"machine: {machine()}, {torch.get_num_threads()} threads\n\n"
+          "| model | block | stride | batch | tokens | tokens/s |\n|---|---:|---:|---:|---:|---:|")
+    for label, config in (("cpu_demo (4.9M)", cpu_demo), ("mini_lm (48.4M)", MINI_LM)):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(**config)).eval()
+        block = config["block_size"]
+        n = 2_000 if quick else 50_000 if block <= 128 else 20_000
+        tokens = np.random.default_rng(0).integers(0, config["vocab_size"], n)
+        for stride in (block // 2, block):
+            metrics.sliding_window_nll(model, tokens[:2 * block], stride, 8)
+            t0 = time.perf_counter()
+            nll = metrics.sliding_window_nll(model, tokens, stride, 8)
+            rate = len(nll) / (time.perf_counter() - t0)
+            print(f"| {label} | {block} | {stride} | 8 | {len(nll):,} | {rate:,.0f} |", flush=True)
+
+
 # --------------------------------------------------------------------------------------- the GPU
 
 def bench_gpu(quick=False):
@@ -449,7 +476,7 @@ def bench_gpu(quick=False):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("suite", choices=["prepare", "model", "train", "gpu", "all"])
+    parser.add_argument("suite", choices=["prepare", "model", "train", "eval", "gpu", "all"])
     parser.add_argument("--gpu", action="store_true", help="all: run the GPU suite too")
     parser.add_argument("--hf", action="store_true", help="compare with HF tokenizers (prepare)")
     parser.add_argument("--quick", action="store_true",
@@ -461,12 +488,15 @@ def main():
         bench_model_cpu(args.quick)
     elif args.suite == "train":
         bench_train(args.quick)
+    elif args.suite == "eval":
+        bench_eval(args.quick)
     elif args.suite == "gpu":
         bench_gpu(args.quick)
     else:
         import torch
         bench_model_cpu(args.quick)
         bench_train(args.quick)
+        bench_eval(args.quick)
         if args.gpu or torch.cuda.is_available():
             bench_gpu(args.quick)
 

@@ -18,6 +18,7 @@
 """
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -166,7 +167,8 @@ def evaluate(cfg):
     rows, all_nll = {}, {"model": [], "uniform": [], "unigram": [], "kneser_ney": []}
     for source, tokens in streams.items():
         nll = metrics.sliding_window_nll(model, tokens, stride, cfg["batch_size"], device)
-        row = {"tokens": len(nll), "perplexity": metrics.perplexity(nll),
+        row = {"tokens": len(nll), "bytes": metrics.scored_bytes(tokens, len(nll), tokenizer),
+               "perplexity": metrics.perplexity(nll),
                "bits_per_byte": metrics.bits_per_byte(nll, tokens, tokenizer)}
         all_nll["model"].append(nll)
         all_nll["uniform"].append(metrics.uniform_nll(len(nll), vocab))
@@ -177,8 +179,11 @@ def evaluate(cfg):
         print(f"{source}: {len(nll):,} tokens, perplexity {row['perplexity']:.2f}, "
               f"bits per byte {row['bits_per_byte']:.3f}", flush=True)
     model_nll = np.concatenate(all_nll["model"])
+    n_bytes = sum(row["bytes"] for row in rows.values())
     likelihood = {"overall": {"tokens": len(model_nll), "perplexity": metrics.perplexity(model_nll),
-                              "loss": float(np.mean(model_nll))}, "per_source": rows}
+                              "loss": float(np.mean(model_nll)),
+                              "bits_per_byte": float(np.sum(model_nll) / math.log(2) / max(1, n_bytes))},
+                  "per_source": rows}
     baselines = {}
     for name, parts in all_nll.items():
         if parts and name != "model":
@@ -230,7 +235,8 @@ def write_report(out_dir, result, history):
     for source, row in result["likelihood"]["per_source"].items():
         lines.append(f"| {source} | {row['tokens']:,} | {row['perplexity']:.2f} | {row['bits_per_byte']:.3f} |")
     overall = result["likelihood"]["overall"]
-    lines += [f"| **all** | {overall['tokens']:,} | {overall['perplexity']:.2f} | |", "",
+    lines += [f"| **all** | {overall['tokens']:,} | {overall['perplexity']:.2f} | "
+              f"{overall['bits_per_byte']:.3f} |", "",
               "## Baselines (same tokens)", "", "| model | loss (nats/token) | perplexity |",
               "|---|---:|---:|"]
     for name, row in result["baselines"].items():

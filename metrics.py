@@ -60,12 +60,15 @@ def perplexity(nll):
     return float(math.exp(np.mean(nll)))
 
 
-def bits_per_byte(nll, tokens, tokenizer):
-    """Total NLL in bits over the UTF-8 bytes of the scored tokens (special tokens count 0 bytes):
-    comparable across tokenizers."""
+def scored_bytes(tokens, n_scored, tokenizer):
+    """UTF-8 bytes of the scored tokens tokens[1:n_scored + 1] (special tokens count 0)."""
     lengths = np.array([len(t) for t in tokenizer.tokens] + [0] * len(tokenizer.special_tokens))
-    n_bytes = lengths[np.asarray(tokens[1:len(nll) + 1])].sum()
-    return float(np.sum(nll) / math.log(2) / max(1, n_bytes))
+    return int(lengths[np.asarray(tokens[1:n_scored + 1])].sum())
+
+
+def bits_per_byte(nll, tokens, tokenizer):
+    """Total NLL in bits over the UTF-8 bytes of the scored tokens: comparable across tokenizers."""
+    return float(np.sum(nll) / math.log(2) / max(1, scored_bytes(tokens, len(nll), tokenizer)))
 
 
 # ---------------------------------------------------------------------------------------- baselines

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
 import eval as evaluate_script
 import metrics
 from model import GPT, GPTConfig
