@@ -6,6 +6,7 @@
     python bench.py gpu                # CUDA: kernel tests, kernel GB/s, memory, bf16 training + MFU
     python bench.py train              # train.py itself: tokens/s and peak memory per setting
     python bench.py eval               # tokens/s of eval.py's perplexity pass
+    python bench.py serve              # serve.py: one stream, 8 concurrent clients, latency
     python bench.py all                # model, then gpu when CUDA is present (--gpu forces it)
 
 Figures are wall-clock on whatever machine runs them; the machine is printed with them.
@@ -366,6 +367,82 @@ def bench_eval(quick=False):
             print(f"| {label} | {block} | {stride} | 8 | {len(nll):,} | {rate:,.0f} |", flush=True)
 
 
+# ------------------------------------------------------------------------------------- serve.py
+
+def bench_serve(quick=False):
+    """A real serve.py process per model size (random weights, the demo tokenizer), driven over HTTP."""
+    import concurrent.futures
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import urllib.request
+    from dataclasses import asdict
+    from pathlib import Path
+
+    import torch
+
+    import checkpoint
+    from model import GPT, GPTConfig
+    from tokenizer import Tokenizer
+    tokenizer = Tokenizer.load(Path("data/demo/tokenizer.json"))
+    cpu_demo = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=32000, bias=False)
+    print(f"machine: {machine()}\n\n| model | weights | one stream tokens/s | 8 clients: aggregate "
+          "tokens/s | 64-token completion p50 / p95 (8 clients) |\n|---|---|---:|---:|---:|")
+
+    def post(url, body):
+        req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=600) as r:
+            out = json.loads(r.read())
+        return out, time.perf_counter() - t0
+
+    for label, config in (("cpu_demo (4.9M)", cpu_demo), ("mini_lm (48.4M)", MINI_LM)):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(**config))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.pt"
+            checkpoint.save({"format_version": checkpoint.FORMAT_VERSION, "model": model.state_dict(),
+                             "model_args": asdict(model.config), "tokenizer": tokenizer.to_dict(),
+                             "config": {}}, path)
+            for dtype in ("float32", "bfloat16"):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = s.getsockname()[1]
+                proc = subprocess.Popen([sys.executable, "serve.py", f"--ckpt={path}", f"--port={port}",
+                                         f"--dtype={dtype}"], stdout=subprocess.DEVNULL)
+                url = f"http://127.0.0.1:{port}"
+                try:
+                    for _ in range(600):
+                        try:
+                            urllib.request.urlopen(url + "/health", timeout=1)
+                            break
+                        except OSError:
+                            time.sleep(0.1)
+                    n = 16 if quick else 128
+                    body = {"prompt": "The river", "max_tokens": n, "temperature": 0, "stop": ["\u0000"]}
+                    post(url + "/generate", body)
+                    single = [post(url + "/generate", body)[0]["tokens_per_second"] for _ in range(3)]
+                    body64 = {"prompt": "The river", "max_tokens": 16 if quick else 64, "temperature": 0,
+                              "stop": ["\u0000"]}
+                    requests = 2 if quick else 4
+                    t0 = time.perf_counter()
+                    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                        results = list(pool.map(lambda _: post(url + "/v1/completions", body64),
+                                                range(8 * requests)))
+                    wall = time.perf_counter() - t0
+                    tokens = sum(r[0]["usage"]["completion_tokens"] for r in results)
+                    latencies = sorted(r[1] for r in results)
+                    p50 = latencies[len(latencies) // 2]
+                    p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
+                    print(f"| {label} | {dtype} | {statistics.median(single):,.1f} | {tokens / wall:,.1f} | "
+                          f"{p50:.2f} s / {p95:.2f} s |", flush=True)
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+
+
 # --------------------------------------------------------------------------------------- the GPU
 
 def bench_gpu(quick=False):
@@ -476,7 +553,7 @@ def bench_gpu(quick=False):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("suite", choices=["prepare", "model", "train", "eval", "gpu", "all"])
+    parser.add_argument("suite", choices=["prepare", "model", "train", "eval", "serve", "gpu", "all"])
     parser.add_argument("--gpu", action="store_true", help="all: run the GPU suite too")
     parser.add_argument("--hf", action="store_true", help="compare with HF tokenizers (prepare)")
     parser.add_argument("--quick", action="store_true",
@@ -490,6 +567,8 @@ def main():
         bench_train(args.quick)
     elif args.suite == "eval":
         bench_eval(args.quick)
+    elif args.suite == "serve":
+        bench_serve(args.quick)
     elif args.suite == "gpu":
         bench_gpu(args.quick)
     else:
@@ -497,6 +576,7 @@ def main():
         bench_model_cpu(args.quick)
         bench_train(args.quick)
         bench_eval(args.quick)
+        bench_serve(args.quick)
         if args.gpu or torch.cuda.is_available():
             bench_gpu(args.quick)
 

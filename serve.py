@@ -1,0 +1,397 @@
+"""serve.py: serve a checkpoint over HTTP (Flask app on the waitress WSGI server).
+
+    python serve.py --ckpt=out/best.pt                      # http://127.0.0.1:8000
+    curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
+         -d '{"prompt": "The river", "max_tokens": 32, "temperature": 0}'
+
+Endpoints:
+  POST /v1/completions  OpenAI-compatible completions (prompt as a string or a list, max_tokens,
+                        temperature, top_p, stop, n, seed, stream with server-sent events)
+  POST /generate        {"prompt": "...", "max_tokens": 64, ...} -> {"text": ..., ...}
+  GET  /health          model name and size
+  GET  /metrics         Prometheus text: requests by status, time to first token and request
+                        latency histograms, prompt and generated token counters, tokens/s
+  GET  /                a page to type a prompt and watch the stream
+
+Requests share the model: each generation step holds a lock for one forward pass, so concurrent
+requests advance token by token in turn (none waits for another to finish) and never mix.
+A prompt longer than the context keeps its last block_size - 1 tokens (usage reports what was used).
+With --api_key (or MINI_LM_API_KEY), /v1/* and /generate need `Authorization: Bearer <key>`.
+"""
+
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+
+import torch
+from flask import Flask, Response, jsonify, request
+
+import checkpoint
+import configurator
+
+SPEC = {
+    "ckpt": ("out/best.pt", "checkpoint to serve"),
+    "host": ("127.0.0.1", "address to bind (0.0.0.0 exposes the server to the network)"),
+    "port": (8000, "port"),
+    "api_key": ("", "require this bearer token (default: $MINI_LM_API_KEY, else none)"),
+    "model_name": ("mini-lm", "the `model` field of responses"),
+    "max_tokens_limit": (1024, "largest max_tokens a request may ask for"),
+    "max_n": (8, "largest n (completions per prompt) a request may ask for"),
+    "max_body_bytes": (1_000_000, "larger request bodies get 413"),
+    "device": ("auto", "'auto', 'cpu', 'cuda' ..."),
+    "dtype": ("float32", "weights: 'float32' or 'bfloat16' (faster on recent CPUs)"),
+    "threads": (8, "waitress worker threads (concurrent requests)"),
+}
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class BadRequest(ValueError):
+    def __init__(self, message, param=None, status=400):
+        super().__init__(message)
+        self.param, self.status = param, status
+
+
+class Metrics:
+    """Counters and histograms in Prometheus' text format, kept by hand (a few dicts)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests = {}  # (endpoint, status) -> count
+        self.histograms = {"time_to_first_token_seconds": [0] * (len(LATENCY_BUCKETS) + 1) + [0.0],
+                           "request_seconds": [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]}
+        self.prompt_tokens = self.generated_tokens = 0
+        self.generation_seconds = 0.0
+
+    def observe(self, name, seconds):
+        with self.lock:
+            h = self.histograms[name]
+            i = next((i for i, b in enumerate(LATENCY_BUCKETS) if seconds <= b), len(LATENCY_BUCKETS))
+            h[i] += 1
+            h[-1] += seconds
+
+    def count_request(self, endpoint, status):
+        with self.lock:
+            self.requests[(endpoint, status)] = self.requests.get((endpoint, status), 0) + 1
+
+    def count_tokens(self, prompt, generated, seconds):
+        with self.lock:
+            self.prompt_tokens += prompt
+            self.generated_tokens += generated
+            self.generation_seconds += seconds
+
+    def render(self):
+        with self.lock:
+            out = ["# TYPE mini_lm_requests_total counter"]
+            for (endpoint, status), n in sorted(self.requests.items()):
+                out.append(f'mini_lm_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}')
+            for name, h in self.histograms.items():
+                out.append(f"# TYPE mini_lm_{name} histogram")
+                cumulative = 0
+                for bound, n in zip([*map(str, LATENCY_BUCKETS), "+Inf"], h[:-1]):
+                    cumulative += n
+                    out.append(f'mini_lm_{name}_bucket{{le="{bound}"}} {cumulative}')
+                out += [f"mini_lm_{name}_sum {h[-1]:.6f}", f"mini_lm_{name}_count {cumulative}"]
+            rate = self.generated_tokens / self.generation_seconds if self.generation_seconds else 0.0
+            out += ["# TYPE mini_lm_prompt_tokens_total counter",
+                    f"mini_lm_prompt_tokens_total {self.prompt_tokens}",
+                    "# TYPE mini_lm_generated_tokens_total counter",
+                    f"mini_lm_generated_tokens_total {self.generated_tokens}",
+                    "# TYPE mini_lm_tokens_per_second gauge",
+                    f"mini_lm_tokens_per_second {rate:.3f}"]
+            return "\n".join(out) + "\n"
+
+
+def _field(body, name, kind, default, check=None, message="has the wrong type"):
+    """body[name] if it has the right type and passes check, default if absent, else a 400."""
+    value = body.get(name)
+    if value is None:
+        return default
+    wrong_type = not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)
+    if wrong_type or (check and not check(value)):
+        raise BadRequest(f"'{name}' {message} (got {value!r})", name)
+    return value
+
+
+class Server:
+    """The model, its tokenizer and the step lock; turns requests into token streams."""
+
+    def __init__(self, model, tokenizer, cfg):
+        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.lock = threading.Lock()
+        self.metrics = Metrics()
+
+    def parse(self, body, openai=True):
+        cfg = self.cfg
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        prompt = body.get("prompt", "")
+        prompts = prompt if isinstance(prompt, list) and openai else [prompt]
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise BadRequest("'prompt' must be a string" + (" or a list of strings" if openai else ""),
+                             "prompt")
+        limit = cfg["max_tokens_limit"]
+        params = {
+            "max_tokens": _field(body, "max_tokens", int, 16 if openai else 64,
+                                 lambda v: 0 <= v <= limit, f"must be an integer in 0..{limit}"),
+            "temperature": _field(body, "temperature", (int, float), 1.0,
+                                  lambda v: 0 <= v <= 2, "must be a number in 0..2"),
+            "top_p": _field(body, "top_p", (int, float), 1.0, lambda v: 0 < v <= 1,
+                            "must be a number in (0, 1]"),
+            "top_k": _field(body, "top_k", int, None, lambda v: v > 0, "must be a positive integer"),
+            "n": _field(body, "n", int, 1, lambda v: 1 <= v <= cfg["max_n"],
+                        f"must be an integer in 1..{cfg['max_n']}"),
+            "seed": _field(body, "seed", int, None),
+            "stream": _field(body, "stream", bool, False),
+        }
+        stop = body.get("stop")
+        stop = [stop] if isinstance(stop, str) else stop
+        if stop is not None and not (isinstance(stop, list) and len(stop) <= 4
+                                     and all(isinstance(s, str) and s for s in stop)):
+            raise BadRequest("'stop' must be a non-empty string or a list of at most 4", "stop")
+        params["stop"] = stop or []
+        return prompts, params
+
+    def encode(self, text):
+        ids = self.tokenizer.encode(text) or [self.tokenizer.eot_id]
+        return ids[-(self.model.config.block_size - 1):]  # documented truncation: keep the end
+
+    def run(self, prompts, p):
+        """Yield (index, text delta, finish_reason or None) for len(prompts) * n choices; finally
+        yields (None, usage dict, None)."""
+        encoded = [self.encode(text) for text in prompts for _ in range(p["n"])]
+        stops, hold = p["stop"], max((len(s) for s in p["stop"]), default=1) - 1
+        sent = [0] * len(encoded)
+        finished = [None] * len(encoded)
+        texts = [""] * len(encoded)
+        generated = [0] * len(encoded)
+        t0, first = time.time(), None
+        stream = self.model.generate_stream(
+            encoded, p["max_tokens"], temperature=p["temperature"], top_k=p["top_k"],
+            top_p=p["top_p"], stop_tokens=[self.tokenizer.eot_id], seed=p["seed"])
+        steps = 0
+        while p["max_tokens"] > 0:
+            with self.lock:  # one forward pass at a time; requests interleave token by token
+                new_tokens = next(stream, None)
+            if new_tokens is None:
+                break
+            steps += 1
+            if first is None:
+                first = time.time() - t0
+                self.metrics.observe("time_to_first_token_seconds", first)
+            done_now = steps >= p["max_tokens"]
+            for i, tokens in enumerate(new_tokens):
+                if finished[i]:
+                    continue
+                generated[i] = len(tokens)
+                text = self.tokenizer.decode(tokens)
+                cut = min((text.find(s) for s in stops if s in text), default=-1)
+                if cut >= 0:
+                    text, finished[i] = text[:cut], "stop"
+                elif len(tokens) < steps:  # the end-of-text token ended it
+                    finished[i] = "stop"
+                elif done_now:
+                    finished[i] = "length"
+                texts[i] = text
+                # hold back what could still become a stop string, or half a UTF-8 character
+                end = len(text) if finished[i] else max(sent[i], len(text) - hold)
+                while not finished[i] and end > sent[i] and text[end - 1] == "\ufffd":
+                    end -= 1
+                if end > sent[i] or finished[i]:
+                    yield i, text[sent[i]:end], finished[i]
+                    sent[i] = end
+            if all(finished):
+                break
+        for i, reason in enumerate(finished):
+            if reason is None:  # max_tokens == 0
+                yield i, "", "length"
+        completion = sum(generated)
+        prompt_tokens = sum(len(e) for e in encoded[::p["n"]])
+        self.metrics.count_tokens(prompt_tokens, completion, time.time() - t0)
+        yield None, {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                     "total_tokens": prompt_tokens + completion}, None
+
+
+def create_app(model, tokenizer, cfg):
+    server = Server(model, tokenizer, cfg)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = cfg["max_body_bytes"]
+    app.config["mini_lm_server"] = server
+    api_key = cfg["api_key"] or os.environ.get("MINI_LM_API_KEY", "")
+
+    def error(status, message, param=None):
+        kind = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed",
+                413: "request_too_large", 500: "server_error"}.get(status, "invalid_request_error")
+        return jsonify({"error": {"message": message, "type": kind, "param": param}}), status
+
+    @app.before_request
+    def authenticate():
+        request.start_time = time.time()
+        if api_key and (request.path.startswith("/v1/") or request.path == "/generate"):
+            if request.headers.get("Authorization", "") != f"Bearer {api_key}":
+                return error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
+
+    @app.after_request
+    def count(response):
+        server.metrics.count_request(request.path if request.url_rule else "other",
+                                     response.status_code)
+        if not response.is_streamed:
+            server.metrics.observe("request_seconds", time.time() - request.start_time)
+        return response
+
+    @app.errorhandler(BadRequest)
+    def bad_request(e):
+        return error(e.status, str(e), e.param)
+
+    @app.errorhandler(404)
+    def not_found(e):
+        return error(404, f"no endpoint {request.path}")
+
+    @app.errorhandler(405)
+    def not_allowed(e):
+        return error(405, f"{request.method} is not allowed on {request.path}")
+
+    @app.errorhandler(413)
+    def too_large(e):
+        return error(413, f"the body is larger than {cfg['max_body_bytes']:,} bytes")
+
+    @app.errorhandler(Exception)
+    def crashed(e):
+        app.logger.exception("request failed")
+        return error(500, f"internal error: {type(e).__name__}")
+
+    def json_body():
+        body = request.get_json(silent=True)
+        if body is None:
+            raise BadRequest("the body must be valid JSON with Content-Type: application/json")
+        return body
+
+    @app.post("/v1/completions")
+    def completions():
+        prompts, p = server.parse(json_body())
+        meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+                "created": int(time.time()), "model": cfg["model_name"]}
+        if p["stream"]:
+            start = request.start_time
+
+            def events():
+                for index, delta, reason in server.run(prompts, p):
+                    if index is None:
+                        break
+                    chunk = {**meta, "choices": [{"text": delta, "index": index, "logprobs": None,
+                                                  "finish_reason": reason}]}
+                    yield f"data: {json.dumps(chunk)}\n\n"
+                yield "data: [DONE]\n\n"
+                server.metrics.observe("request_seconds", time.time() - start)
+
+            return Response(events(), mimetype="text/event-stream",
+                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        texts, reasons, usage = {}, {}, None
+        for index, delta, reason in server.run(prompts, p):
+            if index is None:
+                usage = delta
+                continue
+            texts[index] = texts.get(index, "") + delta
+            reasons[index] = reason or reasons.get(index)
+        choices = [{"text": texts[i], "index": i, "logprobs": None, "finish_reason": reasons[i]}
+                   for i in sorted(texts)]
+        return jsonify({**meta, "choices": choices, "usage": usage})
+
+    @app.post("/generate")
+    def generate():
+        prompts, p = server.parse(json_body(), openai=False)
+        if p["n"] != 1 or p["stream"]:
+            raise BadRequest("/generate returns one completion; use /v1/completions for n or stream")
+        t0 = time.time()
+        text, reason, usage = "", None, None
+        for index, delta, finish in server.run(prompts, p):
+            if index is None:
+                usage = delta
+            else:
+                text, reason = text + delta, finish or reason
+        seconds = time.time() - t0
+        return jsonify({"text": text, "finish_reason": reason, "usage": usage,
+                        "seconds": round(seconds, 4),
+                        "tokens_per_second": round(usage["completion_tokens"] / seconds, 2)
+                        if seconds > 0 else None})
+
+    @app.get("/health")
+    def health():
+        return jsonify({"status": "ok", "model": cfg["model_name"],
+                        "parameters": model.parameter_breakdown()["total"],
+                        "block_size": model.config.block_size, "vocab_size": model.config.vocab_size})
+
+    @app.get("/metrics")
+    def prometheus():
+        return Response(server.metrics.render(), mimetype="text/plain; version=0.0.4")
+
+    @app.get("/")
+    def page():
+        return Response(PAGE.replace("{{MODEL}}", cfg["model_name"]), mimetype="text/html")
+
+    return app
+
+
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{{MODEL}}</title>
+<style>body{font:15px system-ui;max-width:46em;margin:2em auto}textarea{width:100%;height:7em}
+label{margin-right:1em}#out{white-space:pre-wrap;border:1px solid #ccc;padding:.6em;min-height:6em}</style>
+</head><body><h2>{{MODEL}}</h2>
+<textarea id="prompt">The river</textarea><p>
+<label>max tokens <input id="max" type="number" value="64" min="1" max="1024"></label>
+<label>temperature <input id="temp" type="number" value="0.8" step="0.1" min="0" max="2"></label>
+<label>top p <input id="topp" type="number" value="0.95" step="0.05" min="0.05" max="1"></label>
+<label>API key <input id="key" type="password" size="10"></label>
+<button id="go">Generate</button></p><div id="out"></div>
+<script>
+document.getElementById('go').onclick = async () => {
+  const out = document.getElementById('out'); out.textContent = '';
+  const headers = {'Content-Type': 'application/json'};
+  const key = document.getElementById('key').value; if (key) headers.Authorization = 'Bearer ' + key;
+  const res = await fetch('/v1/completions', {method: 'POST', headers, body: JSON.stringify({
+    prompt: document.getElementById('prompt').value, stream: true,
+    max_tokens: +document.getElementById('max').value,
+    temperature: +document.getElementById('temp').value, top_p: +document.getElementById('topp').value})});
+  if (!res.ok) { out.textContent = (await res.json()).error.message; return; }
+  const reader = res.body.getReader(), decoder = new TextDecoder(); let buffer = '';
+  while (true) {
+    const {value, done} = await reader.read(); if (done) break;
+    buffer += decoder.decode(value, {stream: true});
+    const events = buffer.split('\\n\\n'); buffer = events.pop();
+    for (const e of events) {
+      const data = e.replace(/^data: /, ''); if (data === '[DONE]') return;
+      out.textContent += JSON.parse(data).choices[0].text;
+    }
+  }
+};
+</script></body></html>"""
+
+
+def load(cfg):
+    device = torch.device(cfg["device"] if cfg["device"] != "auto"
+                          else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if cfg["dtype"] not in ("float32", "bfloat16"):
+        raise configurator.ConfigError(f"dtype={cfg['dtype']!r} must be 'float32' or 'bfloat16'")
+    model, tokenizer, _ = checkpoint.load_model(cfg["ckpt"], device)
+    model = model.to(getattr(torch, cfg["dtype"])).optimize_for_decoding()
+    return model, tokenizer
+
+
+def main(argv=None):
+    cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="serve.py")
+    try:
+        model, tokenizer = load(cfg)
+    except (checkpoint.CheckpointError, configurator.ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    app = create_app(model, tokenizer, cfg)
+    import waitress
+    print(f"serving {cfg['ckpt']} ({model.parameter_breakdown()['total'] / 1e6:.1f}M parameters) on "
+          f"http://{cfg['host']}:{cfg['port']}", flush=True)
+    waitress.serve(app, host=cfg["host"], port=cfg["port"], threads=cfg["threads"],
+                   channel_timeout=300, send_bytes=1)
+
+
+if __name__ == "__main__":
+    main()

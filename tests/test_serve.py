@@ -1,0 +1,244 @@
+"""serve.py through Flask's test client and as a real server process on 127.0.0.1."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import configurator
+import serve
+from test_train import data_root, run  # noqa: F401  (fixture and helper)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ckpt(data_root, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("serve_ckpt")
+    run(data_root, out, "--max_iters=30")
+    return out / "last.pt"
+
+
+def make_app(ckpt, *extra):
+    cfg = configurator.parse(serve.SPEC, [f"--ckpt={ckpt}", *extra])
+    model, tokenizer = serve.load(cfg)
+    return serve.create_app(model, tokenizer, cfg), model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def app(ckpt):
+    return make_app(ckpt)
+
+
+def sse(data):
+    events = [e for e in data.decode().split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    return [json.loads(e[6:]) for e in events[:-1]]
+
+
+def test_completion_matches_model_generate(app):
+    flask_app, model, tokenizer = app
+    body = {"prompt": "The old town", "max_tokens": 10, "temperature": 0}
+    r = flask_app.test_client().post("/v1/completions", json=body)
+    assert r.status_code == 200
+    out = r.get_json()
+    assert out["object"] == "text_completion" and out["id"].startswith("cmpl-")
+    assert {"created", "model", "choices", "usage"} <= set(out)
+    expected = model.generate([tokenizer.encode("The old town")], 10, temperature=0,
+                              stop_tokens=[tokenizer.eot_id])[0]
+    choice = out["choices"][0]
+    assert choice["text"] == tokenizer.decode(expected) and choice["index"] == 0
+    assert choice["finish_reason"] == ("length" if len(expected) == 10 else "stop")
+    assert out["usage"] == {"prompt_tokens": len(tokenizer.encode("The old town")),
+                            "completion_tokens": len(expected),
+                            "total_tokens": len(tokenizer.encode("The old town")) + len(expected)}
+
+
+def test_streaming_concatenates_to_the_plain_answer(app):
+    client = app[0].test_client()
+    body = {"prompt": ["The river", "def step"], "n": 2, "max_tokens": 12, "temperature": 0.9,
+            "seed": 5}
+    plain = client.post("/v1/completions", json=body).get_json()
+    chunks = sse(client.post("/v1/completions", json={**body, "stream": True}).data)
+    texts, reasons = {}, {}
+    for chunk in chunks:
+        c = chunk["choices"][0]
+        texts[c["index"]] = texts.get(c["index"], "") + c["text"]
+        reasons[c["index"]] = c["finish_reason"] or reasons.get(c["index"])
+    assert sorted(texts) == [0, 1, 2, 3]
+    assert [texts[i] for i in range(4)] == [c["text"] for c in plain["choices"]]
+    assert [reasons[i] for i in range(4)] == [c["finish_reason"] for c in plain["choices"]]
+
+
+def test_stop_strings_cut_the_text(app):
+    client = app[0].test_client()
+    free = client.post("/v1/completions", json={"prompt": "The", "max_tokens": 20,
+                                                "temperature": 0}).get_json()["choices"][0]["text"]
+    stop = free[len(free) // 2:len(free) // 2 + 2]
+    assert stop
+    cut = client.post("/v1/completions", json={"prompt": "The", "max_tokens": 20, "temperature": 0,
+                                               "stop": stop}).get_json()["choices"][0]
+    assert cut["text"] == free[:free.index(stop)] and cut["finish_reason"] == "stop"
+    streamed = sse(client.post("/v1/completions", json={"prompt": "The", "max_tokens": 20,
+                                                        "temperature": 0, "stop": [stop],
+                                                        "stream": True}).data)
+    assert "".join(c["choices"][0]["text"] for c in streamed) == cut["text"]
+
+
+def test_seed_makes_sampling_reproducible(app):
+    client = app[0].test_client()
+    body = {"prompt": "A", "max_tokens": 12, "temperature": 1.0, "seed": 3}
+    a = client.post("/v1/completions", json=body).get_json()["choices"][0]["text"]
+    assert a == client.post("/v1/completions", json=body).get_json()["choices"][0]["text"]
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": 3}, "prompt"),
+    ({"prompt": "x", "max_tokens": -1}, "max_tokens"),
+    ({"prompt": "x", "max_tokens": 10**6}, "max_tokens"),
+    ({"prompt": "x", "max_tokens": "5"}, "max_tokens"),
+    ({"prompt": "x", "temperature": 3}, "temperature"),
+    ({"prompt": "x", "temperature": True}, "temperature"),
+    ({"prompt": "x", "top_p": 0}, "top_p"),
+    ({"prompt": "x", "n": 0}, "n"),
+    ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"prompt": "x", "stream": "yes"}, "stream"),
+])
+def test_bad_fields_get_400_naming_the_field(app, body, param):
+    r = app[0].test_client().post("/v1/completions", json=body)
+    assert r.status_code == 400
+    error = r.get_json()["error"]
+    assert error["param"] == param and f"'{param}'" in error["message"]
+
+
+def test_malformed_oversized_and_unknown_requests(app):
+    client = app[0].test_client()
+    r = client.post("/v1/completions", data="{not json", content_type="application/json")
+    assert r.status_code == 400 and "valid JSON" in r.get_json()["error"]["message"]
+    r = client.post("/v1/completions", data="x" * 2_000_000, content_type="application/json")
+    assert r.status_code == 413
+    assert client.get("/nowhere").status_code == 404
+    assert client.get("/v1/completions").status_code == 405
+    r = client.post("/v1/completions", json=[1, 2])
+    assert r.status_code == 400
+
+
+def test_long_prompts_are_truncated_to_the_context(app):
+    flask_app, model, tokenizer = app
+    long_prompt = "The river crosses the town. " * 200
+    out = flask_app.test_client().post("/v1/completions", json={"prompt": long_prompt, "max_tokens": 3,
+                                                                "temperature": 0}).get_json()
+    assert out["usage"]["prompt_tokens"] == model.config.block_size - 1
+
+
+def test_generate_health_page_and_metrics(app):
+    client = app[0].test_client()
+    before = client.get("/metrics").data.decode()
+    r = client.post("/generate", json={"prompt": "The", "max_tokens": 5, "temperature": 0})
+    assert r.status_code == 200 and set(r.get_json()) >= {"text", "finish_reason", "usage"}
+    assert client.get("/health").get_json()["status"] == "ok"
+    assert b"<textarea" in client.get("/").data
+    after = client.get("/metrics").data.decode()
+    assert 'mini_lm_requests_total{endpoint="/generate",status="200"} 1' in after
+    assert "mini_lm_time_to_first_token_seconds_count" in after and after != before
+    generated = [line for line in after.splitlines() if line.startswith("mini_lm_generated_tokens_total")]
+    assert int(generated[0].split()[1]) > 0
+
+
+def test_api_key(ckpt):
+    flask_app, _, _ = make_app(ckpt, "--api_key=s3cret")
+    client = flask_app.test_client()
+    assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1}).status_code == 401
+    r = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1},
+                    headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+    r = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1},
+                    headers={"Authorization": "Bearer s3cret"})
+    assert r.status_code == 200
+    assert client.get("/health").status_code == 200
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(ckpt):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "serve.py", f"--ckpt={ckpt}", f"--port={port}",
+                             "--api_key=k"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def post(url, body, key="k", timeout=60):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.read()
+
+
+def test_real_server_serves_concurrent_clients_without_mixing(live_server):
+    prompts = [f"The {w}" for w in ("river", "town", "market", "farmer", "bridge", "school",
+                                    "church", "winter")]
+    alone = {p: json.loads(post(live_server + "/v1/completions",
+                                {"prompt": p, "max_tokens": 16, "temperature": 0}))["choices"][0]["text"]
+             for p in prompts}
+    results, errors = {}, []
+
+    def client(p):
+        try:
+            for _ in range(2):
+                out = json.loads(post(live_server + "/v1/completions",
+                                      {"prompt": p, "max_tokens": 16, "temperature": 0}))
+                results.setdefault(p, []).append(out["choices"][0]["text"])
+        except Exception as e:  # reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=client, args=(p,)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert all(results[p] == [alone[p]] * 2 for p in prompts)
+
+
+def test_real_server_streams_and_checks_the_key(live_server):
+    data = post(live_server + "/v1/completions", {"prompt": "The", "max_tokens": 6, "stream": True,
+                                                  "temperature": 0})
+    chunks = sse(data)
+    assert chunks and chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        post(live_server + "/v1/completions", {"prompt": "x"}, key="wrong")
+    assert info.value.code == 401
+    metrics = urllib.request.urlopen(live_server + "/metrics").read().decode()
+    assert 'status="401"' in metrics
+
+
+def test_official_openai_client_works_unchanged(live_server):
+    from openai import OpenAI
+    client = OpenAI(base_url=live_server + "/v1", api_key="k")
+    out = client.completions.create(model="mini-lm", prompt="The river", max_tokens=8, temperature=0)
+    assert out.choices[0].finish_reason in ("stop", "length") and out.usage.completion_tokens <= 8
+    streamed = "".join(chunk.choices[0].text for chunk in client.completions.create(
+        model="mini-lm", prompt="The river", max_tokens=8, temperature=0, stream=True))
+    assert streamed == out.choices[0].text
