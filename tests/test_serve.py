@@ -1,6 +1,5 @@
 """serve.py through Flask's test client and as a real server process on 127.0.0.1."""
 import json
-import os
 import socket
 import subprocess
 import sys
