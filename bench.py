@@ -21,9 +21,6 @@ import statistics
 import time
 from pathlib import Path
 
-import prepare
-import sources
-from tokenizer import Tokenizer, count_chunks_parallel, train_bpe
 
 
 def machine():
@@ -40,6 +37,10 @@ def row(what, seconds, docs=None, chars=None, note=""):
 
 
 def bench_prepare(args):
+    # imported here: the GPU machine lacks some of the data pipeline's packages
+    import prepare
+    import sources
+    from tokenizer import Tokenizer, count_chunks_parallel, train_bpe
     cfg = {key: default for key, (default, _) in prepare.SPEC.items()}
     data = Path(cfg["data_root"]) / cfg["dataset"]
     if not (data / "curated" / "stats.json").exists():
@@ -463,8 +464,9 @@ def bench_gpu(quick=False):
     if device == "cuda":
         result = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_kernels.py",
                                  "tests/test_model.py"], capture_output=True, text=True)
-        print("kernel and model tests on CUDA: " + result.stdout.strip().splitlines()[-1] + "\n",
-              flush=True)
+        lines = (result.stdout + result.stderr).strip().splitlines() or ["(no output)"]
+        failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+        print("kernel and model tests on CUDA: " + lines[-1], *failed[:20], "", sep="\n", flush=True)
 
     def timed(fn):
         if device == "cuda":
@@ -484,43 +486,39 @@ def bench_gpu(quick=False):
     scale = 1 / 8
     rows = [(1024, 512), (1024, 768)] if not quick else [(64, 40)]
 
-    def compare(label, shape, pass_name, nbytes, ours, eager):
-        compiled = torch.compile(eager)
-        t = {k: timed(f) for k, f in (("ours", ours), ("eager", eager), ("compiled", compiled))}
-        gbs = {k: nbytes / ms / 1e6 for k, ms in t.items()}
-        print(f"| {label} | {shape} | {pass_name} | {gbs['ours']:,.0f} | {gbs['eager']:,.0f} | "
-              f"{gbs['compiled']:,.0f} | {gbs['ours'] / max(gbs['eager'], gbs['compiled']):.2f} |",
-              flush=True)
+    def compare(label, shape, bytes_fwd, bytes_fwd_bwd, fwd_ours, fwd_torch, inputs, grad_out):
+        """GB/s of forward and forward+backward: ours, PyTorch eager, and PyTorch compiled."""
+        fns = {"ours": fwd_ours, "eager": fwd_torch, "compiled": torch.compile(fwd_torch)}
+        for pass_name, nbytes, backward in (("fwd", bytes_fwd, False), ("fwd+bwd", bytes_fwd_bwd, True)):
+            gbs = {}
+            for key, fn in fns.items():
+                run = (lambda fn=fn: torch.autograd.grad(fn(), inputs, grad_out)) if backward else fn
+                gbs[key] = nbytes / timed(run) / 1e6
+            print(f"| {label} | {shape} | {pass_name} | {gbs['ours']:,.0f} | {gbs['eager']:,.0f} | "
+                  f"{gbs['compiled']:,.0f} | {gbs['ours'] / max(gbs['eager'], gbs['compiled']):.2f} |",
+                  flush=True)
 
     batch = 16 if not quick else 2
     for t, c in rows:
         x = torch.randn(batch * t, c, device=device, dtype=dt, requires_grad=True)
         w = torch.randn(c, device=device, requires_grad=True)
-        dy = torch.randn_like(x)
-        fwd_ours = lambda: kernels.layer_norm(x, w, None, backend="triton")
-        fwd_torch = lambda: kernels.layer_norm_torch(x, w, None)
-        compare("LayerNorm", f"{batch * t}x{c}", "fwd", 2 * x.numel() * 2, fwd_ours, fwd_torch)
-        compare("LayerNorm", f"{batch * t}x{c}", "fwd+bwd", 5 * x.numel() * 2,
-                lambda: torch.autograd.grad(fwd_ours(), (x, w), dy),
-                lambda: torch.autograd.grad(fwd_torch(), (x, w), dy))
+        # bytes: forward reads x, writes y; backward reads x and dy, writes dx (weights are small)
+        compare("LayerNorm", f"{batch * t}x{c}", 2 * x.numel() * 2, 5 * x.numel() * 2,
+                lambda: kernels.layer_norm(x, w, None, backend="triton"),
+                lambda: kernels.layer_norm_torch(x, w, None), (x, w), torch.randn_like(x))
     for t, heads in ([(1024, 8), (1024, 12)] if not quick else [(16, 2)]):
         s = torch.randn(batch, heads, t, t, device=device, dtype=dt, requires_grad=True)
-        dy = torch.randn_like(s)
-        fwd_ours = lambda: kernels.causal_softmax(s, scale, backend="triton")
-        fwd_torch = lambda: kernels.causal_softmax_torch(s, scale)
-        compare("causal softmax", f"{batch}x{heads}x{t}x{t}", "fwd", 2 * s.numel() * 2, fwd_ours,
-                fwd_torch)
-        compare("causal softmax", f"{batch}x{heads}x{t}x{t}", "fwd+bwd", 5 * s.numel() * 2,
-                lambda: torch.autograd.grad(fwd_ours(), s, dy),
-                lambda: torch.autograd.grad(fwd_torch(), s, dy))
+        compare("causal softmax", f"{batch}x{heads}x{t}x{t}", 2 * s.numel() * 2, 5 * s.numel() * 2,
+                lambda: kernels.causal_softmax(s, scale, backend="triton"),
+                lambda: kernels.causal_softmax_torch(s, scale), (s,), torch.randn_like(s))
     for n, v in ([(16 * 1024, 32000), (8 * 1024, 50257)] if not quick else [(32, 300)]):
         logits = torch.randn(n, v, device=device, dtype=dt, requires_grad=True)
         targets = torch.randint(v, (n,), device=device)
         ours = lambda: kernels.cross_entropy(logits, targets, backend="triton")
         eager = lambda: kernels.cross_entropy_torch(logits, targets)
-        compare("cross-entropy", f"{n}x{v}", "fwd", logits.numel() * 2, ours, eager)
-        compare("cross-entropy", f"{n}x{v}", "fwd+bwd", 3 * logits.numel() * 2,
-                lambda: torch.autograd.grad(ours(), logits), lambda: torch.autograd.grad(eager(), logits))
+        # bytes: forward reads the logits; backward reads them again and writes their gradient
+        compare("cross-entropy", f"{n}x{v}", logits.numel() * 2, 3 * logits.numel() * 2, ours, eager,
+                (logits,), None)
         if device == "cuda":
             for label, fn in (("fused", ours), ("PyTorch", eager)):
                 torch.cuda.synchronize()
