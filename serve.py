@@ -13,14 +13,16 @@ Endpoints:
                         latency histograms, prompt and generated token counters, tokens/s
   GET  /                a page to type a prompt and watch the stream
 
-Requests share the model: each generation step holds a lock for one forward pass, so concurrent
-requests advance token by token in turn (none waits for another to finish) and never mix.
-A prompt longer than the context keeps its last block_size - 1 tokens (usage reports what was used).
+Requests are decoded together (continuous batching): one engine thread advances every active
+sequence by one token per forward pass; a new request joins after its prompt's prefill and a
+finished one leaves at once, so nobody waits for another request to finish. max_tokens is capped at
+block_size - 1 and a prompt keeps its last block_size - max_tokens tokens (usage says what was used).
 With --api_key (or MINI_LM_API_KEY), /v1/* and /generate need `Authorization: Bearer <key>`.
 """
 
 import json
 import os
+import queue
 import sys
 import threading
 import time
@@ -31,6 +33,7 @@ from flask import Flask, Response, jsonify, request
 
 import checkpoint
 import configurator
+from model import KVCache, sample
 
 SPEC = {
     "ckpt": ("out/best.pt", "checkpoint to serve"),
@@ -42,8 +45,9 @@ SPEC = {
     "max_n": (8, "largest n (completions per prompt) a request may ask for"),
     "max_body_bytes": (1_000_000, "larger request bodies get 413"),
     "device": ("auto", "'auto', 'cpu', 'cuda' ..."),
-    "dtype": ("float32", "weights: 'float32' or 'bfloat16' (faster on recent CPUs)"),
+    "dtype": ("float32", "weights: 'float32', 'bfloat16' (half the bytes) or 'float64' (tests)"),
     "threads": (8, "waitress worker threads (concurrent requests)"),
+    "max_batch": (16, "sequences decoded together at most; more requests wait their turn"),
 }
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -115,12 +119,143 @@ def _field(body, name, kind, default, check=None, message="has the wrong type"):
     return value
 
 
+class Job:
+    """One request's sequences (prompts x n) inside the engine; the handler thread reads `updates`."""
+
+    def __init__(self, prompts, params, eot_id, device):
+        self.prompts, self.params, self.eot_id = prompts, params, eot_id
+        self.tokens = [[] for _ in prompts]
+        self.done = [params["max_tokens"] == 0] * len(prompts)
+        self.updates = queue.Queue()
+        self.cancelled = False
+        self.generator = None
+        if params["seed"] is not None:
+            self.generator = torch.Generator(device=device).manual_seed(params["seed"])
+
+    def __iter__(self):
+        """The token lists after every step, as model.generate_stream yields them."""
+        while True:
+            update = self.updates.get()
+            if update is None:
+                return
+            if isinstance(update, BaseException):
+                raise update
+            yield update
+
+
+class Engine:
+    """Continuous batching: one thread owns the model and advances every active sequence of every
+    request by one token per forward pass. Sequences sit right-aligned in one KV cache (left
+    padding masked, positions counted from each sequence's own start), so a request that arrives
+    joins at the next step after its prompt's prefill, and a finished one leaves at once."""
+
+    def __init__(self, model, max_batch):
+        self.model, self.max_batch = model, max_batch
+        self.inbox = queue.Queue()
+        self.rows = []  # (job, index in job, own length) per batch row
+        self.cache, self.logits = None, None
+        weight = model.lm_head.weight
+        self.device = weight.device
+        # bf16 attention is slow on CPUs: keep the cache in fp32 there (as model.generate does)
+        self.cache_dtype = (torch.promote_types(weight.dtype, torch.float32)
+                            if self.device.type == "cpu" else weight.dtype)
+        threading.Thread(target=self._loop, name="engine", daemon=True).start()
+
+    def submit(self, prompts, params, eot_id):
+        job = Job(prompts, params, eot_id, self.device)
+        self.inbox.put(job)
+        return job
+
+    def _realign(self, parts):
+        """A new cache with the given rows right-aligned; parts: [(cache, [(row, own length)])]."""
+        config = self.model.config
+        count = sum(len(rows) for _, rows in parts)
+        length = max(own for _, rows in parts for _, own in rows)
+        new = KVCache(config, count, self.device, self.cache_dtype)
+        new.length = length
+        i = 0
+        for cache, rows in parts:
+            for row, own in rows:
+                for layer in range(config.n_layer):
+                    new.keys[layer][i, :, length - own:length] = \
+                        cache.keys[layer][row, :, cache.length - own:cache.length]
+                    new.values[layer][i, :, length - own:length] = \
+                        cache.values[layer][row, :, cache.length - own:cache.length]
+                i += 1
+        return new
+
+    def _admit(self, job):
+        """Prefill the job's prompts together (left-padded), then merge them into the batch."""
+        width = max(map(len, job.prompts))
+        idx = torch.tensor([[0] * (width - len(p)) + p for p in job.prompts], device=self.device)
+        pad = torch.tensor([width - len(p) for p in job.prompts], device=self.device)
+        cache = KVCache(self.model.config, len(job.prompts), self.device, self.cache_dtype)
+        logits = self.model(idx, cache=cache, pad_lengths=pad)[0][:, -1]
+        new_rows = [(job, i, len(p)) for i, p in enumerate(job.prompts)]
+        parts = [(cache, [(i, own) for i, (_, _, own) in enumerate(new_rows)])]
+        if self.rows:
+            parts.insert(0, (self.cache, [(i, own) for i, (_, _, own) in enumerate(self.rows)]))
+            logits = torch.cat([self.logits, logits])
+        self.cache, self.logits = self._realign(parts), logits
+        self.rows += new_rows
+
+    def _step(self):
+        with torch.inference_mode():
+            while len(self.rows) < self.max_batch:
+                try:
+                    job = self.inbox.get(block=not self.rows)
+                except queue.Empty:
+                    break
+                if not job.cancelled and not all(job.done):
+                    self._admit(job)
+                else:
+                    job.updates.put(None)
+            keep, tokens, jobs = [], [], {}
+            for i, (job, index, own) in enumerate(self.rows):
+                p = job.params
+                token = int(sample(self.logits[i:i + 1], p["temperature"], p["top_k"], p["top_p"],
+                                   job.generator)[0])
+                jobs[id(job)] = job
+                if token == job.eot_id:
+                    job.done[index] = True
+                    continue
+                job.tokens[index].append(token)
+                if len(job.tokens[index]) >= p["max_tokens"] or job.cancelled:
+                    job.done[index] = True
+                    continue
+                keep.append((i, own))
+                tokens.append(token)
+            for job in jobs.values():
+                job.updates.put([list(t) for t in job.tokens])
+                if all(job.done) or job.cancelled:
+                    job.updates.put(None)
+            if not keep:
+                self.rows, self.cache, self.logits = [], None, None
+                return
+            if len(keep) < len(self.rows) or self.cache.length >= self.model.config.block_size:
+                self.cache = self._realign([(self.cache, keep)])  # drop rows, trim common padding
+            self.rows = [(self.rows[i][0], self.rows[i][1], own + 1) for i, own in keep]
+            pads = torch.tensor([self.cache.length - (own - 1) for _, _, own in self.rows],
+                                device=self.device)
+            x = torch.tensor(tokens, device=self.device)[:, None]
+            self.logits = self.model(x, cache=self.cache, pad_lengths=pads)[0][:, -1]
+
+    def _loop(self):
+        while True:
+            try:
+                self._step()
+            except Exception as e:  # fail the requests in flight, keep serving
+                for job in {id(r[0]): r[0] for r in self.rows}.values():
+                    job.updates.put(RuntimeError(f"generation failed: {type(e).__name__}: {e}"))
+                self.rows, self.cache, self.logits = [], None, None
+
+
 class Server:
-    """The model, its tokenizer and the step lock; turns requests into token streams."""
+    """The model, its tokenizer and the batching engine; turns requests into token streams."""
 
     def __init__(self, model, tokenizer, cfg):
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
-        self.lock = threading.Lock()
+        self.engine = Engine(model, cfg["max_batch"])
         self.metrics = Metrics()
 
     def parse(self, body, openai=True):
@@ -154,56 +289,59 @@ class Server:
         params["stop"] = stop or []
         return prompts, params
 
-    def encode(self, text):
+    def encode(self, text, max_tokens):
+        """Prompt tokens, cut from the left so that prompt + max_tokens fits the context."""
         ids = self.tokenizer.encode(text) or [self.tokenizer.eot_id]
-        return ids[-(self.model.config.block_size - 1):]  # documented truncation: keep the end
+        return ids[-max(1, self.model.config.block_size - max_tokens):]
 
     def run(self, prompts, p):
         """Yield (index, text delta, finish_reason or None) for len(prompts) * n choices; finally
         yields (None, usage dict, None)."""
-        encoded = [self.encode(text) for text in prompts for _ in range(p["n"])]
+        p = {**p, "max_tokens": min(p["max_tokens"], self.model.config.block_size - 1)}
+        encoded = [self.encode(text, p["max_tokens"]) for text in prompts for _ in range(p["n"])]
         stops, hold = p["stop"], max((len(s) for s in p["stop"]), default=1) - 1
         sent = [0] * len(encoded)
         finished = [None] * len(encoded)
         texts = [""] * len(encoded)
         generated = [0] * len(encoded)
         t0, first = time.time(), None
-        stream = self.model.generate_stream(
-            encoded, p["max_tokens"], temperature=p["temperature"], top_k=p["top_k"],
-            top_p=p["top_p"], stop_tokens=[self.tokenizer.eot_id], seed=p["seed"])
+        job = self.engine.submit(encoded, p, self.tokenizer.eot_id)
+        stream = iter(job)
         steps = 0
-        while p["max_tokens"] > 0:
-            with self.lock:  # one forward pass at a time; requests interleave token by token
+        try:
+            while p["max_tokens"] > 0:
                 new_tokens = next(stream, None)
-            if new_tokens is None:
-                break
-            steps += 1
-            if first is None:
-                first = time.time() - t0
-                self.metrics.observe("time_to_first_token_seconds", first)
-            done_now = steps >= p["max_tokens"]
-            for i, tokens in enumerate(new_tokens):
-                if finished[i]:
-                    continue
-                generated[i] = len(tokens)
-                text = self.tokenizer.decode(tokens)
-                cut = min((text.find(s) for s in stops if s in text), default=-1)
-                if cut >= 0:
-                    text, finished[i] = text[:cut], "stop"
-                elif len(tokens) < steps:  # the end-of-text token ended it
-                    finished[i] = "stop"
-                elif done_now:
-                    finished[i] = "length"
-                texts[i] = text
-                # hold back what could still become a stop string, or half a UTF-8 character
-                end = len(text) if finished[i] else max(sent[i], len(text) - hold)
-                while not finished[i] and end > sent[i] and text[end - 1] == "\ufffd":
-                    end -= 1
-                if end > sent[i] or finished[i]:
-                    yield i, text[sent[i]:end], finished[i]
-                    sent[i] = end
-            if all(finished):
-                break
+                if new_tokens is None:
+                    break
+                steps += 1
+                if first is None:
+                    first = time.time() - t0
+                    self.metrics.observe("time_to_first_token_seconds", first)
+                done_now = steps >= p["max_tokens"]
+                for i, tokens in enumerate(new_tokens):
+                    if finished[i]:
+                        continue
+                    generated[i] = len(tokens)
+                    text = self.tokenizer.decode(tokens)
+                    cut = min((text.find(s) for s in stops if s in text), default=-1)
+                    if cut >= 0:
+                        text, finished[i] = text[:cut], "stop"
+                    elif len(tokens) < steps:  # the end-of-text token ended it
+                        finished[i] = "stop"
+                    elif done_now:
+                        finished[i] = "length"
+                    texts[i] = text
+                    # hold back what could still become a stop string, or half a UTF-8 character
+                    end = len(text) if finished[i] else max(sent[i], len(text) - hold)
+                    while not finished[i] and end > sent[i] and text[end - 1] == "\ufffd":
+                        end -= 1
+                    if end > sent[i] or finished[i]:
+                        yield i, text[sent[i]:end], finished[i]
+                        sent[i] = end
+                if all(finished):
+                    break
+        finally:
+            job.cancelled = True  # a client that went away frees its batch rows
         for i, reason in enumerate(finished):
             if reason is None:  # max_tokens == 0
                 yield i, "", "length"
@@ -371,8 +509,9 @@ document.getElementById('go').onclick = async () => {
 def load(cfg):
     device = torch.device(cfg["device"] if cfg["device"] != "auto"
                           else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if cfg["dtype"] not in ("float32", "bfloat16"):
-        raise configurator.ConfigError(f"dtype={cfg['dtype']!r} must be 'float32' or 'bfloat16'")
+    if cfg["dtype"] not in ("float32", "bfloat16", "float64"):
+        raise configurator.ConfigError(f"dtype={cfg['dtype']!r} must be 'float32', 'bfloat16' or "
+                                       "'float64'")
     model, tokenizer, _ = checkpoint.load_model(cfg["ckpt"], device)
     model = model.to(getattr(torch, cfg["dtype"])).optimize_for_decoding()
     return model, tokenizer

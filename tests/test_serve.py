@@ -133,7 +133,7 @@ def test_long_prompts_are_truncated_to_the_context(app):
     long_prompt = "The river crosses the town. " * 200
     out = flask_app.test_client().post("/v1/completions", json={"prompt": long_prompt, "max_tokens": 3,
                                                                 "temperature": 0}).get_json()
-    assert out["usage"]["prompt_tokens"] == model.config.block_size - 1
+    assert out["usage"]["prompt_tokens"] == model.config.block_size - 3  # room for max_tokens
 
 
 def test_generate_health_page_and_metrics(app):
@@ -172,8 +172,10 @@ def free_port():
 @pytest.fixture(scope="module")
 def live_server(ckpt):
     port = free_port()
+    # float64 weights: batching requests together must not change greedy tokens, and at fp32 a
+    # near-tie between two logits could flip with the batch's shape
     proc = subprocess.Popen([sys.executable, "serve.py", f"--ckpt={ckpt}", f"--port={port}",
-                             "--api_key=k"], cwd=ROOT, stdout=subprocess.PIPE,
+                             "--api_key=k", "--dtype=float64"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -193,6 +195,28 @@ def post(url, body, key="k", timeout=60):
                                           "Authorization": f"Bearer {key}"})
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return r.read()
+
+
+def test_engine_batches_staggered_requests_like_separate_generation(ckpt):
+    """Requests joining and leaving the batch at different steps, with prompts of different lengths,
+    get exactly what model.generate gives each alone (float64, greedy)."""
+    flask_app, model, tokenizer = make_app(ckpt, "--dtype=float64")
+    engine = flask_app.config["mini_lm_server"].engine
+    prompts = [tokenizer.encode(t) for t in ("The river", "A", "def step_3(value, scale):", "The old")]
+    params = [{"max_tokens": min(n, model.config.block_size - len(prompt)), "temperature": 0,
+               "top_k": None, "top_p": 1.0, "seed": None, "n": 1}
+              for n, prompt in zip((12, 5, 20, 9), prompts)]  # within the context, as run() ensures
+    jobs = []
+    for prompt, p in zip(prompts, params):
+        jobs.append(engine.submit([prompt], p, tokenizer.eot_id))
+        time.sleep(0.01)  # arrive while the others are decoding
+    for job, prompt, p in zip(jobs, prompts, params):
+        last = None
+        for last in job:
+            pass
+        expected = model.generate([prompt], p["max_tokens"], temperature=0,
+                                  stop_tokens=[tokenizer.eot_id])
+        assert last == expected
 
 
 def test_real_server_serves_concurrent_clients_without_mixing(live_server):
