@@ -206,10 +206,13 @@ class Engine:
                     job = self.inbox.get(block=not self.rows)
                 except queue.Empty:
                     break
-                if not job.cancelled and not all(job.done):
-                    self._admit(job)
-                else:
+                if job.cancelled or all(job.done):
                     job.updates.put(None)
+                    continue
+                try:
+                    self._admit(job)  # changes the batch only once the prefill succeeded
+                except Exception as e:
+                    job.updates.put(RuntimeError(f"prefill failed: {type(e).__name__}: {e}"))
             keep, tokens, jobs = [], [], {}
             for i, (job, index, own) in enumerate(self.rows):
                 p = job.params
