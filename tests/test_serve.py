@@ -219,6 +219,18 @@ def test_engine_batches_staggered_requests_like_separate_generation(ckpt):
         assert last == expected
 
 
+def test_engine_survives_a_failing_request(app):
+    flask_app, model, tokenizer = app
+    engine = flask_app.config["mini_lm_server"].engine
+    params = {"max_tokens": 3, "temperature": 0, "top_k": None, "top_p": 1.0, "seed": None, "n": 1}
+    bad = engine.submit([[model.config.vocab_size + 5]], params, tokenizer.eot_id)  # no such token
+    with pytest.raises(RuntimeError, match="prefill failed"):
+        list(bad)
+    good = engine.submit([tokenizer.encode("The")], params, tokenizer.eot_id)
+    assert list(good)[-1] == model.generate([tokenizer.encode("The")], 3, temperature=0,
+                                            stop_tokens=[tokenizer.eot_id])
+
+
 def test_real_server_serves_concurrent_clients_without_mixing(live_server):
     prompts = [f"The {w}" for w in ("river", "town", "market", "farmer", "bridge", "school",
                                     "church", "winter")]
