@@ -164,6 +164,7 @@ def evaluate(cfg):
 
     vocab = model.config.vocab_size
     kn = metrics.KneserNey(train, vocab, cfg["ngram_order"]) if train is not None else None
+    unigram = metrics.unigram_nll(train, np.arange(vocab), vocab) if train is not None else None
     rows, all_nll = {}, {"model": [], "uniform": [], "unigram": [], "kneser_ney": []}
     for source, tokens in streams.items():
         nll = metrics.sliding_window_nll(model, tokens, stride, cfg["batch_size"], device)
@@ -173,7 +174,7 @@ def evaluate(cfg):
         all_nll["model"].append(nll)
         all_nll["uniform"].append(metrics.uniform_nll(len(nll), vocab))
         if train is not None:
-            all_nll["unigram"].append(metrics.unigram_nll(train, tokens[1:], vocab))
+            all_nll["unigram"].append(unigram[tokens[1:]])
             all_nll["kneser_ney"].append(kn.nll(tokens))
         rows[source] = row
         print(f"{source}: {len(nll):,} tokens, perplexity {row['perplexity']:.2f}, "

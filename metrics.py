@@ -79,8 +79,11 @@ def uniform_nll(n_targets, vocab_size):
 
 
 def unigram_nll(train, targets, vocab_size):
-    """Unigram model of train with add-one smoothing, scored on targets."""
-    counts = np.bincount(np.asarray(train), minlength=vocab_size).astype(np.float64) + 1
+    """Unigram model of train with add-one smoothing, scored on targets. train may be a memmap of
+    any size: it is counted in chunks, never copied whole."""
+    counts = np.ones(vocab_size, dtype=np.float64)
+    for start in range(0, len(train), 1 << 24):
+        counts += np.bincount(train[start:start + (1 << 24)], minlength=vocab_size)
     return -np.log(counts / counts.sum())[np.asarray(targets)]
 
 

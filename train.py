@@ -17,6 +17,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import signal
 import sys
 import time
@@ -30,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
 import configurator
+import metrics
 from model import GPT, GPTConfig
 from tokenizer import Tokenizer
 
@@ -130,14 +132,8 @@ class Batches:
     def unigram_loss(self):
         """Cross-entropy (nats) on val of a unigram model of train (add-one smoothing): the loss a
         model that ignores context would reach."""
-        vocab = self.meta["vocab_size"]
-        counts = np.zeros(vocab, dtype=np.int64)
-        train = self.data["train"]
-        for start in range(0, len(train), 1 << 24):
-            counts += np.bincount(train[start:start + (1 << 24)], minlength=vocab)
-        log_p = np.log((counts + 1) / (counts.sum() + vocab))
-        val_counts = np.bincount(self.data["val"], minlength=vocab)
-        return float(-(val_counts * log_p).sum() / val_counts.sum())
+        return float(np.mean(metrics.unigram_nll(self.data["train"], self.data["val"],
+                                                 self.meta["vocab_size"])))
 
 
 def learning_rate(it, cfg):
@@ -367,8 +363,9 @@ def run_training(cfg, ddp, rank, world, device):
     def write_last():
         save("last.pt")
         if cfg["keep_last"] > 0 and master:
-            checkpoint.save(torch.load(out_dir / "last.pt", weights_only=True),
-                            out_dir / f"ckpt_{iter_num:07d}.pt")
+            numbered = out_dir / f"ckpt_{iter_num:07d}.pt"
+            shutil.copyfile(out_dir / "last.pt", f"{numbered}.tmp")
+            os.replace(f"{numbered}.tmp", numbered)
             for old in sorted(out_dir.glob("ckpt_*.pt"))[:-cfg["keep_last"]]:
                 old.unlink()
 
@@ -410,7 +407,7 @@ def run_training(cfg, ddp, rank, world, device):
         t0 = time.time()
         starts = batches.windows("train", cfg["gradient_accumulation_steps"] * cfg["batch_size"],
                                  batches.generator)
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=device)
         for micro in range(micro_steps):
             first = (rank * micro_steps + micro) * cfg["batch_size"]
             x, y = batches.get("train", starts[first:first + cfg["batch_size"]], device)
@@ -419,10 +416,11 @@ def run_training(cfg, ddp, rank, world, device):
                 with autocast:
                     _, loss = model(x, y)
                 scaler.scale(loss / micro_steps).backward()
-            loss_sum += loss.item()
+            loss_sum += loss.detach().float()  # read once per step: no sync per micro-step
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(),
                                                    cfg["grad_clip"] if cfg["grad_clip"] > 0 else math.inf)
+        loss_sum = loss_sum.item()
         finite = math.isfinite(loss_sum) and bool(torch.isfinite(grad_norm))
         if scaler.is_enabled():
             scaler.step(optimizer)  # skips the step itself when fp16 gradients overflowed
