@@ -68,10 +68,10 @@ class KVCache:
         self.length = 0  # positions filled; advanced by GPT.forward after all layers ran
 
     def update(self, layer, k, v):
-        end = self.length + k.shape[2]
-        self.keys[layer][:, :, self.length:end] = k
-        self.values[layer][:, :, self.length:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        keys, values, end = self.keys[layer], self.values[layer], self.length + k.shape[2]
+        keys.narrow(2, self.length, k.shape[2]).copy_(k)
+        values.narrow(2, self.length, k.shape[2]).copy_(v)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
 
 def attention_mask(tq, tk, pad_lengths, device):
@@ -100,15 +100,15 @@ class CausalSelfAttention(nn.Module):
         """mask: attention_mask() for this step, or None when causality alone decides (no padding,
         and either no cache or a single new token, which may see every cached key)."""
         b, t, c = x.shape
-        q, k, v = self.c_attn(x).split(c, dim=2)
-        q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
+        qkv = self.c_attn(x).view(b, t, 3, self.n_head, c // self.n_head)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (b, n_head, t, head_size)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
             q = q.to(k.dtype)  # the cache may be wider than the weights (fp32 for bf16 on CPU)
         if self.implementation == "sdpa":
             dropout = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                               is_causal=mask is None and k.shape[2] == t > 1)
+                                               is_causal=mask is None and t > 1)
         else:
             scores = q @ k.transpose(-2, -1)
             scale = 1.0 / math.sqrt(k.shape[-1])
