@@ -553,8 +553,13 @@ def bench_gpu(quick=False):
     import kernels
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (smoke test)"
     print(f"device: {name}, torch {torch.__version__}\n")
+    start = time.perf_counter()
+
+    def section(title):  # elapsed time too: the whole suite has to fit in one short GPU lease
+        print(f"\n[{time.perf_counter() - start:.0f} s] {title}\n", flush=True)
 
     if device == "cuda":
+        section("Kernel and model tests on CUDA")
         result = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_kernels.py",
                                  "tests/test_model.py"], capture_output=True, text=True)
         lines = (result.stdout + result.stderr).strip().splitlines() or ["(no output)"]
@@ -570,6 +575,7 @@ def bench_gpu(quick=False):
         fn()
         return (time.perf_counter() - t0) * 1e3
 
+    section("Kernels against PyTorch (bf16 inputs)")
     copy_src = torch.empty(2 ** 28 if device == "cuda" else 2 ** 16, dtype=torch.uint8, device=device)
     peak_bw = 2 * copy_src.numel() / timed(lambda: copy_src.clone()) / 1e6
     print(f"device copy bandwidth (read + write): {peak_bw:,.0f} GB/s\n")
@@ -633,16 +639,14 @@ def bench_gpu(quick=False):
                 print(f"| cross-entropy peak extra memory | {n}x{v} | fwd+bwd | {label}: "
                       f"{extra:,.0f} MiB | | | |", flush=True)
 
-    print("\nTraining step, mini_lm (48M), batch 16 x 1024, compiled, AdamW fused:\n")
-    print("(MFU against the bf16 dense peak, 989 TFLOP/s on H100/H200, for every row; fp32 runs "
-          "without TF32)\n")
+    section("Training step, mini_lm (48M), batch 16 x 1024, compiled, AdamW fused")
+    print("(MFU against the bf16 dense peak, 989 TFLOP/s on H100/H200)\n")
     print("| dtype | kernels | attention | tokens/s | MFU |\n|---|---|---|---:|---:|", flush=True)
     config = MINI_LM if not quick else dict(MINI_LM, n_layer=1, block_size=32, vocab_size=300)
     peak_flops = 989e12 if "H200" in name or "H100" in name else None
     for dtype, kernel_backend, attention in ((torch.bfloat16, "auto", "sdpa"),
                                              (torch.bfloat16, "torch", "sdpa"),
-                                             (torch.bfloat16, "auto", "triton"),
-                                             (None, "auto", "sdpa")):
+                                             (torch.bfloat16, "auto", "triton")):
         try:
             rate, _, model = train_step_rate(config, batch, 3 if quick else 10, compile_=True,
                                              device=device, dtype=dtype, kernels=kernel_backend,
@@ -657,6 +661,54 @@ def bench_gpu(quick=False):
         mfu = f"{flops_per_token * rate / peak_flops:.1%}" if peak_flops else "n/a"
         print(f"| {'bf16 autocast' if dtype else 'fp32'} | {kernel_backend} | {attention} | "
               f"{rate:,.0f} | {mfu} |", flush=True)
+        del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+    section("Generation, batch 1, mini_lm size (random weights), 16-token prompt, KV cache")
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**config)).to(device).eval()
+    print("| weights | new tokens | tokens/s |\n|---|---:|---:|")
+    for dtype in (torch.float32, torch.bfloat16):
+        model = model.to(dtype)
+        model.generate([[1] * 16], 3, temperature=0)
+        t0 = time.perf_counter()
+        out = model.generate([[1] * 16], 20 if quick else 300, temperature=0)
+        print(f"| {str(dtype).split('.')[1]} | {len(out[0])} | "
+              f"{len(out[0]) / (time.perf_counter() - t0):,.0f} |", flush=True)
+    del model
+
+    section("train.py on CUDA: config/mini_lm.py on the demo data, then resumed")
+    train_on_device(device, quick)
+    section("done")
+
+
+def train_on_device(device, quick):
+    """train.py itself for a few steps (bf16, compile, fused AdamW, checkpoints), then --init_from=
+    resume for a few more: the training script's own log lines. Needs a prepared data/demo (run
+    prepare.py here and carry data/demo to the GPU machine, whose Python lacks datasketch)."""
+    import subprocess
+    import sys
+    import tempfile
+    if not (Path("data/demo") / "train.bin").exists():
+        print("skipped: no data/demo (python prepare.py first; carry data/demo to the GPU machine)")
+        return
+    args = [sys.executable, "train.py", "config/mini_lm.py", "--dataset=demo", "--tensorboard=False",
+            "--eval_interval=10", "--eval_iters=5", "--log_interval=5", "--checkpoint_interval=10",
+            "--sample_interval=20", f"--device={device}"]
+    if quick:
+        args += ["--n_layer=1", "--n_embd=64", "--n_head=2", "--block_size=64", "--batch_size=2",
+                 "--gradient_accumulation_steps=1", "--compile=False"]
+    with tempfile.TemporaryDirectory() as out:
+        for extra in (["--max_iters=20"], ["--max_iters=25", "--init_from=resume"]):
+            result = subprocess.run([*args, *extra, f"--out_dir={out}"], capture_output=True, text=True,
+                                    timeout=600)
+            lines = (result.stdout + result.stderr).strip().splitlines()
+            print(f"$ python train.py ... {' '.join(extra)}  (exit {result.returncode})")
+            keep = ("model:", "step ", "iter ", "sample:", "warning", "stopped", "error", "Traceback")
+            print(*[line for line in lines if result.returncode or line.startswith(keep)][-30:],
+                  sep="\n", flush=True)
 
 
 def main():
