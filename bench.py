@@ -167,9 +167,9 @@ MINI_LM = dict(n_layer=10, n_head=8, n_embd=512, block_size=1024, vocab_size=320
                bias=False)  # config/mini_lm.py
 
 
-def train_step_rate(model_kwargs, batch, steps, compile_=False, device="cpu", dtype=None,
-                    **config):
-    """Median tokens/s of full training steps (forward, backward, AdamW), and the first step's time."""
+def train_step(model_kwargs, batch, compile_=False, device="cpu", dtype=None, **config):
+    """A full training step (forward, backward, AdamW) on fixed random tokens, already run twice
+    (compiling, if asked); returns (step function, tokens per step, first step's seconds, model)."""
     import torch
 
     from model import GPT, GPTConfig
@@ -195,12 +195,26 @@ def train_step_rate(model_kwargs, batch, steps, compile_=False, device="cpu", dt
     step()
     first = time.perf_counter() - t0
     step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return batch * t / statistics.median(times), first, model
+    return step, batch * t, first, model
+
+
+def interleaved_rates(steps, rounds):
+    """Median tokens/s of each {label: (step function, tokens per step)}, timed in turns (one step of
+    each per round), so that a machine whose speed drifts affects every setting alike."""
+    times = {label: [] for label in steps}
+    for _ in range(rounds):
+        for label, (step, _) in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[label].append(time.perf_counter() - t0)
+    return {label: steps[label][1] / statistics.median(times[label]) for label in steps}
+
+
+def train_step_rate(model_kwargs, batch, steps, compile_=False, device="cpu", dtype=None,
+                    **config):
+    """Median tokens/s of full training steps, the first step's time, and the model."""
+    step, tokens, first, model = train_step(model_kwargs, batch, compile_, device, dtype, **config)
+    return interleaved_rates({"": (step, tokens)}, steps)[""], first, model
 
 
 def sgemm_gflops(n=2048, repeats=5):
@@ -316,26 +330,32 @@ def bench_model_cpu(quick=False):
     import torch
 
     import kernels
-    from model import GPT, GPTConfig
     print(f"machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    # generation first, in a process that has compiled nothing yet (like serve.py or eval.py): after
+    # the compiled training steps below, the same runs here were slower and far more variable
+    bench_generation_cpu(quick)
     steps = 2 if quick else 8
     small = dict(SMALL, block_size=32) if quick else SMALL
     batch = 2 if quick else 16
 
-    print("Training step, float32, batch "
+    print("\nTraining step, float32, batch "
           f"{batch} x {small['block_size']}, {small['n_layer']} layers x {small['n_embd']}:\n")
     print("| vocab | attention | mode | tokens/s | first step | vs eager sdpa |\n|---:|---|---|---:|---:|---:|")
     for vocab in (222, 32000):
-        base = None
-        for attention, compile_ in (("sdpa", False), ("eager", False), ("triton", False),
-                                    ("sdpa", True)):
-            if vocab == 32000 and attention != "sdpa":
-                continue
-            rate, first, _ = train_step_rate(dict(small, vocab_size=vocab), batch, steps, compile_,
-                                             attention=attention)
-            base = base or rate
+        settings = [("sdpa", False), ("eager", False), ("triton", False), ("sdpa", True)]
+        if vocab == 32000:
+            settings = [("sdpa", False), ("sdpa", True)]
+        steps_by_setting, firsts = {}, {}
+        for attention, compile_ in settings:
+            step, tokens, firsts[attention, compile_], _ = train_step(
+                dict(small, vocab_size=vocab), batch, compile_, attention=attention)
+            steps_by_setting[attention, compile_] = (step, tokens)
+        rates = interleaved_rates(steps_by_setting, steps)
+        base = rates["sdpa", False]
+        for (attention, compile_), rate in rates.items():
             print(f"| {vocab:,} | {attention} | {'compiled' if compile_ else 'eager'} | {rate:,.0f} | "
-                  f"{first:.1f} s | {rate / base:.2f}x |", flush=True)
+                  f"{firsts[attention, compile_]:.1f} s | {rate / base:.2f}x |", flush=True)
+        del steps_by_setting
 
     shares, gflops = step_time_breakdown(dict(small, vocab_size=222), batch, 1 if quick else 3)
     total = sum(shares.values())
@@ -366,7 +386,6 @@ def bench_model_cpu(quick=False):
           f" fused kernel {fused_saved / 8:,.0f} bytes (one log-sum-exp): at {n:,} tokens that is "
           f"{torch_saved / 8 * n / 1e6:,.0f} MB against {fused_saved / 8 * n / 1e3:,.1f} kB.")
 
-    bench_generation_cpu(quick)
 
 
 def bench_generation_cpu(quick=False):
