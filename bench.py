@@ -387,8 +387,8 @@ def bench_model_cpu(quick=False):
           f"{torch_saved / 8 * n / 1e6:,.0f} MB against {fused_saved / 8 * n / 1e3:,.1f} kB.")
 
 
-
 def bench_generation_cpu(quick=False):
+    """Batch-1 generation tokens/s of the mini_lm size against its memory-bandwidth limit."""
     import torch
 
     from model import GPT, GPTConfig
