@@ -331,8 +331,8 @@ def bench_model_cpu(quick=False):
 
     import kernels
     print(f"machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    # generation first, in a process that has compiled nothing yet (like serve.py or eval.py): after
-    # the compiled training steps below, the same runs here were slower and far more variable
+    # generation first, in a process that has run nothing else yet, as in serve.py or eval.py (after
+    # the compiled training steps below it once gave 95-118 tokens/s against 117 alone)
     bench_generation_cpu(quick)
     steps = 2 if quick else 8
     small = dict(SMALL, block_size=32) if quick else SMALL
