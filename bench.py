@@ -341,6 +341,7 @@ def bench_model_cpu(quick=False):
     print("\nTraining step, float32, batch "
           f"{batch} x {small['block_size']}, {small['n_layer']} layers x {small['n_embd']}:\n")
     print("| vocab | attention | mode | tokens/s | first step | vs eager sdpa |\n|---:|---|---|---:|---:|---:|")
+    eager_rate = {}
     for vocab in (222, 32000):
         settings = [("sdpa", False), ("eager", False), ("triton", False), ("sdpa", True)]
         if vocab == 32000:
@@ -351,7 +352,7 @@ def bench_model_cpu(quick=False):
                 dict(small, vocab_size=vocab), batch, compile_, attention=attention)
             steps_by_setting[attention, compile_] = (step, tokens)
         rates = interleaved_rates(steps_by_setting, steps)
-        base = rates["sdpa", False]
+        base = eager_rate[vocab] = rates["sdpa", False]
         for (attention, compile_), rate in rates.items():
             print(f"| {vocab:,} | {attention} | {'compiled' if compile_ else 'eager'} | {rate:,.0f} | "
                   f"{firsts[attention, compile_]:.1f} s | {rate / base:.2f}x |", flush=True)
@@ -385,6 +386,18 @@ def bench_model_cpu(quick=False):
     print(f"- Kept for backward per token: PyTorch {torch_saved / 8:,.0f} bytes (the log-probabilities),"
           f" fused kernel {fused_saved / 8:,.0f} bytes (one log-sum-exp): at {n:,} tokens that is "
           f"{torch_saved / 8 * n / 1e6:,.0f} MB against {fused_saved / 8 * n / 1e3:,.1f} kB.")
+
+    # last, because it cannot be undone in this process: what train.py does on CPU by default
+    import cpu_memory
+    if cpu_memory.keep_freed_memory():
+        print("\nVocab 32,000 again, with freed memory kept in the process (cpu_memory.py, train.py's "
+              "default on CPU), the two settings timed in turns:\n")
+        print("| vocab | attention | mode | tokens/s | vs eager sdpa above |\n|---:|---|---|---:|---:|")
+        steps_by_setting = {compile_: train_step(dict(small, vocab_size=32000), batch, compile_)[:2]
+                            for compile_ in (False, True)}
+        for compile_, rate in interleaved_rates(steps_by_setting, steps).items():
+            print(f"| 32,000 | sdpa | {'compiled' if compile_ else 'eager'} | {rate:,.0f} | "
+                  f"{rate / eager_rate[32000]:.2f}x |", flush=True)
 
 
 def bench_generation_cpu(quick=False):
@@ -442,7 +455,10 @@ def bench_train(quick=False):
     print(f"machine: {machine()}\n\n| model | setting | tokens/s (median of last steps) | peak memory |\n"
           "|---|---|---:|---:|")
     for label, args in (("cpu_demo (4.9M)", base), ("mini_lm size (48M), batch 4 x 1024", mini)):
-        for setting in ([], ["--gradient_checkpointing=True"], ["--compile=True"]):
+        # gradient checkpointing's memory is compared with freed memory handed back, where peak
+        # memory is the tensors' own (kept memory holds the heap near its peak whatever they need)
+        for setting in ([], ["--compile=True"], ["--keep_freed_memory=False"],
+                        ["--keep_freed_memory=False", "--gradient_checkpointing=True"]):
             with tempfile.TemporaryDirectory() as out:
                 result = subprocess.run([sys.executable, "train.py", *args, *setting, f"--out_dir={out}"],
                                         capture_output=True, text=True)
@@ -457,12 +473,15 @@ def bench_train(quick=False):
 # -------------------------------------------------------------------------------------- eval.py
 
 def bench_eval(quick=False):
-    """Tokens/s of the sliding-window perplexity pass (no grad, batched, fp32), random weights."""
+    """Tokens/s of the sliding-window perplexity pass (no grad, batched, fp32), random weights,
+    with freed memory kept in the process as eval.py does on CPU (cpu_memory.py)."""
     import numpy as np
     import torch
 
+    import cpu_memory
     import metrics
     from model import GPT, GPTConfig
+    cpu_memory.keep_freed_memory()
     cpu_demo = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=32000, bias=False)
     print(f"machine: {machine()}, {torch.get_num_threads()} threads\n\n"
           "| model | block | stride | batch | tokens | tokens/s |\n|---|---:|---:|---:|---:|---:|")

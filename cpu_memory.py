@@ -1,0 +1,29 @@
+"""Keep freed memory inside the process on a Linux CPU, for train.py and eval.py.
+
+PyTorch takes every CPU tensor from malloc. glibc serves big requests (above a threshold that
+adapts up to 32 MB) with fresh pages from the kernel and hands them back on free, so a step that
+allocates and frees 2 GB of logits, gradients and activations page-faults on every one of those
+pages, every step: ~430,000 faults a step for config/cpu_demo.py here, ~40% of its time. Raising
+glibc's mmap and trim thresholds keeps such blocks in the heap to be reused. Measured on the 2-core
+machine (BENCHMARKS.md): train.py on cpu_demo 1.75x tokens/s, eval.py's perplexity pass 1.7x, with the
+same numbers out; the price is resident memory that stays near the peak (+0.7 to 1.5 GB there).
+"""
+
+import ctypes
+import sys
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
+KEEP_BELOW = 2 ** 31 - 1  # bytes: blocks up to 2 GB come from the heap and go back to it
+
+
+def keep_freed_memory():
+    """Apply it to this process; True if applied, False where malloc is not glibc's (nothing
+    changes there: macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(M_MMAP_THRESHOLD, KEEP_BELOW) == 1 and mallopt(M_TRIM_THRESHOLD, KEEP_BELOW) == 1
