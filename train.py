@@ -89,7 +89,7 @@ SPEC = {
     "seed": (1337, "seeds the weights, the batch order and dropout"),
     "peak_flops": (0.0, "device peak FLOP/s for MFU (0: known GPUs detected, otherwise no MFU)"),
     "keep_freed_memory": (True, "CPU: keep freed memory in the process for reuse (cpu_memory.py): "
-                                "1.75x tokens/s on cpu_demo here, for ~1 GB more resident memory"),
+                                "1.7x tokens/s on cpu_demo here, for 0.8-1.9 GB more resident memory"),
 }
 # Keys that may differ between a run and its resumption without breaking exactness.
 RESUME_MAY_CHANGE = {"out_dir", "init_from", "max_iters", "eval_only", "log_interval", "device",
