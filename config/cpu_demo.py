@@ -1,4 +1,4 @@
-# The README's main job: learns visibly on a 2-core CPU in about 10 minutes (data: python prepare.py).
+# The README's main job: learns visibly on a 2-core CPU in about 6 minutes (data: python prepare.py).
 dataset = "demo"
 out_dir = "out"
 n_layer = 4
