@@ -404,7 +404,7 @@ def bench_generation_cpu(quick=False):
     """Batch-1 generation tokens/s of the mini_lm size against its memory-bandwidth limit."""
     import torch
 
-    from model import GPT, GPTConfig
+    from model import GPT, GPTConfig, KVCache
     print("\nGeneration, batch 1, mini_lm size (random weights), 16-token prompt:\n")
     new = 20 if quick else 500
     config = dict(MINI_LM, n_layer=2) if quick else MINI_LM
@@ -435,6 +435,19 @@ def bench_generation_cpu(quick=False):
           f"{weight_bytes_per_token(model.float()) / 1e6:.0f} MB of fp32 weights read per token; "
           f"the KV cache adds {kv_bytes / 1e6:.1f} MB per token on average over {new} new tokens, "
           f"not counted in the limit)")
+    model = model.float().optimize_for_decoding()
+    prompt = torch.randint(cfg.vocab_size, (1, min(1000, cfg.block_size - 1)))
+    prefill = {False: [], True: []}
+    with torch.inference_mode():
+        for _ in range(3):
+            for last_only in (False, True):  # in turns
+                t0 = time.perf_counter()
+                model(prompt, cache=KVCache(cfg, 1, "cpu", torch.float32), last_only=last_only)
+                prefill[last_only].append(time.perf_counter() - t0)
+    every, last = statistics.median(prefill[False]), statistics.median(prefill[True])
+    print(f"\nPrefill of a {prompt.shape[1]}-token prompt (float32, the time to a first token): "
+          f"{last * 1e3:,.0f} ms with the LM head on the last position only (what generation "
+          f"does), {every * 1e3:,.0f} ms with every position's logits: {every / last:.2f}x.")
 
 
 # ------------------------------------------------------------------------------------- train.py

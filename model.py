@@ -184,11 +184,14 @@ class GPT(nn.Module):
         counts["total"] = sum(counts.values())
         return counts
 
-    def forward(self, idx, targets=None, cache=None, pad_lengths=None, ignore_index=-100):
+    def forward(self, idx, targets=None, cache=None, pad_lengths=None, ignore_index=-100,
+                last_only=False):
         """Logits (B, T, V) of idx (B, T), and the mean loss against targets (B, T) if given.
 
         cache: a KVCache holding earlier positions (generation). pad_lengths: (B,) left padding of a
         batch of prompts of different lengths; positions count from each sequence's first real token.
+        last_only: logits (B, 1, V) of the last position only, all generation needs (the LM head
+        would otherwise be a third of a long prompt's prefill at vocabulary 32k).
         """
         b, t = idx.shape
         start = cache.length if cache is not None else 0
@@ -209,6 +212,8 @@ class GPT(nn.Module):
                 x = block(x, cache, pad_lengths, mask)
         if cache is not None:
             cache.length += t
+        if last_only:
+            x = x[:, -1:]
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
@@ -288,7 +293,7 @@ class GPT(nn.Module):
                 dtype = self.lm_head.weight.dtype
                 cache_dtype = torch.promote_types(dtype, torch.float32) if device.type == "cpu" else dtype
                 cache = KVCache(self.config, len(prompts), device, cache_dtype)
-                logits = self(idx, cache=cache, pad_lengths=pad)[0][:, -1]
+                logits = self(idx, cache=cache, pad_lengths=pad, last_only=True)[0][:, -1]
             else:
                 logits = self._last_logits(idx, pad)
             for step in range(max_new_tokens):
@@ -304,7 +309,8 @@ class GPT(nn.Module):
                     return
                 idx = torch.cat([idx, token[:, None]], dim=1)
                 if cache is not None and cache.length < block:
-                    logits = self(token[:, None], cache=cache, pad_lengths=pad)[0][:, -1]
+                    logits = self(token[:, None], cache=cache, pad_lengths=pad,
+                                       last_only=True)[0][:, -1]
                 else:
                     cache = None  # full: slide the window, as generation without a cache does
                     if idx.shape[1] > block:
@@ -317,7 +323,7 @@ class GPT(nn.Module):
             self.train(was_training)
 
     def _last_logits(self, idx, pad):
-        return self(idx[:, -self.config.block_size:], pad_lengths=pad)[0][:, -1]
+        return self(idx[:, -self.config.block_size:], pad_lengths=pad, last_only=True)[0][:, -1]
 
 
 def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

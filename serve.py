@@ -191,7 +191,7 @@ class Engine:
         idx = torch.tensor([[0] * (width - len(p)) + p for p in job.prompts], device=self.device)
         pad = torch.tensor([width - len(p) for p in job.prompts], device=self.device)
         cache = KVCache(self.model.config, len(job.prompts), self.device, self.cache_dtype)
-        logits = self.model(idx, cache=cache, pad_lengths=pad)[0][:, -1]
+        logits = self.model(idx, cache=cache, pad_lengths=pad, last_only=True)[0][:, -1]
         new_rows = [(job, i, len(p)) for i, p in enumerate(job.prompts)]
         parts = [(cache, [(i, own) for i, (_, _, own) in enumerate(new_rows)])]
         if self.rows:
@@ -242,7 +242,8 @@ class Engine:
             pads = torch.tensor([self.cache.length - (own - 1) for _, _, own in self.rows],
                                 device=self.device)
             x = torch.tensor(tokens, device=self.device)[:, None]
-            self.logits = self.model(x, cache=self.cache, pad_lengths=pads)[0][:, -1]
+            self.logits = self.model(x, cache=self.cache, pad_lengths=pads,
+                                     last_only=True)[0][:, -1]
 
     def _loop(self):
         while True:

@@ -118,6 +118,20 @@ def test_kv_cache_steps_equal_full_forward(attention):
     assert cache.length == 12
 
 
+def test_last_only_logits_equal_the_last_position_of_all():
+    model = tiny().eval()
+    idx = torch.randint(0, 61, (3, 9))
+    pad = torch.tensor([0, 4, 8])
+    full, _ = model(idx, pad_lengths=pad)
+    last, _ = model(idx, pad_lengths=pad, last_only=True)
+    assert last.shape == (3, 1, 61)
+    torch.testing.assert_close(last, full[:, -1:], atol=1e-12, rtol=1e-12)
+    cache = KVCache(model.config, 3, "cpu", torch.float64)
+    model(idx[:, :5], pad_lengths=pad, cache=cache, last_only=True)
+    step, _ = model(idx[:, 5:], pad_lengths=pad, cache=cache, last_only=True)
+    torch.testing.assert_close(step, full[:, -1:], atol=1e-12, rtol=1e-12)
+
+
 def reference_greedy(model, prompt, n):
     """Uncached, unbatched, one prompt at a time, cropping to block_size like nanoGPT."""
     idx = torch.tensor([prompt])
