@@ -310,7 +310,7 @@ class GPT(nn.Module):
                 idx = torch.cat([idx, token[:, None]], dim=1)
                 if cache is not None and cache.length < block:
                     logits = self(token[:, None], cache=cache, pad_lengths=pad,
-                                       last_only=True)[0][:, -1]
+                                  last_only=True)[0][:, -1]
                 else:
                     cache = None  # full: slide the window, as generation without a cache does
                     if idx.shape[1] > block:
