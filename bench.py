@@ -233,24 +233,9 @@ def step_time_breakdown(model_kwargs, batch, steps=3):
     """Where an eager float32 training step's time goes (profiler self time): the Linear layers'
     matrix products, attention (sdpa, forward and backward) and everything else; plus the
     matrix products' GFLOP/s (6 x tokens x Linear weights per step, forward and backward)."""
-    import torch
     import torch.nn as nn
     from torch.profiler import profile
-
-    from model import GPT, GPTConfig
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(**model_kwargs))
-    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), "cpu")
-    t = model.config.block_size
-    x = torch.randint(model.config.vocab_size, (batch, t))
-    y = torch.randint(model.config.vocab_size, (batch, t))
-
-    def step():
-        model(x, y)[1].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step()
+    step, tokens, _, model = train_step(model_kwargs, batch)
     with profile() as prof:
         for _ in range(steps):
             step()
@@ -260,7 +245,7 @@ def step_time_breakdown(model_kwargs, batch, steps=3):
                 "attention" if "scaled_dot_product" in event.key else "other")
         shares[kind] += event.self_cpu_time_total / 1e6 / steps  # seconds per step
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
-    gflops = 6 * batch * t * linear / shares["matmul"] / 1e9
+    gflops = 6 * tokens * linear / shares["matmul"] / 1e9
     return shares, gflops
 
 
