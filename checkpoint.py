@@ -60,6 +60,7 @@ def load(path, map_location="cpu"):
 
 def load_model(path, device="cpu"):
     """(model, tokenizer, checkpoint) from a checkpoint file, the model in eval mode on device."""
+    import hardware
     from model import GPT, GPTConfig
     from tokenizer import Tokenizer
     ckpt = load(path)
@@ -70,4 +71,6 @@ def load_model(path, device="cpu"):
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {path}: model or tokenizer does not load: "
                               f"{str(e).splitlines()[0][:300]}") from None
-    return model.to(device).eval(), tokenizer, ckpt
+    device = torch.device(device)
+    backend, _ = hardware.choose_kernels(model.config.kernels, device)
+    return model.to(device).use_kernels(backend).eval(), tokenizer, ckpt

@@ -1,7 +1,8 @@
 """Plain-Python configuration shared by the top-level scripts.
 
 Each script declares its keys once, as ``{name: (default, help)}``. The command line may name config
-files (plain Python: ``dataset = "mini_lm"``) and ``--key=value`` overrides, applied left to right:
+files (plain Python: ``dataset = "mini_lm"``) and ``--key=value`` or ``--key value`` overrides,
+applied left to right (a boolean ``--key`` alone means True):
 
     python prepare.py config/prepare_mini_lm.py --workers=2 --target_tokens=5_000_000
 
@@ -13,6 +14,7 @@ message that names it (and the nearest known key).
 import ast
 import difflib
 import sys
+from pathlib import Path
 
 
 class ConfigError(ValueError):
@@ -73,7 +75,7 @@ def _read_config_file(path, keys, ignore_unknown=False):
 
 
 def format_help(spec, description, prog):
-    lines = [f"usage: python {prog} [config.py ...] [--key=value ...]", "", description.strip(), "",
+    lines = [f"usage: python {prog} [config.py ...] [--key=value | --key value ...]", "", description.strip(), "",
              "keys (default, then meaning):"]
     for key, (default, text) in spec.items():
         lines.append(f"  --{key}={default!r}")
@@ -92,23 +94,37 @@ def parse(spec, argv=None, description="", prog=None, ignore_unknown_in_files=Fa
         print(format_help(spec, description, prog))
         raise SystemExit(0)
     config = {key: default for key, (default, _) in spec.items()}
-    for arg in argv:
-        if arg.startswith("--"):
-            key, has_value, text = arg[2:].partition("=")
-            key = key.replace("-", "_")
-            if key not in spec:
-                raise ConfigError(f"unknown option --{key}.{_suggest(key, list(spec))} "
-                                  f"(--help lists every key)")
-            if not has_value:
-                if not isinstance(spec[key][0], bool):
-                    raise ConfigError(f"--{key} needs a value: --{key}=VALUE")
-                value = True
-            else:
-                value = _parse_literal(text)
-            config[key] = _coerce(key, value, spec[key][0], f"--{key}")
-        else:
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg.startswith("--"):
             for key, value in _read_config_file(arg, list(spec), ignore_unknown_in_files).items():
                 config[key] = _coerce(key, value, spec[key][0], arg)
+            continue
+        key, has_value, text = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if key not in spec:
+            raise ConfigError(f"unknown option --{key}.{_suggest(key, list(spec))} "
+                              f"(--help lists every key)")
+        is_bool = isinstance(spec[key][0], bool)
+        if not has_value:  # --key VALUE, or a boolean --key alone (True)
+            following = argv[i] if i < len(argv) else None
+            if is_bool:
+                has_value = following is not None and following.lower() in ("true", "false")
+            else:
+                if following is None or following.startswith("--"):
+                    raise ConfigError(f"--{key} needs a value: --{key}=VALUE or --{key} VALUE")
+                has_value = True
+            if has_value:
+                text, i = following, i + 1
+        if not has_value:
+            value = True
+        elif is_bool and text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        else:
+            value = _parse_literal(text)
+        config[key] = _coerce(key, value, spec[key][0], f"--{key}")
     return config
 
 
@@ -119,3 +135,20 @@ def parse_or_exit(spec, argv=None, description="", prog=None, ignore_unknown_in_
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+PREPARE_DEFAULT_DATASET = "demo"  # prepare.py's default `dataset` (a test keeps the two equal)
+
+
+def prepare_command(folder):
+    """The command that builds the prepared dataset folder data_root/dataset: the shipped
+    config/prepare_*.py whose `dataset` is this one, prepare.py alone for its default, otherwise
+    prepare.py with that name (the user supplies the sources)."""
+    folder = Path(folder)
+    root = "" if folder.parent == Path("data") else f" --data_root={folder.parent}"
+    for path in sorted((Path(__file__).resolve().parent / "config").glob("prepare_*.py")):
+        if _read_config_file(path, ["dataset"], ignore_unknown=True).get("dataset") == folder.name:
+            return f"python prepare.py config/{path.name}{root}"
+    if folder.name == PREPARE_DEFAULT_DATASET:
+        return f"python prepare.py{root}"
+    return f"python prepare.py --dataset={folder.name}{root} (with your own sources: --help)"

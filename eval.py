@@ -29,6 +29,7 @@ import torch
 import checkpoint
 import configurator
 import cpu_memory
+import hardware
 import metrics
 from tokenizer import Tokenizer
 
@@ -77,7 +78,8 @@ def load_streams(cfg, tokenizer, ckpt):
     folder = Path(cfg["data"] or ckpt.get("dataset", {}).get("path", ""))
     meta_path = folder / "meta.json"
     if not meta_path.exists():
-        raise EvalError(f"{meta_path} not found: give --data=<a folder prepare.py wrote> or --text")
+        raise EvalError(f"{meta_path} not found: build it with `{configurator.prepare_command(folder)}`, "
+                        "or give --data=<a folder prepare.py wrote> or --text")
     meta = json.loads(meta_path.read_text())
     data_tokenizer = Tokenizer.load(folder / meta.get("tokenizer", "tokenizer.json"))
     if data_tokenizer.tokens != tokenizer.tokens or data_tokenizer.pattern != tokenizer.pattern:
@@ -148,11 +150,12 @@ def score_generations(prompts, references, hypotheses):
 
 
 def evaluate(cfg):
-    device = torch.device(cfg["device"] if cfg["device"] != "auto"
-                          else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = hardware.resolve_device(cfg["device"])
     if device.type == "cpu" and cfg["keep_freed_memory"]:
         cpu_memory.keep_freed_memory()
     model, tokenizer, ckpt = checkpoint.load_model(cfg["ckpt"], device)
+    print(f"device: {device}; kernels: "
+          f"{hardware.choose_kernels(model.config.kernels, device)[1]}", flush=True)
     if device.type == "cpu":
         model.optimize_for_decoding()
     block = model.config.block_size

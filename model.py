@@ -153,6 +153,7 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
+        self.backend = config.kernels  # of the loss; use_kernels() may set a concrete one
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
@@ -218,8 +219,17 @@ class GPT(nn.Module):
         loss = None
         if targets is not None:
             loss = kernels.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
-                                         ignore_index, self.config.kernels)
+                                         ignore_index, self.backend)
         return logits, loss
+
+    def use_kernels(self, backend):
+        """Run every kernel through backend ('triton' or 'torch', as hardware.choose_kernels picked
+        it for the device) instead of deciding per call; config.kernels keeps what the checkpoint
+        records, so another machine decides again."""
+        for module in self.modules():
+            if hasattr(module, "backend"):
+                module.backend = backend
+        return self
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW: weight decay on every matrix (the tied embedding included), none on biases and

@@ -34,6 +34,7 @@ from flask import Flask, Response, jsonify, request
 
 import checkpoint
 import configurator
+import hardware
 from model import KVCache, sample
 
 SPEC = {
@@ -512,8 +513,7 @@ document.getElementById('go').onclick = async () => {
 
 
 def load(cfg):
-    device = torch.device(cfg["device"] if cfg["device"] != "auto"
-                          else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = hardware.resolve_device(cfg["device"])
     if cfg["dtype"] not in ("float32", "bfloat16", "float64"):
         raise configurator.ConfigError(f"dtype={cfg['dtype']!r} must be 'float32', 'bfloat16' or "
                                        "'float64'")
@@ -531,7 +531,7 @@ def main(argv=None):
         # engine ran at ~60% speed once the main thread had loaded the model itself (BENCHMARKS.md).
         with concurrent.futures.ThreadPoolExecutor(1) as loader:
             model, tokenizer = loader.submit(load, cfg).result()
-    except (checkpoint.CheckpointError, configurator.ConfigError) as e:
+    except (checkpoint.CheckpointError, configurator.ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     app = create_app(model, tokenizer, cfg)

@@ -1,11 +1,16 @@
 """train.py: train the GPT on the bins prepare.py wrote.
 
-    python train.py config/cpu_demo.py                      # ~10 minutes on a 2-core CPU
-    python train.py config/mini_lm.py --batch_size=32       # one GPU
-    torchrun --standalone --nproc_per_node=4 train.py config/mini_lm.py
+    python train.py config/cpu_demo.py                      # the CPU demo (data: python prepare.py)
+    python train.py config/mini_lm.py                       # the flagship run on one GPU
+    torchrun --nproc_per_node=4 train.py                    # the same run on 4 GPUs
     python train.py config/cpu_demo.py --init_from=resume   # continue out/last.pt exactly
 
-Mixed precision (bf16 autocast, or fp16 with a gradient scaler), gradient accumulation (synchronised
+The defaults are the flagship run, mini_lm (config/mini_lm.py names the same values): its model and
+schedule on data/mini_lm (python prepare.py config/prepare_mini_lm.py). Its tokens per optimizer
+step stay the same on 1, 2, 4 or 8 ranks: the accumulation micro-steps are shared between ranks.
+
+Mixed precision (bf16 autocast where the GPU has it natively, fp16 with a gradient scaler on older
+GPUs such as the T4 and V100; hardware.py says why in the log), gradient accumulation (synchronised
 across DDP ranks on the last micro-step only), gradient checkpointing, AdamW with warmup and cosine
 decay, gradient clipping, a guard against non-finite steps, periodic evaluation with a text sample,
 TensorBoard logs, and self-contained checkpoints written atomically (out/last.pt, out/best.pt) from
@@ -32,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import checkpoint
 import configurator
 import cpu_memory
+import hardware
 import metrics
 from model import GPT, GPTConfig
 from tokenizer import Tokenizer
@@ -39,17 +45,17 @@ from tokenizer import Tokenizer
 SPEC = {
     # i/o
     "out_dir": ("out", "checkpoints (last.pt, best.pt), TensorBoard logs (tb/)"),
-    "dataset": ("demo", "folder under data_root written by prepare.py"),
+    "dataset": ("mini_lm", "folder under data_root written by prepare.py"),
     "data_root": ("data", "parent folder of datasets"),
     "init_from": ("scratch", "'scratch' or 'resume' (from out_dir/last.pt)"),
-    "eval_interval": (250, "steps between evaluations (and best.pt updates)"),
-    "eval_iters": (20, "batches per split in each evaluation"),
+    "eval_interval": (200, "steps between evaluations (and best.pt updates)"),
+    "eval_iters": (50, "batches per split in each evaluation"),
     "eval_only": (False, "evaluate once and exit"),
     "log_interval": (10, "steps between log lines"),
-    "checkpoint_interval": (250, "steps between writes of last.pt (0: only at the end)"),
+    "checkpoint_interval": (200, "steps between writes of last.pt (0: only at the end)"),
     "checkpoint_minutes": (10.0, "also write last.pt when this many minutes passed since the last"),
     "keep_last": (0, "also keep the last K step-numbered checkpoints (ckpt_<step>.pt)"),
-    "sample_interval": (250, "steps between printed text samples (0: never)"),
+    "sample_interval": (200, "steps between printed text samples (0: never)"),
     "sample_prompt": ("The ", "prompt of the text samples"),
     "sample_tokens": (48, "new tokens per sample"),
     "tensorboard": (True, "log to out_dir/tb"),
@@ -57,39 +63,39 @@ SPEC = {
     "wandb_project": ("mini-lm", "W&B project"),
     "mlflow_log": (False, "log to MLflow (pip install mlflow)"),
     # data and batches
-    "batch_size": (12, "sequences per micro-step (per rank)"),
-    "block_size": (256, "tokens per sequence"),
-    "gradient_accumulation_steps": (1, "micro-steps per optimizer step, over all ranks together"),
+    "batch_size": (16, "sequences per micro-step (per rank)"),
+    "block_size": (1024, "tokens per sequence"),
+    "gradient_accumulation_steps": (8, "micro-steps per optimizer step, shared between all ranks"),
     # model (see model.GPTConfig)
-    "n_layer": (6, "transformer blocks"),
-    "n_head": (6, "attention heads"),
-    "n_embd": (384, "model width"),
+    "n_layer": (10, "transformer blocks"),
+    "n_head": (8, "attention heads"),
+    "n_embd": (512, "model width"),
     "dropout": (0.0, "dropout probability"),
     "bias": (False, "biases in Linear and LayerNorm layers"),
     "attention": ("sdpa", "'sdpa', 'triton' or 'eager'"),
-    "kernels": ("auto", "'auto' (Triton on CUDA), 'triton' or 'torch'"),
+    "kernels": ("auto", "'auto' (Triton on GPUs of compute capability 8.0+), 'triton' or 'torch'"),
     "gradient_checkpointing": (False, "recompute activations in backward to save memory"),
     # optimizer and schedule
     "learning_rate": (1e-3, "peak learning rate"),
-    "max_iters": (5000, "optimizer steps in total"),
+    "max_iters": (2000, "optimizer steps in total"),
     "weight_decay": (0.1, "AdamW weight decay on matrices"),
     "beta1": (0.9, "AdamW beta1"),
-    "beta2": (0.99, "AdamW beta2"),
+    "beta2": (0.95, "AdamW beta2"),
     "grad_clip": (1.0, "clip the global gradient norm to this (0: no clipping)"),
     "decay_lr": (True, "cosine decay after warmup (else constant)"),
     "warmup_iters": (100, "linear warmup steps"),
-    "lr_decay_iters": (5000, "step at which the cosine reaches min_lr (usually max_iters)"),
+    "lr_decay_iters": (2000, "step at which the cosine reaches min_lr (usually max_iters)"),
     "min_lr": (1e-4, "learning rate at the end of the decay (~learning_rate / 10)"),
     "max_bad_steps": (5, "stop after this many consecutive steps with a non-finite loss or gradient"),
     # system
     "device": ("auto", "'auto' (cuda if present), 'cpu', 'cuda', 'cuda:1' ..."),
-    "dtype": ("auto", "'auto' (bf16 on GPUs that have it, else fp16; fp32 on CPU), 'float32', "
-                      "'bfloat16', 'float16'"),
-    "compile": (False, "torch.compile the model"),
+    "dtype": ("auto", "'auto' (bf16 on GPUs with native bf16, fp16 with a gradient scaler on older "
+                      "GPUs, fp32 on CPU), 'float32', 'bfloat16', 'float16'"),
+    "compile": (True, "torch.compile the model"),
     "seed": (1337, "seeds the weights, the batch order and dropout"),
     "peak_flops": (0.0, "device peak FLOP/s for MFU (0: known GPUs detected, otherwise no MFU)"),
-    "keep_freed_memory": (True, "CPU: keep freed memory in the process for reuse (cpu_memory.py): "
-                                "1.7x tokens/s on cpu_demo here, for 0.8-1.9 GB more resident memory"),
+    "keep_freed_memory": (True, "CPU: keep freed memory in the process for reuse (cpu_memory.py; "
+                                "faster steps for more resident memory, see BENCHMARKS.md)"),
 }
 # Keys that may differ between a run and its resumption without breaking exactness.
 RESUME_MAY_CHANGE = {"out_dir", "init_from", "max_iters", "eval_only", "log_interval", "device",
@@ -97,8 +103,6 @@ RESUME_MAY_CHANGE = {"out_dir", "init_from", "max_iters", "eval_only", "log_inte
                      "checkpoint_minutes", "keep_last", "sample_interval", "compile",
                      "keep_freed_memory"}
 MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
-              "V100": 125e12, "T4": 65e12}  # dense bf16/fp16 tensor-core peaks
 
 
 class Batches:
@@ -108,8 +112,8 @@ class Batches:
     def __init__(self, folder, block_size, batch_size, seed):
         meta_path = folder / "meta.json"
         if not meta_path.exists():
-            raise SystemExit(f"error: {meta_path} not found: run `python prepare.py "
-                             f"--dataset={folder.name}` first")
+            raise SystemExit(f"error: {meta_path} not found: run "
+                             f"`{configurator.prepare_command(folder)}` first")
         self.meta = json.loads(meta_path.read_text())
         self.data = {}
         for split in ("train", "val"):
@@ -151,15 +155,20 @@ def learning_rate(it, cfg):
     return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg["learning_rate"] - cfg["min_lr"])
 
 
-def resolve_dtype(name, device):
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise configurator.ConfigError(f"dtype={name!r} must be 'auto' or one of {list(dtypes)}")
-    return dtypes[name]
+def micro_steps_per_rank(accumulation, world, batch_size):
+    """Each rank's share of the accumulation micro-steps, or an error naming what would work."""
+    if accumulation % world == 0:
+        return accumulation // world
+    ranks = [n for n in range(1, accumulation + 1) if accumulation % n == 0]
+    sequences = accumulation * batch_size
+    same = [(a, sequences // a) for a in range(world, sequences + 1, world) if sequences % a == 0]
+    other = (f"keep the same {sequences} sequences per step on {world} ranks with "
+             f"--gradient_accumulation_steps={same[0][0]} --batch_size={same[0][1]}" if same else
+             f"set gradient_accumulation_steps to a multiple of {world} (no split keeps "
+             f"{sequences} sequences per step on {world} ranks)")
+    raise configurator.ConfigError(
+        f"gradient_accumulation_steps={accumulation} cannot be shared by {world} ranks: run on "
+        f"{', '.join(map(str, ranks))} ranks, or {other}")
 
 
 class Loggers:
@@ -233,14 +242,14 @@ def main(argv=None):
 
 def train(cfg):
     """Set up torch.distributed when launched by torchrun, run the training, always tear it down."""
+    device = hardware.resolve_device(cfg["device"])
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        name = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        return run_training(cfg, False, 0, 1, torch.device(name))
+        return run_training(cfg, False, 0, 1, device)
     rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
-    use_cuda = torch.cuda.is_available() and cfg["device"] != "cpu"
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
+    micro_steps_per_rank(cfg["gradient_accumulation_steps"], world, cfg["batch_size"])  # fail early
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     try:
         return run_training(cfg, True, rank, world, device)
@@ -252,11 +261,10 @@ def run_training(cfg, ddp, rank, world, device):
     master = rank == 0
     if device.type == "cpu" and cfg["keep_freed_memory"]:
         cpu_memory.keep_freed_memory()
-    if cfg["gradient_accumulation_steps"] % world:
-        raise configurator.ConfigError(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} "
-                                       f"must be a multiple of the {world} ranks")
-    micro_steps = cfg["gradient_accumulation_steps"] // world
-    dtype = resolve_dtype(cfg["dtype"], device)
+    micro_steps = micro_steps_per_rank(cfg["gradient_accumulation_steps"], world, cfg["batch_size"])
+    dtype, dtype_reason = hardware.choose_dtype(cfg["dtype"], device)
+    backend, backend_reason = hardware.choose_kernels(cfg["kernels"], device, dtype)
+    hardware.check_compile(cfg["compile"], dtype, device)
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
                 else contextlib.nullcontext())
     out_dir = Path(cfg["out_dir"])
@@ -288,7 +296,7 @@ def run_training(cfg, ddp, rank, world, device):
     model = GPT(GPTConfig(**model_args))
     if ckpt:
         model.load_state_dict(ckpt["model"])
-    model.to(device)
+    model.to(device).use_kernels(backend)
     optimizer = model.configure_optimizers(cfg["weight_decay"], cfg["learning_rate"],
                                            (cfg["beta1"], cfg["beta2"]), device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -321,13 +329,17 @@ def run_training(cfg, ddp, rank, world, device):
         print(json.dumps(cfg, indent=1, default=str))
         print(f"model: {params['total'] / 1e6:.2f}M parameters ({params['blocks'] / 1e6:.2f}M in blocks, "
               f"{params['token embedding (tied LM head)'] / 1e6:.2f}M in the tied embedding); "
-              f"device {device}, {dtype}, {world} rank(s), {tokens_per_step:,} tokens per step; "
-              f"unigram baseline val loss {unigram:.3f}")
+              f"{world} rank(s), {tokens_per_step:,} tokens per step ({micro_steps} micro-step(s) of "
+              f"{cfg['batch_size']} sequences per rank); unigram baseline val loss {unigram:.3f}")
+        print(f"device: {device}" + (f", {hardware.describe_gpu(device)}" if device.type == "cuda" else ""))
+        print(f"precision: {dtype_reason}")
+        print(f"kernels: {backend_reason}")
+        print(f"attention: {hardware.describe_attention(raw_model.config.attention, backend, device)}")
+        print(f"compile: {'torch.compile' if cfg['compile'] else 'off (eager)'}", flush=True)
     loggers = Loggers(cfg, master)
     if master:
         loggers.text("config", "```\n" + json.dumps(cfg, indent=1, default=str) + "\n```", iter_num)
-    peak = cfg["peak_flops"] or next((v for k, v in PEAK_FLOPS.items() if device.type == "cuda"
-                                      and k in torch.cuda.get_device_name(device)), 0.0)
+    peak = hardware.peak_flops(device, cfg["peak_flops"])
     flops_per_token = (6 * (params["total"] - params["position embedding"])
                        + 12 * raw_model.config.n_layer * raw_model.config.n_embd * cfg["block_size"])
 

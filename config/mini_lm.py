@@ -1,5 +1,7 @@
-# mini_lm: 48.4M parameters with the 32k tokenizer, for the user's targets on one GPU
-# (T4/V100 class: fp16 with a gradient scaler is picked automatically where bf16 is missing).
+# mini_lm, the flagship run: 48.4M parameters with the 32k tokenizer, for the user's targets on one
+# GPU. These are also train.py's defaults, so `torchrun --nproc_per_node=4 train.py` runs it too
+# (tests/test_train.py keeps the two equal). Precision is picked per GPU: bf16 where it is native,
+# fp16 with a gradient scaler on a T4/V100 (the log says which and why).
 # Data first: python prepare.py config/prepare_mini_lm.py   (100M tokens)
 # Then:       python train.py config/mini_lm.py
 dataset = "mini_lm"
@@ -11,7 +13,8 @@ n_head = 8
 n_embd = 512
 dropout = 0.0
 bias = False
-# 16 x 1024 x 8 = 131,072 tokens per optimizer step; 2,000 steps = 262M tokens (~2.6 epochs)
+# 16 x 1024 x 8 = 131,072 tokens per optimizer step on any number of ranks that divides 8 (the 8
+# micro-steps are shared between them); 2,000 steps = 262M tokens (~2.6 epochs)
 batch_size = 16
 gradient_accumulation_steps = 8
 max_iters = 2000

@@ -4,8 +4,8 @@ Each kernel file holds the Triton kernel(s), a launcher, and its registration as
 with a fake (shape) implementation and an autograd formula, so torch.compile treats it as one opaque,
 differentiable node instead of breaking the graph.
 
-The functions below are what model.py calls. backend="auto" uses Triton for CUDA tensors and PyTorch
-for everything else; "triton" forces the kernels (on CPU that needs TRITON_INTERPRET=1 in the
+The functions below are what model.py calls. backend="auto" uses Triton for CUDA tensors on GPUs of
+compute capability 8.0 or newer (Triton's supported targets) and PyTorch for everything else; "triton" forces the kernels (on CPU that needs TRITON_INTERPRET=1 in the
 environment before this package is imported: the tests do that); "torch" forces PyTorch.
 """
 
@@ -29,11 +29,17 @@ except ImportError:  # macOS, Windows: PyTorch everywhere
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def ampere_or_newer(device):
+    """True on CUDA GPUs of compute capability 8.0 or newer. get_device_properties is constant-folded
+    by torch.compile, so this costs nothing inside a compiled model."""
+    return device.type == "cuda" and torch.cuda.get_device_properties(device).major >= 8
+
+
 def use_triton(x, backend):
     if backend == "torch":
         return False
     if backend == "auto":
-        return HAVE_TRITON and x.is_cuda
+        return HAVE_TRITON and x.is_cuda and ampere_or_newer(x.device)
     if backend != "triton":
         raise ValueError(f"kernel backend must be one of {BACKENDS}, got {backend!r}")
     if not HAVE_TRITON:

@@ -46,10 +46,41 @@ def test_unknown_key_in_config_file_names_the_file(tmp_path):
     ("--force=1", "must be True or False"),
     ("--languages=en", "languages='en' must be list"),
     ("--workers", "--workers needs a value"),
+    ("--force=yes", "must be True or False"),
 ])
 def test_wrong_types_get_clear_messages(arg, message):
     with pytest.raises(ConfigError, match=message):
         parse(SPEC, [arg])
+
+
+def test_space_separated_values_work_like_equals(tmp_path):
+    cfg_file = tmp_path / "c.py"
+    cfg_file.write_text("workers = 4\n")
+    spaced = parse(SPEC, ["--dataset", "out/best.pt", str(cfg_file), "--learning_rate", "-1e-3",
+                          "--languages", "['en', 'fr']", "--force"])
+    equals = parse(SPEC, ["--dataset=out/best.pt", str(cfg_file), "--learning_rate=-1e-3",
+                          "--languages=['en', 'fr']", "--force"])
+    assert spaced == equals == {"dataset": "out/best.pt", "workers": 4, "learning_rate": -1e-3,
+                                "force": True, "languages": ["en", "fr"], "seed_text": None}
+
+
+def test_boolean_flags_alone_or_with_a_value():
+    assert parse(SPEC, ["--force"])["force"] is True
+    assert parse(SPEC, ["--force", "False"])["force"] is False
+    assert parse(SPEC, ["--force", "false", "--workers", "3"]) == {**parse(SPEC, []), "workers": 3}
+    assert parse(SPEC, ["--force=true"])["force"] is True
+    assert parse(SPEC, ["--force", "--workers", "3"])["force"] is True  # the next option is not a value
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workers"], "--workers needs a value: --workers=VALUE or --workers VALUE"),
+    (["--workers", "--force"], "--workers needs a value"),
+    (["--workers", "two"], "workers='two' must be int"),
+    (["--wrkers", "2"], "unknown option --wrkers.*Did you mean 'workers'"),
+])
+def test_space_separated_errors_match_the_equals_form(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(SPEC, argv)
 
 
 def test_broken_config_file_is_reported(tmp_path):

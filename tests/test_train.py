@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import checkpoint
+import configurator
 import prepare
 import train
 from test_prepare import config as prepare_config
@@ -183,12 +184,47 @@ def test_config_errors(data_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.main(args(data_root, tmp_path, "--dtype=float8"))
     assert "dtype='float8' must be" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="run `python prepare.py --dataset=missing` first"):
+    with pytest.raises(SystemExit, match=f"run `python prepare.py --dataset=missing --data_root={data_root} "):
         train.main(args(data_root, tmp_path, "--dataset=missing"))
 
 
+@pytest.mark.parametrize("folder, command", [
+    ("data/mini_lm", "python prepare.py config/prepare_mini_lm.py"),
+    ("data/demo", "python prepare.py"),
+    ("elsewhere/demo", "python prepare.py --data_root=elsewhere"),
+    ("data/mine", "python prepare.py --dataset=mine (with your own sources: --help)"),
+])
+def test_missing_data_hints_name_the_command_that_builds_it(folder, command):
+    assert configurator.prepare_command(folder) == command
+    assert prepare.SPEC["dataset"][0] == configurator.PREPARE_DEFAULT_DATASET
+
+
+def test_bare_train_py_is_the_mini_lm_run():
+    bare = configurator.parse(train.SPEC, [])
+    assert bare == configurator.parse(train.SPEC, [str(ROOT / "config" / "mini_lm.py")])
+    assert bare["dataset"] == "mini_lm" and bare["gradient_accumulation_steps"] == 8
+
+
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+def test_mini_lm_keeps_its_tokens_per_step_on_1_2_4_8_ranks(world):
+    cfg = configurator.parse(train.SPEC, [])
+    micro = train.micro_steps_per_rank(cfg["gradient_accumulation_steps"], world, cfg["batch_size"])
+    assert micro * world * cfg["batch_size"] * cfg["block_size"] == 131_072
+
+
+@pytest.mark.parametrize("world, message", [
+    (3, "cannot be shared by 3 ranks: run on 1, 2, 4, 8 ranks, or set gradient_accumulation_steps "
+        "to a multiple of 3 (no split keeps 128 sequences per step on 3 ranks)"),
+    (16, "cannot be shared by 16 ranks: run on 1, 2, 4, 8 ranks, or keep the same 128 sequences per "
+         "step on 16 ranks with --gradient_accumulation_steps=16 --batch_size=8"),
+])
+def test_ranks_that_cannot_share_the_accumulation_get_what_works(world, message):
+    with pytest.raises(configurator.ConfigError) as info:
+        train.micro_steps_per_rank(8, world, 16)
+    assert message in str(info.value)
+
+
 def test_shipped_train_configs_load():
-    import configurator
     for name in ("tiny", "cpu_demo", "mini_lm"):
         cfg = configurator.parse(train.SPEC, [str(ROOT / "config" / f"{name}.py")])
         assert cfg["max_iters"] > 0

@@ -1,0 +1,117 @@
+"""What runs where: the device, the training precision, the kernels and the attention, each chosen
+once from what the GPU reports, with the reason for the log. train.py, eval.py and serve.py use it.
+
+The dividing line is compute capability 8.0 (Ampere: A100, A10, L4, RTX 30xx; Hopper: H100, H200):
+from there a GPU has native bf16, Triton's supported targets start, and PyTorch's flash attention
+runs. Below it (T4 is 7.5, V100 is 7.0) bf16 is emulated and slow, Triton is best effort and its
+compiler rejects bf16, so training there uses fp16 with a gradient scaler and PyTorch's kernels.
+Everything reads the card through torch.cuda.get_device_properties (the tests fake its answers).
+"""
+
+import torch
+
+import kernels
+
+# Dense bf16/fp16 tensor-core peaks in FLOP/s, from the vendors' data sheets, for MFU.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
+              "V100": 125e12, "T4": 65e12}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name):
+    """'auto' is cuda when a GPU is visible, else cpu; anything else as torch.device reads it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r} is not a device: use 'auto', 'cpu', 'cuda' or "
+                         "'cuda:N'") from None
+
+
+def describe_gpu(device):
+    """'NVIDIA H200 (compute capability 9.0)', or None on a CPU."""
+    if device.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(device)
+    return f"{props.name} (compute capability {props.major}.{props.minor})"
+
+
+def has_native_bf16(device):
+    return kernels.ampere_or_newer(device)
+
+
+def choose_dtype(name, device):
+    """(torch dtype, reason) for autocast in training. 'auto': bf16 on GPUs that have it natively,
+    fp16 with a gradient scaler on older GPUs (torch.cuda.is_bf16_supported() says True there too,
+    through emulation), fp32 on CPUs."""
+    if name != "auto" and name not in DTYPES:
+        raise ValueError(f"dtype={name!r} must be 'auto' or one of {list(DTYPES)}")
+    gpu = describe_gpu(device)
+    if name != "auto":
+        dtype = DTYPES[name]
+        if dtype == torch.bfloat16 and gpu and not has_native_bf16(device):
+            return dtype, f"bfloat16 as asked; {gpu} has no native bf16 (emulated, slow)"
+        return dtype, f"{name} as asked"
+    if gpu is None:
+        return torch.float32, "float32: CPU autocast gains nothing for training here"
+    if has_native_bf16(device):
+        return torch.bfloat16, f"bfloat16 autocast: {gpu} has native bf16"
+    return torch.float16, (f"float16 autocast with a gradient scaler: {gpu} has no native bf16 "
+                           "(it needs compute capability 8.0)")
+
+
+def choose_kernels(name, device, dtype=None):
+    """('triton' or 'torch', reason) for the LayerNorm, softmax and cross-entropy kernels."""
+    if name not in kernels.BACKENDS:
+        raise ValueError(f"kernels={name!r} must be one of {kernels.BACKENDS}")
+    gpu = describe_gpu(device)
+    if name == "torch":
+        return "torch", "PyTorch's, as asked"
+    if name == "triton":
+        if gpu and dtype == torch.bfloat16 and not kernels.ampere_or_newer(device):
+            raise ValueError(f"kernels='triton' with bfloat16 on {gpu}: Triton's compiler rejects "
+                             "bf16 below compute capability 8.0; use dtype=float16 or kernels=auto")
+        if gpu and not kernels.ampere_or_newer(device):
+            return "triton", f"Triton's, as asked (best effort on {gpu}: Triton supports 8.0+)"
+        return "triton", "Triton's, as asked"
+    if gpu is None:
+        return "torch", "PyTorch's: the Triton kernels run on CUDA GPUs"
+    if not kernels.HAVE_TRITON:
+        return "torch", "PyTorch's: the triton package is not installed"
+    if kernels.ampere_or_newer(device):
+        return "triton", f"Triton's fused kernels on {gpu}"
+    return "torch", f"PyTorch's: Triton supports compute capability 8.0 and newer, {gpu} is older"
+
+
+def describe_attention(attention, kernel_backend, device):
+    """One line on which attention runs, for the log."""
+    gpu = describe_gpu(device)
+    if attention == "sdpa":
+        if gpu is None:
+            return "sdpa (PyTorch's scaled_dot_product_attention, CPU kernel)"
+        if kernels.ampere_or_newer(device):
+            return f"sdpa (PyTorch's flash attention on {gpu})"
+        return (f"sdpa (PyTorch's memory-efficient kernel: flash attention needs compute capability "
+                f"8.0, {gpu} is older)")
+    if attention == "triton":
+        where = "the Triton" if kernel_backend == "triton" else "PyTorch's"
+        return f"explicit scores through {where} causal softmax (kernels={kernel_backend})"
+    return "eager (plain PyTorch, the reference)"
+
+
+def check_compile(compile_, dtype, device):
+    """torch.compile generates Triton code on GPUs: refuse the combination its compiler rejects."""
+    gpu = describe_gpu(device)
+    if compile_ and gpu and dtype == torch.bfloat16 and not has_native_bf16(device):
+        raise ValueError(f"compile=True with bfloat16 on {gpu}: the Triton code torch.compile "
+                         "generates cannot use bf16 below compute capability 8.0; use dtype=auto "
+                         "(float16 there) or compile=False")
+
+
+def peak_flops(device, override=0.0):
+    """Peak dense FLOP/s of the GPU for MFU: override if given, else the known card's, else 0."""
+    if override or device.type != "cuda":
+        return override
+    name = torch.cuda.get_device_properties(device).name
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), 0.0)
