@@ -337,17 +337,23 @@ class GPT(nn.Module):
 
 
 def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Next token per row of (B, V) logits."""
+    """Next token per row of (B, V) logits. temperature 0 is greedy; any temperature > 0 and top_p
+    in (0, 1], however small, is numerically safe: the logits are shifted so that each row's largest
+    is exactly 0 before dividing (a tiny temperature sends the others to -inf, never to NaN), and
+    the likeliest token always stays a candidate, so at least one probability is positive."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    largest = logits.max(dim=-1, keepdim=True).values
+    logits = torch.where(logits == largest, 0.0, (logits - largest) / temperature)
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p  # keeps the first always
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= top_p  # the mass before each token already reaches p
+        drop[:, 0] = False  # rounding must never drop the likeliest token
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

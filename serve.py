@@ -1,33 +1,39 @@
 """serve.py: serve a checkpoint over HTTP (Flask app on the waitress WSGI server).
 
-    python serve.py --ckpt=out/best.pt                      # http://127.0.0.1:8000
+    python serve.py                                         # out/best.pt on http://127.0.0.1:8000
+    python serve.py --ckpt out/best.pt --port 8080 --cors_origins '*'
     curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
          -d '{"prompt": "The river", "max_tokens": 32, "temperature": 0}'
 
 Endpoints:
-  POST /v1/completions  OpenAI-compatible completions (prompt as a string or a list, max_tokens,
-                        temperature, top_p, stop, n, seed, stream with server-sent events)
+  POST /v1/completions  OpenAI-compatible completions (prompt as a string or a list, max_tokens or
+                        max_completion_tokens, temperature, top_p, top_k, stop, n, seed, stream with
+                        server-sent events and stream_options.include_usage); other fields are
+                        ignored and logged
+  GET  /v1/models       the served model, as OpenAI clients and chat front-ends discover it
   POST /generate        {"prompt": "...", "max_tokens": 64, ...} -> {"text": ..., ...}
   GET  /health          model name and size
   GET  /metrics         Prometheus text: requests by status, time to first token and request
-                        latency histograms, prompt and generated token counters, tokens/s
-  GET  /                a page to type a prompt and watch the stream
+                        latency histograms, token counters, tokens/s, active and waiting sequences
+  GET  /                a page to type a prompt and watch the stream (static/playground.html)
 
-Requests are decoded together (continuous batching): one engine thread advances every active
-sequence by one token per forward pass; a new request joins after its prompt's prefill and a
-finished one leaves at once, so nobody waits for another request to finish. max_tokens is capped at
+Requests are decoded together by the continuous-batching engine (engine.py); one request can never
+fail another, and a client that disconnects frees its batch rows at once. max_tokens is capped at
 block_size - 1 and a prompt keeps its last block_size - max_tokens tokens (usage says what was used).
-With --api_key (or MINI_LM_API_KEY), /v1/* and /generate need `Authorization: Bearer <key>`.
+With --api_key (or MINI_LM_API_KEY), /v1/* and /generate need `Authorization: Bearer <key>`; CORS
+preflight requests (OPTIONS) never do. --port 0 picks a free port and prints it.
 """
 
 import concurrent.futures
+import contextlib
+import html
 import json
 import os
-import queue
 import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import torch
 from flask import Flask, Response, jsonify, request
@@ -35,12 +41,12 @@ from flask import Flask, Response, jsonify, request
 import checkpoint
 import configurator
 import hardware
-from model import KVCache, sample
+from engine import Engine
 
 SPEC = {
     "ckpt": ("out/best.pt", "checkpoint to serve"),
     "host": ("127.0.0.1", "address to bind (0.0.0.0 exposes the server to the network)"),
-    "port": (8000, "port"),
+    "port": (8000, "port (0: any free port, printed at start)"),
     "api_key": ("", "require this bearer token (default: $MINI_LM_API_KEY, else none)"),
     "model_name": ("mini-lm", "the `model` field of responses"),
     "max_tokens_limit": (1024, "largest max_tokens a request may ask for"),
@@ -49,8 +55,15 @@ SPEC = {
     "device": ("auto", "'auto', 'cpu', 'cuda' ..."),
     "dtype": ("float32", "weights: 'float32', 'bfloat16' (half the bytes) or 'float64' (tests)"),
     "threads": (8, "waitress worker threads (concurrent requests)"),
-    "max_batch": (16, "sequences decoded together at most; more requests wait their turn"),
+    "max_batch": (16, "sequences decoded together at most (and per request); more requests wait "
+                      "their turn"),
+    "cors_origins": ("", "browser origins allowed to call the API: '*' for any, or a comma-separated "
+                         "list such as 'http://localhost:3000'; empty: no CORS headers"),
 }
+# Request fields the completions endpoint reads; any other is ignored and logged once per name.
+KNOWN_FIELDS = {"model", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+                "top_k", "n", "seed", "stream", "stream_options", "stop", "user"}
+PAGE = Path(__file__).resolve().parent / "static" / "playground.html"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -88,7 +101,9 @@ class Metrics:
             self.generated_tokens += generated
             self.generation_seconds += seconds
 
-    def render(self):
+    def render(self, engine):
+        gauges = {"active_sequences": engine.active_sequences(),
+                  "waiting_requests": engine.waiting_requests()}
         with self.lock:
             out = ["# TYPE mini_lm_requests_total counter"]
             for (endpoint, status), n in sorted(self.requests.items()):
@@ -106,7 +121,11 @@ class Metrics:
                     "# TYPE mini_lm_generated_tokens_total counter",
                     f"mini_lm_generated_tokens_total {self.generated_tokens}",
                     "# TYPE mini_lm_tokens_per_second gauge",
-                    f"mini_lm_tokens_per_second {rate:.3f}"]
+                    f"mini_lm_tokens_per_second {rate:.3f}",
+                    "# TYPE mini_lm_cancelled_sequences_total counter",
+                    f"mini_lm_cancelled_sequences_total {engine.cancelled_sequences}"]
+            for name, value in gauges.items():
+                out += [f"# TYPE mini_lm_{name} gauge", f"mini_lm_{name} {value}"]
             return "\n".join(out) + "\n"
 
 
@@ -121,141 +140,6 @@ def _field(body, name, kind, default, check=None, message="has the wrong type"):
     return value
 
 
-class Job:
-    """One request's sequences (prompts x n) inside the engine; the handler thread reads `updates`."""
-
-    def __init__(self, prompts, params, eot_id, device):
-        self.prompts, self.params, self.eot_id = prompts, params, eot_id
-        self.tokens = [[] for _ in prompts]
-        self.done = [params["max_tokens"] == 0] * len(prompts)
-        self.updates = queue.Queue()
-        self.cancelled = False
-        self.generator = None
-        if params["seed"] is not None:
-            self.generator = torch.Generator(device=device).manual_seed(params["seed"])
-
-    def __iter__(self):
-        """The token lists after every step, as model.generate_stream yields them."""
-        while True:
-            update = self.updates.get()
-            if update is None:
-                return
-            if isinstance(update, BaseException):
-                raise update
-            yield update
-
-
-class Engine:
-    """Continuous batching: one thread owns the model and advances every active sequence of every
-    request by one token per forward pass. Sequences sit right-aligned in one KV cache (left
-    padding masked, positions counted from each sequence's own start), so a request that arrives
-    joins at the next step after its prompt's prefill, and a finished one leaves at once."""
-
-    def __init__(self, model, max_batch):
-        self.model, self.max_batch = model, max_batch
-        self.inbox = queue.Queue()
-        self.rows = []  # (job, index in job, own length) per batch row
-        self.cache, self.logits = None, None
-        weight = model.lm_head.weight
-        self.device = weight.device
-        # bf16 attention is slow on CPUs: keep the cache in fp32 there (as model.generate does)
-        self.cache_dtype = (torch.promote_types(weight.dtype, torch.float32)
-                            if self.device.type == "cpu" else weight.dtype)
-        threading.Thread(target=self._loop, name="engine", daemon=True).start()
-
-    def submit(self, prompts, params, eot_id):
-        job = Job(prompts, params, eot_id, self.device)
-        self.inbox.put(job)
-        return job
-
-    def _realign(self, parts):
-        """A new cache with the given rows right-aligned; parts: [(cache, [(row, own length)])]."""
-        config = self.model.config
-        count = sum(len(rows) for _, rows in parts)
-        length = max(own for _, rows in parts for _, own in rows)
-        new = KVCache(config, count, self.device, self.cache_dtype)
-        new.length = length
-        i = 0
-        for cache, rows in parts:
-            for row, own in rows:
-                for layer in range(config.n_layer):
-                    new.keys[layer][i, :, length - own:length] = \
-                        cache.keys[layer][row, :, cache.length - own:cache.length]
-                    new.values[layer][i, :, length - own:length] = \
-                        cache.values[layer][row, :, cache.length - own:cache.length]
-                i += 1
-        return new
-
-    def _admit(self, job):
-        """Prefill the job's prompts together (left-padded), then merge them into the batch."""
-        width = max(map(len, job.prompts))
-        idx = torch.tensor([[0] * (width - len(p)) + p for p in job.prompts], device=self.device)
-        pad = torch.tensor([width - len(p) for p in job.prompts], device=self.device)
-        cache = KVCache(self.model.config, len(job.prompts), self.device, self.cache_dtype)
-        logits = self.model(idx, cache=cache, pad_lengths=pad, last_only=True)[0][:, -1]
-        new_rows = [(job, i, len(p)) for i, p in enumerate(job.prompts)]
-        parts = [(cache, [(i, own) for i, (_, _, own) in enumerate(new_rows)])]
-        if self.rows:
-            parts.insert(0, (self.cache, [(i, own) for i, (_, _, own) in enumerate(self.rows)]))
-            logits = torch.cat([self.logits, logits])
-        self.cache, self.logits = self._realign(parts), logits
-        self.rows += new_rows
-
-    def _step(self):
-        with torch.inference_mode():
-            while len(self.rows) < self.max_batch:
-                try:
-                    job = self.inbox.get(block=not self.rows)
-                except queue.Empty:
-                    break
-                if job.cancelled or all(job.done):
-                    job.updates.put(None)
-                    continue
-                try:
-                    self._admit(job)  # changes the batch only once the prefill succeeded
-                except Exception as e:
-                    job.updates.put(RuntimeError(f"prefill failed: {type(e).__name__}: {e}"))
-            keep, tokens, jobs = [], [], {}
-            for i, (job, index, own) in enumerate(self.rows):
-                p = job.params
-                token = int(sample(self.logits[i:i + 1], p["temperature"], p["top_k"], p["top_p"],
-                                   job.generator)[0])
-                jobs[id(job)] = job
-                if token == job.eot_id:
-                    job.done[index] = True
-                    continue
-                job.tokens[index].append(token)
-                if len(job.tokens[index]) >= p["max_tokens"] or job.cancelled:
-                    job.done[index] = True
-                    continue
-                keep.append((i, own))
-                tokens.append(token)
-            for job in jobs.values():
-                job.updates.put([list(t) for t in job.tokens])
-                if all(job.done) or job.cancelled:
-                    job.updates.put(None)
-            if not keep:
-                self.rows, self.cache, self.logits = [], None, None
-                return
-            if len(keep) < len(self.rows) or self.cache.length >= self.model.config.block_size:
-                self.cache = self._realign([(self.cache, keep)])  # drop rows, trim common padding
-            self.rows = [(self.rows[i][0], self.rows[i][1], own + 1) for i, own in keep]
-            pads = torch.tensor([self.cache.length - (own - 1) for _, _, own in self.rows],
-                                device=self.device)
-            x = torch.tensor(tokens, device=self.device)[:, None]
-            self.logits = self.model(x, cache=self.cache, pad_lengths=pads,
-                                     last_only=True)[0][:, -1]
-
-    def _loop(self):
-        while True:
-            try:
-                self._step()
-            except Exception as e:  # fail the requests in flight, keep serving
-                for job in {id(r[0]): r[0] for r in self.rows}.values():
-                    job.updates.put(RuntimeError(f"generation failed: {type(e).__name__}: {e}"))
-                self.rows, self.cache, self.logits = [], None, None
-
-
 class Server:
     """The model, its tokenizer and the batching engine; turns requests into token streams."""
 
@@ -263,8 +147,22 @@ class Server:
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.engine = Engine(model, cfg["max_batch"])
         self.metrics = Metrics()
+        self.log = None  # the app's logger, set by create_app
+        self.unknown_seen, self.unknown_lock = set(), threading.Lock()
+
+    def note_unknown_fields(self, names):
+        """Log each request field this server ignores, once per name (clients send the same ones
+        with every request)."""
+        with self.unknown_lock:  # bounded: a hostile client may send any number of names
+            new = [n[:64] for n in names if n[:64] not in self.unknown_seen][:1000 - len(self.unknown_seen)]
+            self.unknown_seen.update(new)
+        if new:
+            self.log.warning("ignoring request field(s) this server does not implement: %s",
+                             ", ".join(map(repr, new)))
 
     def parse(self, body, openai=True):
+        """(prompts, params, unknown field names) of a request body, or a BadRequest naming the
+        field. Every accepted value is safe to sample with (model.sample)."""
         cfg = self.cfg
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object")
@@ -274,9 +172,15 @@ class Server:
             raise BadRequest("'prompt' must be a string" + (" or a list of strings" if openai else ""),
                              "prompt")
         limit = cfg["max_tokens_limit"]
+        in_range = (lambda v: 0 <= v <= limit, f"must be an integer in 0..{limit}")
+        max_tokens = _field(body, "max_tokens", int, None, *in_range)
+        max_completion = _field(body, "max_completion_tokens", int, None, *in_range)
+        if None not in (max_tokens, max_completion) and max_tokens != max_completion:
+            raise BadRequest("'max_completion_tokens' and 'max_tokens' differ: give one of them",
+                             "max_completion_tokens")
         params = {
-            "max_tokens": _field(body, "max_tokens", int, 16 if openai else 64,
-                                 lambda v: 0 <= v <= limit, f"must be an integer in 0..{limit}"),
+            "max_tokens": next((v for v in (max_tokens, max_completion) if v is not None),
+                               16 if openai else 64),
             "temperature": _field(body, "temperature", (int, float), 1.0,
                                   lambda v: 0 <= v <= 2, "must be a number in 0..2"),
             "top_p": _field(body, "top_p", (int, float), 1.0, lambda v: 0 < v <= 1,
@@ -284,25 +188,39 @@ class Server:
             "top_k": _field(body, "top_k", int, None, lambda v: v > 0, "must be a positive integer"),
             "n": _field(body, "n", int, 1, lambda v: 1 <= v <= cfg["max_n"],
                         f"must be an integer in 1..{cfg['max_n']}"),
-            "seed": _field(body, "seed", int, None),
+            "seed": _field(body, "seed", int, None, lambda v: -2**63 <= v < 2**64,
+                           "must be an integer in -2**63..2**64-1"),
             "stream": _field(body, "stream", bool, False),
         }
+        options = _field(body, "stream_options", dict, {}, message="must be an object")
+        params["include_usage"] = _field(options, "include_usage", bool, False)
+        if len(prompts) * params["n"] > cfg["max_batch"]:
+            raise BadRequest(f"'n' x prompts asks for {len(prompts) * params['n']} sequences; this "
+                             f"server decodes at most {cfg['max_batch']} per request", "n")
         stop = body.get("stop")
         stop = [stop] if isinstance(stop, str) else stop
         if stop is not None and not (isinstance(stop, list) and len(stop) <= 4
                                      and all(isinstance(s, str) and s for s in stop)):
             raise BadRequest("'stop' must be a non-empty string or a list of at most 4", "stop")
         params["stop"] = stop or []
-        return prompts, params
+        for name, texts in (("prompt", prompts), ("stop", params["stop"])):
+            for text in texts:
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise BadRequest(f"'{name}' is not valid Unicode: {e.reason} at position "
+                                     f"{e.start}", name) from None
+        return prompts, params, sorted(set(body) - KNOWN_FIELDS)
 
     def encode(self, text, max_tokens):
         """Prompt tokens, cut from the left so that prompt + max_tokens fits the context."""
         ids = self.tokenizer.encode(text) or [self.tokenizer.eot_id]
         return ids[-max(1, self.model.config.block_size - max_tokens):]
 
-    def run(self, prompts, p):
+    def run(self, prompts, p, disconnected=None):
         """Yield (index, text delta, finish_reason or None) for len(prompts) * n choices; finally
-        yields (None, usage dict, None)."""
+        yields (None, usage dict, None). disconnected: a callable that says the client went away
+        (the request then ends and its batch rows are freed)."""
         p = {**p, "max_tokens": min(p["max_tokens"], self.model.config.block_size - 1)}
         encoded = [self.encode(text, p["max_tokens"]) for text in prompts for _ in range(p["n"])]
         stops, hold = p["stop"], max((len(s) for s in p["stop"]), default=1) - 1
@@ -312,7 +230,7 @@ class Server:
         generated = [0] * len(encoded)
         t0, first = time.time(), None
         job = self.engine.submit(encoded, p, self.tokenizer.eot_id)
-        stream = iter(job)
+        stream = job.stream(disconnected)
         steps = 0
         try:
             while p["max_tokens"] > 0:
@@ -358,12 +276,60 @@ class Server:
                      "total_tokens": prompt_tokens + completion}, None
 
 
+def stream_events(server, prompts, p, meta, disconnected):
+    """Server-sent events of one streamed completion: a chunk per text delta, then (with
+    include_usage) a chunk with the usage and no choices, then [DONE]. A failure after the headers
+    went out is sent as an error event, since the status can no longer change."""
+    usage_field = {"usage": None} if p["include_usage"] else {}
+    try:
+        with contextlib.closing(server.run(prompts, p, disconnected)) as deltas:
+            for index, delta, reason in deltas:
+                if index is None:
+                    if p["include_usage"]:
+                        yield f"data: {json.dumps({**meta, 'choices': [], 'usage': delta})}\n\n"
+                    break
+                chunk = {**meta, "choices": [{"text": delta, "index": index, "logprobs": None,
+                                              "finish_reason": reason}], **usage_field}
+                yield f"data: {json.dumps(chunk)}\n\n"
+    except Exception as e:
+        server.log.exception("stream failed")
+        yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def cors_headers(allowed, origin, preflight):
+    """CORS response headers for a request from origin, or none if it is not allowed."""
+    if not origin or not ("*" in allowed or origin in allowed):
+        return {}
+    headers = {"Access-Control-Allow-Origin": "*" if "*" in allowed else origin, "Vary": "Origin"}
+    if preflight:
+        headers.update({"Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                        "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                        "Access-Control-Max-Age": "600"})
+    return headers
+
+
+def parse_json(request):
+    """The request's JSON body, or a BadRequest (never a 500: deep nesting is refused too)."""
+    if not request.is_json:
+        raise BadRequest("the body must be JSON with Content-Type: application/json")
+    try:
+        return json.loads(request.get_data())
+    except (ValueError, RecursionError) as e:
+        raise BadRequest(f"the body is not valid JSON ({type(e).__name__})") from None
+
+
 def create_app(model, tokenizer, cfg):
     server = Server(model, tokenizer, cfg)
     app = Flask(__name__)
+    server.log = app.logger
     app.config["MAX_CONTENT_LENGTH"] = cfg["max_body_bytes"]
     app.config["mini_lm_server"] = server
     api_key = cfg["api_key"] or os.environ.get("MINI_LM_API_KEY", "")
+    allowed_origins = {o.strip() for o in cfg["cors_origins"].split(",") if o.strip()}
+    page = PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", html.escape(cfg["model_name"]))
+    model_card = {"id": cfg["model_name"], "object": "model", "created": int(time.time()),
+                  "owned_by": "mini-lm"}
 
     def error(status, message, param=None):
         kind = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed",
@@ -373,6 +339,9 @@ def create_app(model, tokenizer, cfg):
     @app.before_request
     def authenticate():
         request.start_time = time.time()
+        if request.method == "OPTIONS":  # a CORS preflight carries no credentials
+            return Response(status=204, headers=cors_headers(allowed_origins,
+                                                             request.headers.get("Origin"), True))
         if api_key and (request.path.startswith("/v1/") or request.path == "/generate"):
             if request.headers.get("Authorization", "") != f"Bearer {api_key}":
                 return error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
@@ -383,6 +352,7 @@ def create_app(model, tokenizer, cfg):
                                      response.status_code)
         if not response.is_streamed:
             server.metrics.observe("request_seconds", time.time() - request.start_time)
+        response.headers.extend(cors_headers(allowed_origins, request.headers.get("Origin"), False))
         return response
 
     @app.errorhandler(BadRequest)
@@ -406,34 +376,22 @@ def create_app(model, tokenizer, cfg):
         app.logger.exception("request failed")
         return error(500, f"internal error: {type(e).__name__}")
 
-    def json_body():
-        body = request.get_json(silent=True)
-        if body is None:
-            raise BadRequest("the body must be valid JSON with Content-Type: application/json")
-        return body
+    def parse_request(openai):
+        prompts, p, unknown = server.parse(parse_json(request), openai)
+        server.note_unknown_fields(unknown)
+        return prompts, p, request.environ.get("waitress.client_disconnected")
 
     @app.post("/v1/completions")
     def completions():
-        prompts, p = server.parse(json_body())
+        prompts, p, disconnected = parse_request(openai=True)
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                 "created": int(time.time()), "model": cfg["model_name"]}
         if p["stream"]:
-            start = request.start_time
-
-            def events():
-                for index, delta, reason in server.run(prompts, p):
-                    if index is None:
-                        break
-                    chunk = {**meta, "choices": [{"text": delta, "index": index, "logprobs": None,
-                                                  "finish_reason": reason}]}
-                    yield f"data: {json.dumps(chunk)}\n\n"
-                yield "data: [DONE]\n\n"
-                server.metrics.observe("request_seconds", time.time() - start)
-
-            return Response(events(), mimetype="text/event-stream",
+            return Response(stream_events(server, prompts, p, meta, disconnected),
+                            mimetype="text/event-stream",
                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         texts, reasons, usage = {}, {}, None
-        for index, delta, reason in server.run(prompts, p):
+        for index, delta, reason in server.run(prompts, p, disconnected):
             if index is None:
                 usage = delta
                 continue
@@ -445,12 +403,12 @@ def create_app(model, tokenizer, cfg):
 
     @app.post("/generate")
     def generate():
-        prompts, p = server.parse(json_body(), openai=False)
+        prompts, p, disconnected = parse_request(openai=False)
         if p["n"] != 1 or p["stream"]:
             raise BadRequest("/generate returns one completion; use /v1/completions for n or stream")
         t0 = time.time()
         text, reason, usage = "", None, None
-        for index, delta, finish in server.run(prompts, p):
+        for index, delta, finish in server.run(prompts, p, disconnected):
             if index is None:
                 usage = delta
             else:
@@ -461,6 +419,16 @@ def create_app(model, tokenizer, cfg):
                         "tokens_per_second": round(usage["completion_tokens"] / seconds, 2)
                         if seconds > 0 else None})
 
+    @app.get("/v1/models")
+    def models():
+        return jsonify({"object": "list", "data": [model_card]})
+
+    @app.get("/v1/models/<path:name>")
+    def model_info(name):
+        if name != cfg["model_name"]:
+            return error(404, f"no model {name!r}; this server serves {cfg['model_name']!r}", "model")
+        return jsonify(model_card)
+
     @app.get("/health")
     def health():
         return jsonify({"status": "ok", "model": cfg["model_name"],
@@ -469,47 +437,13 @@ def create_app(model, tokenizer, cfg):
 
     @app.get("/metrics")
     def prometheus():
-        return Response(server.metrics.render(), mimetype="text/plain; version=0.0.4")
+        return Response(server.metrics.render(server.engine), mimetype="text/plain; version=0.0.4")
 
     @app.get("/")
-    def page():
-        return Response(PAGE.replace("{{MODEL}}", cfg["model_name"]), mimetype="text/html")
+    def playground():
+        return Response(page, mimetype="text/html")
 
     return app
-
-
-PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{{MODEL}}</title>
-<style>body{font:15px system-ui;max-width:46em;margin:2em auto}textarea{width:100%;height:7em}
-label{margin-right:1em}#out{white-space:pre-wrap;border:1px solid #ccc;padding:.6em;min-height:6em}</style>
-</head><body><h2>{{MODEL}}</h2>
-<textarea id="prompt">The river</textarea><p>
-<label>max tokens <input id="max" type="number" value="64" min="1" max="1024"></label>
-<label>temperature <input id="temp" type="number" value="0.8" step="0.1" min="0" max="2"></label>
-<label>top p <input id="topp" type="number" value="0.95" step="0.05" min="0.05" max="1"></label>
-<label>API key <input id="key" type="password" size="10"></label>
-<button id="go">Generate</button></p><div id="out"></div>
-<script>
-document.getElementById('go').onclick = async () => {
-  const out = document.getElementById('out'); out.textContent = '';
-  const headers = {'Content-Type': 'application/json'};
-  const key = document.getElementById('key').value; if (key) headers.Authorization = 'Bearer ' + key;
-  const res = await fetch('/v1/completions', {method: 'POST', headers, body: JSON.stringify({
-    prompt: document.getElementById('prompt').value, stream: true,
-    max_tokens: +document.getElementById('max').value,
-    temperature: +document.getElementById('temp').value, top_p: +document.getElementById('topp').value})});
-  if (!res.ok) { out.textContent = (await res.json()).error.message; return; }
-  const reader = res.body.getReader(), decoder = new TextDecoder(); let buffer = '';
-  while (true) {
-    const {value, done} = await reader.read(); if (done) break;
-    buffer += decoder.decode(value, {stream: true});
-    const events = buffer.split('\\n\\n'); buffer = events.pop();
-    for (const e of events) {
-      const data = e.replace(/^data: /, ''); if (data === '[DONE]') return;
-      out.textContent += JSON.parse(data).choices[0].text;
-    }
-  }
-};
-</script></body></html>"""
 
 
 def load(cfg):
@@ -536,10 +470,13 @@ def main(argv=None):
         raise SystemExit(2) from None
     app = create_app(model, tokenizer, cfg)
     import waitress
+    # channel_request_lookahead: waitress keeps reading the connection while a request runs, so it
+    # notices a client that went away (waitress.client_disconnected) and generation stops at once
+    http = waitress.create_server(app, host=cfg["host"], port=cfg["port"], threads=cfg["threads"],
+                                  channel_timeout=300, send_bytes=1, channel_request_lookahead=1)
     print(f"serving {cfg['ckpt']} ({model.parameter_breakdown()['total'] / 1e6:.1f}M parameters) on "
-          f"http://{cfg['host']}:{cfg['port']}", flush=True)
-    waitress.serve(app, host=cfg["host"], port=cfg["port"], threads=cfg["threads"],
-                   channel_timeout=300, send_bytes=1)
+          f"http://{cfg['host']}:{http.effective_port}", flush=True)
+    http.run()
 
 
 if __name__ == "__main__":
