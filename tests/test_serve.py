@@ -163,30 +163,42 @@ def test_api_key(ckpt):
     assert client.get("/health").status_code == 200
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class LiveServer:
+    """python serve.py ... --port 0 as a real process on 127.0.0.1; its output goes to a file (a pipe
+    nobody reads would block the server once full) and is shown when a test fails."""
+
+    def __init__(self, log_path, *args, cwd=ROOT, command=(sys.executable, "serve.py")):
+        self.log_path = Path(log_path)
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([*command, *args, "--port", "0"], cwd=cwd,
+                                     stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 120
+        while True:
+            lines = [x for x in self.log_path.read_text().splitlines() if x.startswith("serving ")]
+            if lines:
+                self.url = lines[0].rsplit(" on ", 1)[1]
+                break
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"serve.py did not start:\n{self.output()}")
+            time.sleep(0.1)
+
+    def output(self):
+        return self.log_path.read_text()[-5000:]
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.log.close()
 
 
 @pytest.fixture(scope="module")
-def live_server(ckpt):
-    port = free_port()
+def live_server(ckpt, tmp_path_factory):
     # float64 weights: batching requests together must not change greedy tokens, and at fp32 a
     # near-tie between two logits could flip with the batch's shape
-    proc = subprocess.Popen([sys.executable, "serve.py", f"--ckpt={ckpt}", f"--port={port}",
-                             "--api_key=k", "--dtype=float64"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(url + "/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    server = LiveServer(tmp_path_factory.mktemp("live") / "serve.log", f"--ckpt={ckpt}",
+                        "--api_key=k", "--dtype=float64")
+    yield server.url
+    server.stop()
 
 
 def post(url, body, key="k", timeout=60):
@@ -277,3 +289,148 @@ def test_official_openai_client_works_unchanged(live_server):
     streamed = "".join(chunk.choices[0].text for chunk in client.completions.create(
         model="mini-lm", prompt="The river", max_tokens=8, temperature=0, stream=True))
     assert streamed == out.choices[0].text
+
+
+def greedy_params(max_tokens, **extra):
+    return {"max_tokens": max_tokens, "temperature": 0, "top_k": None, "top_p": 1.0, "seed": None,
+            "n": 1, **extra}
+
+
+def test_cancelled_rows_leave_before_the_next_request_joins(ckpt, monkeypatch):
+    """A request that ended (stop string, disconnect) must not share a forward pass with the next
+    one: in fp32 the batch's shape changes the last bits of the logits and so a greedy near-tie."""
+    flask_app, model, tokenizer = make_app(ckpt)
+    engine = flask_app.config["mini_lm_server"].engine
+    rows_at_admission = []
+    admit = engine._admit
+    monkeypatch.setattr(engine, "_admit", lambda job: (rows_at_admission.append(
+        [r[0] for r in engine.rows]), admit(job))[1])
+    prompt = tokenizer.encode("The river")
+    first = engine.submit([prompt], greedy_params(model.config.block_size - len(prompt) - 1),
+                          tokenizer.eot_id)
+    next(iter(first))  # decoding now
+    first.cancelled = True  # as run() does when the client goes away or a stop string matched
+    second = engine.submit([prompt], greedy_params(3), tokenizer.eot_id)
+    assert list(second)[-1] == model.generate([prompt], 3, temperature=0, stop_tokens=[tokenizer.eot_id])[0:1]
+    assert rows_at_admission[-1] == []  # the first request's row was gone when the second joined
+
+
+def test_a_failing_sequence_ends_only_its_own_request(app):
+    """A sampling failure (here a NaN temperature, which the API refuses, sent to the engine
+    directly) fails its own request; the request decoded beside it is untouched."""
+    flask_app, model, tokenizer = app
+    engine = flask_app.config["mini_lm_server"].engine
+    good_prompt = tokenizer.encode("The old town")
+    good = engine.submit([good_prompt], greedy_params(12), tokenizer.eot_id)
+    bad = engine.submit([tokenizer.encode("A")], greedy_params(12, temperature=float("nan")),
+                        tokenizer.eot_id)
+    with pytest.raises(RuntimeError, match="sampling failed"):
+        list(bad)
+    assert list(good)[-1] == model.generate([good_prompt], 12, temperature=0,
+                                            stop_tokens=[tokenizer.eot_id])
+
+
+@pytest.mark.parametrize("extreme", [
+    {"temperature": 1e-300}, {"temperature": 5e-324}, {"temperature": 1e-30, "top_p": 1e-300},
+    {"temperature": 2, "top_p": 5e-324}, {"top_p": 1e-12, "top_k": 1}, {"top_k": 10**30},
+    {"temperature": 1e-45, "top_k": 2, "top_p": 0.5, "seed": 2**64 - 1},
+])
+def test_extreme_but_valid_sampling_settings_are_greedy_not_errors(app, extreme):
+    client = app[0].test_client()
+    greedy = client.post("/v1/completions", json={"prompt": "The river", "max_tokens": 12,
+                                                  "temperature": 0}).get_json()
+    r = client.post("/v1/completions", json={"prompt": "The river", "max_tokens": 12, **extreme})
+    assert r.status_code == 200, r.get_json()
+    if extreme.get("top_k") != 10**30:  # that one alone samples at temperature 1
+        assert r.get_json()["choices"] == greedy["choices"]
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": "x", "seed": 2**64}, "seed"),
+    ({"prompt": "\ud800 lone surrogate"}, "prompt"),
+    ({"prompt": "x", "stop": ["\udfff"]}, "stop"),
+    ({"prompt": ["a", "b", "c"], "n": 8}, "n"),
+    ({"prompt": "x", "max_tokens": 3, "max_completion_tokens": 4}, "max_completion_tokens"),
+    ({"prompt": "x", "stream_options": "usage"}, "stream_options"),
+    ({"prompt": "x", "stream_options": {"include_usage": 1}}, "include_usage"),
+])
+def test_more_bad_fields_get_400_naming_the_field(app, body, param):
+    r = app[0].test_client().post("/v1/completions", json=body)
+    assert r.status_code == 400 and r.get_json()["error"]["param"] == param
+
+
+def test_deeply_nested_or_undecodable_bodies_are_400(app):
+    client = app[0].test_client()
+    for data in ("[" * 100_000 + "]" * 100_000, b"\xff\xfe\xfa", '{"prompt": NaN}', "1e999999"):
+        r = client.post("/v1/completions", data=data, content_type="application/json")
+        assert r.status_code == 400, data[:20]
+
+
+def test_max_completion_tokens_unknown_fields_and_usage_chunk(app):
+    flask_app, model, tokenizer = app
+    client = flask_app.test_client()
+    server = flask_app.config["mini_lm_server"]
+    plain = client.post("/v1/completions", json={"prompt": "The", "max_tokens": 5,
+                                                 "temperature": 0}).get_json()
+    logged = []
+    server.log = type("Log", (), {"warning": lambda self, *a: logged.append(a[0] % a[1:])})()
+    other = client.post("/v1/completions", json={
+        "prompt": "The", "max_completion_tokens": 5, "temperature": 0, "logprobs": 3,
+        "echo": False, "frequency_penalty": 0.5, "model": "anything"}).get_json()
+    assert other["choices"] == plain["choices"] and other["usage"] == plain["usage"]
+    assert len(logged) == 1 and all(f"'{k}'" in logged[0] for k in ("logprobs", "echo",
+                                                                      "frequency_penalty"))
+    client.post("/v1/completions", json={"prompt": "The", "max_tokens": 1, "echo": True})
+    assert len(logged) == 1  # each name is logged once
+    chunks = sse(client.post("/v1/completions", json={
+        "prompt": "The", "max_tokens": 5, "temperature": 0, "stream": True,
+        "stream_options": {"include_usage": True}}).data)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
+    assert all(c["usage"] is None for c in chunks[:-1])
+    assert "".join(c["choices"][0]["text"] for c in chunks[:-1]) == plain["choices"][0]["text"]
+
+
+def test_models_endpoint(app):
+    client = app[0].test_client()
+    listed = client.get("/v1/models").get_json()
+    assert listed["object"] == "list" and [m["id"] for m in listed["data"]] == ["mini-lm"]
+    assert client.get("/v1/models/mini-lm").get_json()["object"] == "model"
+    assert client.get("/v1/models/gpt-4").status_code == 404
+
+
+def test_cors_preflight_needs_no_key_and_only_listed_origins_get_headers(ckpt):
+    flask_app, _, _ = make_app(ckpt, "--api_key=s", "--cors_origins=http://a.example, http://b.example")
+    client = flask_app.test_client()
+    preflight = {"Origin": "http://a.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    r = client.options("/v1/completions", headers=preflight)
+    assert r.status_code == 204 and r.headers["Access-Control-Allow-Origin"] == "http://a.example"
+    assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
+    assert "POST" in r.headers["Access-Control-Allow-Methods"]
+    r = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1},
+                    headers={"Origin": "http://b.example", "Authorization": "Bearer s"})
+    assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == "http://b.example"
+    r = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1},
+                    headers={"Origin": "http://evil.example", "Authorization": "Bearer s"})
+    assert "Access-Control-Allow-Origin" not in r.headers
+    assert client.options("/v1/completions", headers={**preflight, "Origin": "http://evil.example"}
+                          ).headers.get("Access-Control-Allow-Origin") is None
+    anyone = make_app(ckpt, "--cors_origins=*")[0].test_client()
+    r = anyone.get("/v1/models", headers={"Origin": "http://x.example"})
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    closed = make_app(ckpt)[0].test_client()
+    assert "Access-Control-Allow-Origin" not in closed.get("/v1/models",
+                                                           headers={"Origin": "http://a.example"}).headers
+
+
+def test_official_openai_client_lists_models_and_streams_usage(live_server):
+    from openai import OpenAI
+    client = OpenAI(base_url=live_server + "/v1", api_key="k")
+    assert [m.id for m in client.models.list()] == ["mini-lm"]
+    plain = client.completions.create(model="mini-lm", prompt="The river", max_tokens=8, temperature=0)
+    chunks = list(client.completions.create(model="mini-lm", prompt="The river", max_tokens=8,
+                                            temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == plain.usage.prompt_tokens and not chunks[-1].choices
+    assert "".join(c.choices[0].text for c in chunks[:-1]) == plain.choices[0].text
