@@ -15,7 +15,7 @@ $(VENV)/.installed: requirements.txt
 demo: setup
 	$(BIN)/python prepare.py
 	$(BIN)/python train.py config/cpu_demo.py
-	$(BIN)/python eval.py --ckpt=out/best.pt
+	$(BIN)/python eval.py --ckpt out/best.pt
 
 test: setup
 	$(BIN)/python -m pytest -q tests

@@ -94,11 +94,15 @@ def parse(spec, argv=None, description="", prog=None, ignore_unknown_in_files=Fa
         print(format_help(spec, description, prog))
         raise SystemExit(0)
     config = {key: default for key, (default, _) in spec.items()}
-    i = 0
+    i, bare_flag = 0, None  # bare_flag: the boolean --key just before, given no value
     while i < len(argv):
         arg = argv[i]
         i += 1
         if not arg.startswith("--"):
+            if bare_flag and not arg.endswith(".py"):
+                raise ConfigError(f"--{bare_flag} is True or False: {arg!r} is neither (nor a "
+                                  f"config file); write --{bare_flag} False or --{bare_flag}=False")
+            bare_flag = None
             for key, value in _read_config_file(arg, list(spec), ignore_unknown_in_files).items():
                 config[key] = _coerce(key, value, spec[key][0], arg)
             continue
@@ -118,6 +122,7 @@ def parse(spec, argv=None, description="", prog=None, ignore_unknown_in_files=Fa
                 has_value = True
             if has_value:
                 text, i = following, i + 1
+        bare_flag = key if is_bool and not has_value else None
         if not has_value:
             value = True
         elif is_bool and text.lower() in ("true", "false"):

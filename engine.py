@@ -98,7 +98,9 @@ class Engine:
     # ------------------------------------------------------------------------------ the batch
 
     def _realign(self, parts):
-        """A new cache with the given rows right-aligned; parts: [(cache, [(row, own length)])]."""
+        """A new cache with the given rows right-aligned; parts: [(cache, [(row, own length)])].
+        The masked gap left of a shorter row is zeroed: attention multiplies it by zero weights,
+        and uninitialised memory there could be NaN (0 x NaN = NaN, for the whole row)."""
         config = self.model.config
         count = sum(len(rows) for _, rows in parts)
         length = max(own for _, rows in parts for _, own in rows)
@@ -108,10 +110,11 @@ class Engine:
         for cache, rows in parts:
             for row, own in rows:
                 for layer in range(config.n_layer):
-                    new.keys[layer][i, :, length - own:length] = \
-                        cache.keys[layer][row, :, cache.length - own:cache.length]
-                    new.values[layer][i, :, length - own:length] = \
-                        cache.values[layer][row, :, cache.length - own:cache.length]
+                    for new_part, old_part in ((new.keys[layer], cache.keys[layer]),
+                                               (new.values[layer], cache.values[layer])):
+                        new_part[i, :, :length - own] = 0
+                        new_part[i, :, length - own:length] = \
+                            old_part[row, :, cache.length - own:cache.length]
                 i += 1
         return new
 

@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import checkpoint
 import configurator

@@ -60,14 +60,14 @@ class LayerNorm(nn.Module):
 
 class KVCache:
     """Keys and values of every layer for the positions seen so far, preallocated to block_size.
-    Zeroed, not left uninitialised: masked positions are still multiplied by their zero attention
-    weight, and garbage memory can hold NaN or inf bit patterns (0 x NaN = NaN). The server's
-    engine leaves such masked gaps when it right-aligns sequences of different lengths."""
+    Left uninitialised: attention reads only positions below `length`, and whoever fills them owns
+    every one of them, masked padding included (masked values are still multiplied by their zero
+    weight, so garbage there could be NaN, and 0 x NaN = NaN)."""
 
     def __init__(self, config, batch_size, device, dtype):
         shape = (batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.length = 0  # positions filled; advanced by GPT.forward after all layers ran
 
     def update(self, layer, k, v):

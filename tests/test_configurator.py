@@ -77,6 +77,7 @@ def test_boolean_flags_alone_or_with_a_value():
     (["--workers", "--force"], "--workers needs a value"),
     (["--workers", "two"], "workers='two' must be int"),
     (["--wrkers", "2"], "unknown option --wrkers.*Did you mean 'workers'"),
+    (["--force", "no"], "--force is True or False: 'no' is neither"),
 ])
 def test_space_separated_errors_match_the_equals_form(argv, message):
     with pytest.raises(ConfigError, match=message):

@@ -1,6 +1,5 @@
 """serve.py through Flask's test client and as a real server process on 127.0.0.1."""
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -167,11 +166,11 @@ class LiveServer:
     """python serve.py ... --port 0 as a real process on 127.0.0.1; its output goes to a file (a pipe
     nobody reads would block the server once full) and is shown when a test fails."""
 
-    def __init__(self, log_path, *args, cwd=ROOT, command=(sys.executable, "serve.py")):
+    def __init__(self, log_path, *args, cwd=ROOT, command=(sys.executable, "serve.py"), env=None):
         self.log_path = Path(log_path)
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([*command, *args, "--port", "0"], cwd=cwd,
-                                     stdout=self.log, stderr=subprocess.STDOUT, text=True)
+                                     stdout=self.log, stderr=subprocess.STDOUT, text=True, env=env)
         deadline = time.time() + 120
         while True:
             lines = [x for x in self.log_path.read_text().splitlines() if x.startswith("serving ")]

@@ -1,0 +1,86 @@
+"""The user's four commands, spelled exactly as on the project card, run as processes from a project
+folder that has tiny mini_lm data (only size overrides follow each command):
+
+    python train.py config/mini_lm.py
+    torchrun --nproc_per_node=4 train.py
+    python eval.py --ckpt out/best.pt
+    python serve.py
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import checkpoint
+import prepare
+from test_prepare import config as prepare_config
+from test_prepare import make_corpus
+from test_serve import LiveServer
+
+ROOT = Path(__file__).resolve().parent.parent
+# A tiny model and a short run; compile off because compiling on a 2-core CPU takes longer than
+# the whole test (tests/test_model.py covers compile). Space-separated, as a user types them.
+TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size",
+        "2", "--max_iters", "6", "--lr_decay_iters", "6", "--warmup_iters", "1", "--eval_interval",
+        "3", "--eval_iters", "1", "--sample_interval", "0", "--compile", "False", "--tensorboard",
+        "False"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A folder laid out like a checkout (scripts linked, not copied) with data/mini_lm."""
+    folder = tmp_path_factory.mktemp("project")
+    for path in ROOT.iterdir():
+        if path.suffix == ".py" or path.name in ("kernels", "config", "static"):
+            (folder / path.name).symlink_to(path)
+    corpus = make_corpus(tmp_path_factory.mktemp("corpus"))
+    prepare.run(prepare_config(corpus, folder / "data", dataset="mini_lm", vocab_size=300))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    with socket.socket() as s:  # torchrun's rendezvous port (its default, 29500, may be taken)
+        s.bind(("127.0.0.1", 0))
+        env["PET_MASTER_PORT"] = str(s.getsockname()[1])
+    return folder, env
+
+
+def run(project, *command):
+    folder, env = project
+    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def test_the_card_commands_as_written(project):
+    folder, env = project
+    log = run(project, "python", "train.py", "config/mini_lm.py", *TINY)
+    assert "precision: float32" in log and "kernels: PyTorch's" in log and "attention: sdpa" in log
+    single = checkpoint.load(folder / "out" / "best.pt")
+    assert single["config"]["dataset"] == "mini_lm" and single["config"]["gradient_accumulation_steps"] == 8
+
+    run(project, "torchrun", "--nproc_per_node=4", "train.py", *TINY, "--out_dir", "out_ddp")
+    ddp = checkpoint.load(folder / "out_ddp" / "last.pt")
+    last = checkpoint.load(folder / "out" / "last.pt")
+    assert len(ddp["rng"]) == 4 and ddp["iter_num"] == last["iter_num"] == 6
+    assert ddp["tokens_seen"] == last["tokens_seen"] == 6 * 8 * 2 * 32  # same tokens per step
+
+    run(project, "python", "eval.py", "--ckpt", "out/best.pt", "--gen_documents", "2",
+        "--prompt_tokens", "8", "--reference_tokens", "4", "--tensorboard", "False")
+    report = json.loads((folder / "out" / "eval" / "eval.json").read_text())
+    assert report["likelihood"]["overall"]["tokens"] > 0
+    assert (folder / "out" / "eval" / "report.md").exists()
+
+    server = LiveServer(folder / "serve.log", cwd=folder, command=("python", "serve.py"), env=env)
+    try:
+        with urllib.request.urlopen(server.url + "/v1/models") as r:
+            assert json.loads(r.read())["data"][0]["id"] == "mini-lm"
+        request = urllib.request.Request(
+            server.url + "/v1/completions", method="POST", headers={"Content-Type": "application/json"},
+            data=json.dumps({"prompt": "The", "max_tokens": 4, "temperature": 0}).encode())
+        with urllib.request.urlopen(request) as r:
+            assert json.loads(r.read())["choices"][0]["finish_reason"] in ("stop", "length")
+    finally:
+        server.stop()
