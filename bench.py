@@ -12,13 +12,14 @@
 Figures are wall-clock on whatever machine runs them; the machine is printed with them.
 """
 
-import argparse
 import contextlib
 import json
 import os
 import platform
 import statistics
+import sys
 import time
+import types
 from pathlib import Path
 
 
@@ -747,14 +748,34 @@ def train_on_device(device, quick):
                   sep="\n", flush=True)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("suite", choices=["prepare", "model", "train", "eval", "serve", "gpu", "all"])
-    parser.add_argument("--gpu", action="store_true", help="all: run the GPU suite too")
-    parser.add_argument("--hf", action="store_true", help="compare with HF tokenizers (prepare)")
-    parser.add_argument("--quick", action="store_true",
-                        help="model/gpu: tiny shapes and few steps, to check the script itself runs")
-    args = parser.parse_args()
+SUITES = ("prepare", "model", "train", "eval", "serve", "gpu", "all")
+SPEC = {
+    "gpu": (False, "all: run the GPU suite too"),
+    "hf": (False, "prepare: compare with HF tokenizers"),
+    "quick": (False, "model/gpu/train/eval/serve: tiny shapes and few steps, to check the script runs"),
+}
+
+
+def parse_args(argv):
+    """(suite, options): the suite first, then --key value / --key=value options (configurator)."""
+    import configurator
+    if any(a in ("-h", "--help") for a in argv) or not argv:
+        print(configurator.format_help(SPEC, __doc__, "bench.py SUITE").replace(
+            "[config.py ...] ", ""))
+        raise SystemExit(0 if argv else 2)
+    if argv[0] not in SUITES:
+        raise configurator.ConfigError(f"unknown suite {argv[0]!r}: one of {', '.join(SUITES)}")
+    return argv[0], types.SimpleNamespace(**configurator.parse(SPEC, argv[1:]))
+
+
+def main(argv=None):
+    import configurator
+    try:
+        suite, args = parse_args(sys.argv[1:] if argv is None else argv)
+    except configurator.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    args.suite = suite
     if args.suite == "prepare":
         bench_prepare(args)
     elif args.suite == "model":

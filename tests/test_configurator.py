@@ -108,3 +108,13 @@ def test_parse_or_exit_prints_one_line(capsys):
         configurator.parse_or_exit(SPEC, ["--nope=1"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: unknown option --nope")
+
+
+def test_bench_py_takes_the_same_options_and_errors():
+    import bench
+    assert bench.parse_args(["serve", "--quick"])[1].quick is True
+    assert bench.parse_args(["gpu", "--quick", "False"])[1].quick is False
+    with pytest.raises(ConfigError, match="Did you mean 'quick'"):
+        bench.parse_args(["serve", "--quik"])
+    with pytest.raises(ConfigError, match="unknown suite 'srve'"):
+        bench.parse_args(["srve"])
