@@ -78,6 +78,8 @@ SPEC = {
     # optimizer and schedule
     "learning_rate": (1e-3, "peak learning rate"),
     "max_iters": (2000, "optimizer steps in total"),
+    "max_minutes": (0.0, "also stop after this many minutes of training, evaluating and saving as at "
+                         "max_iters (0: no limit); the schedule still follows lr_decay_iters"),
     "weight_decay": (0.1, "AdamW weight decay on matrices"),
     "beta1": (0.9, "AdamW beta1"),
     "beta2": (0.95, "AdamW beta2"),
@@ -98,7 +100,7 @@ SPEC = {
                                 "faster steps for more resident memory, see BENCHMARKS.md)"),
 }
 # Keys that may differ between a run and its resumption without breaking exactness.
-RESUME_MAY_CHANGE = {"out_dir", "init_from", "max_iters", "eval_only", "log_interval", "device",
+RESUME_MAY_CHANGE = {"out_dir", "init_from", "max_iters", "max_minutes", "eval_only", "log_interval", "device",
                      "tensorboard", "wandb_log", "mlflow_log", "checkpoint_interval",
                      "checkpoint_minutes", "keep_last", "sample_interval", "compile",
                      "keep_freed_memory"}
@@ -389,13 +391,14 @@ def run_training(cfg, ddp, rank, world, device):
 
     # ------------------------------------------------------------------------------------ the loop
     stop = StopRequest()
-    last_save, bad_steps = time.time(), 0
+    last_save, bad_steps, started, time_up = time.time(), 0, time.time(), False
     model.train()
     while True:
         lr = learning_rate(iter_num, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if iter_num % cfg["eval_interval"] == 0 or cfg["eval_only"] or iter_num >= cfg["max_iters"]:
+        finished = iter_num >= cfg["max_iters"] or time_up
+        if iter_num % cfg["eval_interval"] == 0 or cfg["eval_only"] or finished:
             losses = evaluate()
             record = {"iter": iter_num, "tokens": tokens_seen, "train_loss": losses["train"],
                       "val_loss": losses["val"], "val_ppl": math.exp(min(losses["val"], 50)), "lr": lr}
@@ -418,7 +421,10 @@ def run_training(cfg, ddp, rank, world, device):
                 text = cfg["sample_prompt"] + tokenizer.decode(new)
                 print(f"sample: {text!r}", flush=True)
                 loggers.text("sample", text, iter_num)
-        if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
+        if cfg["eval_only"] or finished:
+            if time_up and master:
+                print(f"stopped at step {iter_num}: max_minutes={cfg['max_minutes']} reached",
+                      flush=True)
             break
 
         # one optimizer step: micro_steps micro-batches on each rank, gradients averaged over all
@@ -480,10 +486,11 @@ def run_training(cfg, ddp, rank, world, device):
             loggers.scalars(values, iter_num)
 
         stopping = stop.signal is not None
+        time_up = bool(cfg["max_minutes"]) and time.time() - started > 60 * cfg["max_minutes"]
         if ddp:  # every rank must agree to stop, or the next all-reduce hangs
-            flag = torch.tensor([float(stopping)], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stopping = bool(flag.item())
+            flags = torch.tensor([float(stopping), float(time_up)], device=device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            stopping, time_up = bool(flags[0].item()), bool(flags[1].item())
         due = ((cfg["checkpoint_interval"] and iter_num % cfg["checkpoint_interval"] == 0)
                or time.time() - last_save > 60 * cfg["checkpoint_minutes"])
         if ddp and not stopping:

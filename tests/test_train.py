@@ -228,3 +228,11 @@ def test_shipped_train_configs_load():
     for name in ("tiny", "cpu_demo", "mini_lm"):
         cfg = configurator.parse(train.SPEC, [str(ROOT / "config" / f"{name}.py")])
         assert cfg["max_iters"] > 0
+
+
+def test_max_minutes_stops_evaluates_and_saves(data_root, tmp_path):
+    """A wall-clock budget (here so small that one step exceeds it) ends the run like max_iters:
+    a last evaluation at the step reached, then last.pt."""
+    ckpt = run(data_root, tmp_path / "t", "--max_iters=1000", "--max_minutes=1e-9",
+               "--eval_interval=1000")
+    assert ckpt["iter_num"] == 1 and [h["iter"] for h in ckpt["history"]] == [0, 1]
