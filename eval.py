@@ -122,29 +122,39 @@ def generation_task(model, tokenizer, streams, cfg, device):
 
 
 def score_generations(prompts, references, hypotheses):
+    """The generation task's scores. ROUGE and toxicity need packages a bare GPU machine may lack
+    (rouge-score, alt-profanity-check): without them those rows are left out and `not_computed`
+    says why, so the rest of an evaluation run is never lost to a missing package."""
     import sacrebleu
-    from rouge_score import rouge_scorer
 
     import filters
     bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
-    result = {"documents": len(hypotheses)}
+    result = {"documents": len(hypotheses), "not_computed": {}}
     if not hypotheses:
         return result
     result["bleu"] = bleu.corpus_score(hypotheses, [references]).score
     result["bleu_signature"] = str(bleu.get_signature())
     result["chrf"] = chrf.corpus_score(hypotheses, [references]).score
     result["chrf_signature"] = str(chrf.get_signature())
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    rouge = [scorer.score(r, h) for r, h in zip(references, hypotheses)]
-    for key in ("rouge1", "rouge2", "rougeL"):
-        result[key] = float(np.mean([s[key].fmeasure for s in rouge]))
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError:
+        result["not_computed"]["rouge1, rouge2, rougeL"] = "rouge-score is not installed"
+    else:
+        scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+        rouge = [scorer.score(r, h) for r, h in zip(references, hypotheses)]
+        for key in ("rouge1", "rouge2", "rougeL"):
+            result[key] = float(np.mean([s[key].fmeasure for s in rouge]))
     for n in (1, 2, 3):
         result[f"distinct_{n}"] = metrics.distinct_n(hypotheses, n)
     result["self_bleu"] = metrics.self_bleu(hypotheses)
     result["repetition_4gram"] = metrics.repetition_rate(hypotheses, 4)
     result["coherence"] = metrics.coherence(prompts, hypotheses)
     result["coherence_of_references"] = metrics.coherence(prompts, references)
-    result["toxicity_rate"] = float(np.mean([s > 0.5 for s in filters.toxicity_scores(hypotheses)]))
+    try:
+        result["toxicity_rate"] = float(np.mean([s > 0.5 for s in filters.toxicity_scores(hypotheses)]))
+    except ImportError:
+        result["not_computed"]["toxicity_rate"] = "alt-profanity-check is not installed"
     return result
 
 
@@ -228,8 +238,8 @@ def evaluate(cfg):
         writer.close()
     print(f"overall perplexity {likelihood['overall']['perplexity']:.2f}"
           + "".join(f", {k} {v['perplexity']:.2f}" for k, v in baselines.items() if k != "model")
-          + (f"; BLEU {generation['bleu']:.2f}, ROUGE-L {generation['rougeL']:.3f}"
-             if "bleu" in generation else "") + f"; wrote {out_dir}/report.md", flush=True)
+          + (f"; BLEU {generation['bleu']:.2f}" if "bleu" in generation else "")
+          + (f", ROUGE-L {generation['rougeL']:.3f}" if "rougeL" in generation else "") + f"; wrote {out_dir}/report.md", flush=True)
     return result
 
 
@@ -259,7 +269,9 @@ def write_report(out_dir, result, history):
                           ("repetition_4gram", "0-1, lower = fewer loops"),
                           ("coherence", "0-1"), ("coherence_of_references", "0-1"),
                           ("toxicity_rate", "0-1")):
-            lines.append(f"| {key} | {g[key]:.4f} | {span} |")
+            if key in g:
+                lines.append(f"| {key} | {g[key]:.4f} | {span} |")
+        lines += [f"| {key} | not computed: {why} | |" for key, why in g["not_computed"].items()]
         lines += ["", f"BLEU signature: `{g['bleu_signature']}`; chrF: `{g['chrf_signature']}`"]
     if history:
         steps = [h["iter"] for h in history]
