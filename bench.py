@@ -576,7 +576,10 @@ def bench_serve(quick=False):
 
 # --------------------------------------------------------------------------------------- the GPU
 
-def bench_gpu(quick=False):
+GPU_PARTS = ("tests", "kernels", "step", "generation", "train")
+
+
+def bench_gpu(quick=False, parts=GPU_PARTS):
     import subprocess
     import sys
 
@@ -586,8 +589,7 @@ def bench_gpu(quick=False):
                          "(--quick runs its code paths on CPU with tiny shapes)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    import kernels
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports kernels/
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (smoke test)"
     print(f"device: {name}, torch {torch.__version__}\n")
     start = time.perf_counter()
@@ -595,7 +597,10 @@ def bench_gpu(quick=False):
     def section(title):  # elapsed time too: the whole suite has to fit in one short GPU lease
         print(f"\n[{time.perf_counter() - start:.0f} s] {title}\n", flush=True)
 
-    if device == "cuda":
+    unknown = set(parts) - set(GPU_PARTS)
+    if unknown:
+        raise SystemExit(f"error: unknown gpu part(s) {sorted(unknown)}: choose from {GPU_PARTS}")
+    if device == "cuda" and "tests" in parts:
         section("Kernel and model tests on CUDA")
         result = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_kernels.py",
                                  "tests/test_model.py"], capture_output=True, text=True)
@@ -612,7 +617,26 @@ def bench_gpu(quick=False):
         fn()
         return (time.perf_counter() - t0) * 1e3
 
-    section("Kernels against PyTorch (bf16 inputs)")
+    if "kernels" in parts:
+        section("Kernels against PyTorch (bf16 inputs)")
+        bench_gpu_kernels(device, quick, timed)
+    config = MINI_LM if not quick else dict(MINI_LM, n_layer=1, block_size=32, vocab_size=300)
+    if "step" in parts:
+        section("Training step, mini_lm (48M), batch 16 x 1024, compiled, AdamW fused")
+        bench_gpu_step(device, quick, config, name)
+    if "generation" in parts:
+        section("Generation, batch 1, mini_lm size (random weights), 16-token prompt, KV cache")
+        bench_gpu_generation(device, quick, config)
+    if "train" in parts:
+        section("train.py on CUDA: config/mini_lm.py on the demo data, then resumed")
+        train_on_device(device, quick)
+    section("done")
+
+
+def bench_gpu_kernels(device, quick, timed):
+    import torch
+
+    import kernels
     copy_src = torch.empty(2 ** 28 if device == "cuda" else 2 ** 16, dtype=torch.uint8, device=device)
     peak_bw = 2 * copy_src.numel() / timed(lambda: copy_src.clone()) / 1e6
     print(f"device copy bandwidth (read + write): {peak_bw:,.0f} GB/s\n")
@@ -676,10 +700,13 @@ def bench_gpu(quick=False):
                 print(f"| cross-entropy peak extra memory | {n}x{v} | fwd+bwd | {label}: "
                       f"{extra:,.0f} MiB | | | |", flush=True)
 
-    section("Training step, mini_lm (48M), batch 16 x 1024, compiled, AdamW fused")
+
+
+def bench_gpu_step(device, quick, config, name):
+    import torch
+    batch = 16 if not quick else 2
     print("(MFU against the bf16 dense peak, 989 TFLOP/s on H100/H200)\n")
     print("| dtype | kernels | attention | tokens/s | MFU |\n|---|---|---|---:|---:|", flush=True)
-    config = MINI_LM if not quick else dict(MINI_LM, n_layer=1, block_size=32, vocab_size=300)
     peak_flops = 989e12 if "H200" in name or "H100" in name else None
     for dtype, kernel_backend, attention in ((torch.bfloat16, "auto", "sdpa"),
                                              (torch.bfloat16, "torch", "sdpa"),
@@ -702,7 +729,10 @@ def bench_gpu(quick=False):
     if device == "cuda":
         torch.cuda.empty_cache()
 
-    section("Generation, batch 1, mini_lm size (random weights), 16-token prompt, KV cache")
+
+def bench_gpu_generation(device, quick, config):
+    import torch
+
     from model import GPT, GPTConfig
     torch.manual_seed(0)
     model = GPT(GPTConfig(**config)).to(device).eval()
@@ -715,10 +745,6 @@ def bench_gpu(quick=False):
         print(f"| {str(dtype).split('.')[1]} | {len(out[0])} | "
               f"{len(out[0]) / (time.perf_counter() - t0):,.0f} |", flush=True)
     del model
-
-    section("train.py on CUDA: config/mini_lm.py on the demo data, then resumed")
-    train_on_device(device, quick)
-    section("done")
 
 
 def train_on_device(device, quick):
@@ -753,6 +779,7 @@ SPEC = {
     "gpu": (False, "all: run the GPU suite too"),
     "hf": (False, "prepare: compare with HF tokenizers"),
     "quick": (False, "model/gpu/train/eval/serve: tiny shapes and few steps, to check the script runs"),
+    "parts": ("tests,kernels,step,generation,train", "gpu: the parts to run, comma-separated"),
 }
 
 
@@ -787,7 +814,7 @@ def main(argv=None):
     elif args.suite == "serve":
         bench_serve(args.quick)
     elif args.suite == "gpu":
-        bench_gpu(args.quick)
+        bench_gpu(args.quick, [p.strip() for p in args.parts.split(",") if p.strip()])
     else:
         import torch
         bench_model_cpu(args.quick)
@@ -795,7 +822,7 @@ def main(argv=None):
         bench_eval(args.quick)
         bench_serve(args.quick)
         if args.gpu or torch.cuda.is_available():
-            bench_gpu(args.quick)
+            bench_gpu(args.quick, [p.strip() for p in args.parts.split(",") if p.strip()])
 
 
 if __name__ == "__main__":
