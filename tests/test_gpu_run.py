@@ -1,0 +1,54 @@
+"""gpu_run.py, the one-call GPU run, rehearsed on CPU exactly as the device will run it: the corpus
+packed for carrying and restored, every stage run through the same commands with tiny shapes, and
+all of it in a Python where the packages the GPU machine lacks cannot be imported."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import prepare
+from test_prepare import config as prepare_config
+from test_prepare import make_corpus
+
+ROOT = Path(__file__).resolve().parent.parent
+MISSING_ON_THE_GPU_MACHINE = ("datasketch", "rouge_score", "nltk", "absl", "flask", "waitress",
+                              "profanity_check")
+
+
+def test_rehearsal_without_the_packages_the_gpu_machine_lacks(tmp_path):
+    data = tmp_path / "data"
+    (tmp_path / "corpus").mkdir()
+    prepare.run(prepare_config(make_corpus(tmp_path / "corpus"), data, dataset="offline",
+                               vocab_size=300))
+    bins = {name: hashlib.sha256((data / "offline" / name).read_bytes()).hexdigest()
+            for name in ("train.bin", "val.bin")}
+    packed = subprocess.run([sys.executable, "gpu_run.py", "--pack", f"--data_root={data}"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert packed.returncode == 0, packed.stderr
+    for name in bins:  # the device has only what was carried
+        (data / "offline" / name).unlink()
+
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    for name in MISSING_ON_THE_GPU_MACHINE:
+        (blocked / f"{name}.py").write_text(f"raise ImportError('{name} is not on the GPU machine')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocked)}
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "gpu_run.py", "--rehearsal", f"--data_root={data}",
+                             f"--out_dir={out}", f"--checkpoint_dir={tmp_path / 'ckpt'}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    log = (out / "gpu_run.log").read_text() if (out / "gpu_run.log").exists() else ""
+    assert result.returncode == 0, result.stdout + result.stderr + log[-5000:]
+
+    assert {name: hashlib.sha256((data / "offline" / name).read_bytes()).hexdigest()
+            for name in bins} == bins  # restored from the carry, byte for byte
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["stages"]) == ["tests", "kernels", "train", "eval", "generation"]
+    assert all(stage["status"] == "ok" for stage in summary["stages"].values())
+    assert "is not on the GPU machine" not in log
+    assert "max_minutes" in log and "tokens/s" in log and "| LayerNorm |" in log
+    report = json.loads((out / "eval" / "eval.json").read_text())
+    assert "rouge1, rouge2, rougeL" in report["generation"]["not_computed"]  # blocked, and said so
+    assert report["likelihood"]["overall"]["perplexity"] > 1
