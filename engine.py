@@ -10,9 +10,10 @@ prompt's prefill, and a finished or cancelled one leaves at once.
     for token_lists in job.stream():                    #         top_p, seed
         ...                                             # the new tokens of each sequence so far
 
-Isolation: a request fails alone. A prefill or sampling error ends only the request it belongs to
-(its stream raises the error); the other rows keep decoding. Only an error in the shared forward
-pass, which no request can be blamed for, fails every request in flight.
+Isolation: a sampling error ends only its own sequence (job.errors says why; the request's other
+sequences and every other request keep decoding), a prefill error only its own request (its stream
+raises it). Only an error in the shared forward pass, which no request can be blamed for, fails
+every request in flight.
 """
 
 import collections
@@ -32,6 +33,7 @@ class Job:
         self.prompts, self.params, self.eot_id = prompts, params, eot_id
         self.tokens = [[] for _ in prompts]
         self.done = [params["max_tokens"] == 0] * len(prompts)
+        self.errors = [None] * len(prompts)  # why a sequence ended early, when it failed
         self.updates = queue.Queue()
         self.cancelled = False  # set by the request's thread
         self.ended = False      # set by the engine once it sent the end (None) or an error
@@ -173,15 +175,14 @@ class Engine:
         """One token per row. Returns the indices of the rows that go on and their tokens."""
         keep, jobs = [], {}
         for i, (job, index, own) in enumerate(self.rows):
-            if job.ended:  # another row of this job failed earlier in this step
-                continue
             jobs[id(job)] = job
             p = job.params
             try:
                 token = int(sample(self.logits[i:i + 1], p["temperature"], p["top_k"], p["top_p"],
                                    job.generator)[0])
-            except Exception as e:  # ends this request only
-                job.finish(RuntimeError(f"sampling failed: {type(e).__name__}: {e}"))
+            except Exception as e:  # ends this sequence only
+                job.errors[index] = f"sampling failed: {type(e).__name__}: {e}"
+                job.done[index] = True
                 continue
             if token == job.eot_id:
                 job.done[index] = True
@@ -192,11 +193,9 @@ class Engine:
                 continue
             keep.append((i, token))
         for job in jobs.values():
-            if not job.ended:
-                job.updates.put([list(t) for t in job.tokens])
-                if all(job.done):
-                    job.finish()
-        keep = [(i, token) for i, token in keep if not self.rows[i][0].ended]
+            job.updates.put([list(t) for t in job.tokens])
+            if all(job.done):
+                job.finish()
         return [i for i, _ in keep], [token for _, token in keep]
 
     def _step(self):

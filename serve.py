@@ -248,7 +248,10 @@ class Server:
                     generated[i] = len(tokens)
                     text = self.tokenizer.decode(tokens)
                     cut = min((text.find(s) for s in stops if s in text), default=-1)
-                    if cut >= 0:
+                    if job.errors[i]:  # this sequence failed; the others go on
+                        finished[i] = "error"
+                        self.log.error("sequence %d of a request failed: %s", i, job.errors[i])
+                    elif cut >= 0:
                         text, finished[i] = text[:cut], "stop"
                     elif len(tokens) < steps:  # the end-of-text token ended it
                         finished[i] = "stop"
@@ -266,6 +269,8 @@ class Server:
                     break
         finally:
             job.cancelled = True  # a client that went away frees its batch rows
+        if all(reason == "error" for reason in finished):
+            raise RuntimeError(job.errors[0])
         for i, reason in enumerate(finished):
             if reason is None:  # max_tokens == 0
                 yield i, "", "length"

@@ -314,19 +314,41 @@ def test_cancelled_rows_leave_before_the_next_request_joins(ckpt, monkeypatch):
     assert rows_at_admission[-1] == []  # the first request's row was gone when the second joined
 
 
-def test_a_failing_sequence_ends_only_its_own_request(app):
+def test_a_failing_sequence_ends_only_itself(app):
     """A sampling failure (here a NaN temperature, which the API refuses, sent to the engine
-    directly) fails its own request; the request decoded beside it is untouched."""
+    directly) ends its own sequence; the request decoded beside it is untouched."""
     flask_app, model, tokenizer = app
     engine = flask_app.config["mini_lm_server"].engine
     good_prompt = tokenizer.encode("The old town")
     good = engine.submit([good_prompt], greedy_params(12), tokenizer.eot_id)
     bad = engine.submit([tokenizer.encode("A")], greedy_params(12, temperature=float("nan")),
                         tokenizer.eot_id)
-    with pytest.raises(RuntimeError, match="sampling failed"):
-        list(bad)
+    assert list(bad)[-1] == [[]] and bad.errors[0].startswith("sampling failed: RuntimeError")
     assert list(good)[-1] == model.generate([good_prompt], 12, temperature=0,
                                             stop_tokens=[tokenizer.eot_id])
+
+
+def test_a_request_keeps_its_sequences_that_did_not_fail(ckpt, monkeypatch):
+    """n=2: the second sequence's sampling fails at its second token; the first still gets its
+    whole answer, the second finishes with reason 'error'; if all fail the request is a 500."""
+    import engine as engine_module
+    flask_app, model, tokenizer = make_app(ckpt, "--dtype=float64")  # batch shape changes below
+    client = flask_app.test_client()
+    body = {"prompt": "The river", "max_tokens": 8, "temperature": 0, "n": 2}
+    alone = client.post("/v1/completions", json=body).get_json()["choices"][0]
+    calls, real_sample = [], engine_module.sample
+
+    def failing_sample(*args):  # rows are sampled in order: row 0, row 1, row 0, row 1 ...
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("injected")
+        return real_sample(*args)
+
+    monkeypatch.setattr(engine_module, "sample", failing_sample)
+    choices = client.post("/v1/completions", json=body).get_json()["choices"]
+    assert choices[0] == alone and choices[1]["finish_reason"] == "error"
+    monkeypatch.setattr(engine_module, "sample", lambda *a: (_ for _ in ()).throw(RuntimeError("x")))
+    assert client.post("/v1/completions", json=body).status_code == 500
 
 
 @pytest.mark.parametrize("extreme", [
