@@ -2,12 +2,14 @@
 meet through a c10d rendezvous on 127.0.0.1, as two nodes would. One launcher is killed (a node
 dies) mid-run; both are started again with --init_from=resume; the result equals one process
 accumulating the same batches for the same number of steps."""
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import checkpoint
 from test_train import ROOT, args, assert_same_parameters, data_root, run  # noqa: F401
@@ -20,6 +22,29 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def process_tree(pid):
+    """pid and every process below it (Linux /proc). torchrun starts its workers in sessions of
+    their own, so killing a launcher's process group would leave its worker training."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # the process ended meanwhile
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def kill_tree(pid):
+    for p in process_tree(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
 
 
 def launch_two_nodes(data_root, out, *extra):  # noqa: F811
@@ -35,21 +60,31 @@ def launch_two_nodes(data_root, out, *extra):  # noqa: F811
 def test_two_launchers_survive_a_dead_node_and_match_one_process(data_root, tmp_path):  # noqa: F811
     out = tmp_path / "nodes"
     nodes = launch_two_nodes(data_root, out, "--max_iters=100000")
-    deadline = time.time() + 300
-    while not (out / "last.pt").exists():  # rank 0 wrote a checkpoint: the run is under way
-        assert time.time() < deadline and all(n.poll() is None for n in nodes), \
-            "".join(n.communicate()[0][-3000:] for n in nodes)
-        time.sleep(0.2)
-    os.killpg(nodes[1].pid, signal.SIGKILL)  # a node dies, its training process with it
-    nodes[1].wait()
-    survivor_output = nodes[0].communicate(timeout=300)[0]
+    try:
+        deadline = time.time() + 300
+        while not (out / "last.pt").exists():  # rank 0 wrote a checkpoint: the run is under way
+            assert time.time() < deadline and all(n.poll() is None for n in nodes), \
+                "".join(n.communicate()[0][-3000:] for n in nodes)
+            time.sleep(0.2)
+        kill_tree(nodes[1].pid)  # a node dies: its launcher and its training process
+        nodes[1].wait()
+        survivor_output = nodes[0].communicate(timeout=120)[0]
+    finally:  # nothing may outlive the test
+        for node in nodes:
+            if node.poll() is None:
+                kill_tree(node.pid)
     assert nodes[0].returncode != 0, survivor_output[-3000:]  # it noticed, and stopped
     stopped_at = checkpoint.load(out / "last.pt")["iter_num"]
     assert stopped_at >= 3 and stopped_at % 3 == 0
 
     finish = stopped_at + 4
     nodes = launch_two_nodes(data_root, out, f"--max_iters={finish}", "--init_from=resume")
-    outputs = [n.communicate(timeout=300)[0] for n in nodes]
+    try:
+        outputs = [n.communicate(timeout=300)[0] for n in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                kill_tree(node.pid)
     assert all(n.returncode == 0 for n in nodes), "\n".join(o[-3000:] for o in outputs)
     resumed = checkpoint.load(out / "last.pt")
     assert resumed["iter_num"] == finish and len(resumed["rng"]) == 2
