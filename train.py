@@ -26,7 +26,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -259,7 +259,93 @@ def train(cfg):
         dist.destroy_process_group()
 
 
-def run_training(cfg, ddp, rank, world, device):
+@dataclass
+class Run:
+    """What stays fixed for the whole run: settings, data, model, optimizer, where output goes."""
+    cfg: dict
+    ddp: bool
+    rank: int
+    world: int
+    device: torch.device
+    micro_steps: int              # micro-batches per optimizer step on each rank
+    autocast: object              # torch.autocast, or a null context for fp32
+    out_dir: Path
+    folder: Path                  # the prepared dataset
+    batches: Batches
+    tokenizer: Tokenizer
+    model: torch.nn.Module        # what the training step calls: compiled and/or DDP-wrapped
+    raw_model: GPT                # the plain module: evaluation, sampling, state_dict
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # enabled for fp16 only
+    loggers: Loggers
+    unigram: float                # the unigram baseline's validation loss
+    tokens_per_step: int
+    flops_per_token: float
+    peak_flops: float             # 0: unknown device, no MFU
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+
+@dataclass
+class State:
+    """What changes as training goes; a checkpoint stores it and resuming restores it."""
+    iter_num: int = 0
+    best_val_loss: float = math.inf
+    tokens_seen: int = 0
+    history: list = field(default_factory=list)  # one record per evaluation
+
+
+def model_arguments(cfg, meta, ckpt, folder):
+    """GPTConfig arguments: the checkpoint's when resuming, else the config's with the data's
+    vocabulary."""
+    if ckpt is not None:
+        args = ckpt["model_args"]
+    else:
+        args = {k: cfg[k] for k in MODEL_KEYS}
+        args["vocab_size"] = meta["vocab_size"]
+    if args["vocab_size"] != meta["vocab_size"]:
+        raise configurator.ConfigError(f"the checkpoint's vocab_size {args['vocab_size']} differs "
+                                       f"from {folder}'s {meta['vocab_size']}: another tokenizer")
+    return args
+
+
+def load_resume_checkpoint(cfg, out_dir, master):
+    """out_dir/last.pt when init_from='resume' (warning about settings that changed), else None."""
+    if cfg["init_from"] not in ("scratch", "resume"):
+        raise configurator.ConfigError(f"init_from={cfg['init_from']!r} must be 'scratch' or 'resume'")
+    if cfg["init_from"] == "scratch":
+        return None
+    ckpt = checkpoint.load(out_dir / "last.pt")
+    changed = {k: (ckpt["config"].get(k), v) for k, v in cfg.items()
+               if k not in RESUME_MAY_CHANGE and ckpt["config"].get(k) != v}
+    if changed and master:
+        print(f"warning: resuming with settings that differ from the checkpoint's (the run "
+              f"will not match an uninterrupted one): {changed}", file=sys.stderr)
+    return ckpt
+
+
+def restore(run, ckpt):
+    """Put the optimizer, scaler, batch order and this rank's random state back; returns the
+    State the checkpoint was written at."""
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    run.batches.generator.set_state(ckpt["train_generator"])
+    rng = ckpt["rng"]
+    if len(rng) == run.world:
+        torch.set_rng_state(rng[run.rank]["torch"])
+        if run.device.type == "cuda" and rng[run.rank]["cuda"] is not None:
+            torch.cuda.set_rng_state(rng[run.rank]["cuda"], run.device)
+    elif run.master:
+        print(f"warning: the checkpoint was written by {len(rng)} ranks, this run has {run.world}: "
+              "dropout masks will differ from an uninterrupted run", file=sys.stderr)
+    return State(ckpt["iter_num"], ckpt["best_val_loss"], ckpt["tokens_seen"], ckpt["history"])
+
+
+def set_up(cfg, ddp, rank, world, device):
+    """(Run, State): precision and kernels for the device, the data, the model (restored from
+    last.pt when resuming), optimizer, scaler and loggers; prints what was chosen and why."""
     master = rank == 0
     if device.type == "cpu" and cfg["keep_freed_memory"]:
         cpu_memory.keep_freed_memory()
@@ -267,248 +353,255 @@ def run_training(cfg, ddp, rank, world, device):
     dtype, dtype_reason = hardware.choose_dtype(cfg["dtype"], device)
     backend, backend_reason = hardware.choose_kernels(cfg["kernels"], device, dtype)
     hardware.check_compile(cfg["compile"], dtype, device)
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
-                else contextlib.nullcontext())
-    out_dir = Path(cfg["out_dir"])
+    out_dir, folder = Path(cfg["out_dir"]), Path(cfg["data_root"]) / cfg["dataset"]
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
-
-    # ---------------------------------------------------------------------------- data and model
-    folder = Path(cfg["data_root"]) / cfg["dataset"]
     batches = Batches(folder, cfg["block_size"], cfg["batch_size"], cfg["seed"])
     tokenizer = Tokenizer.load(folder / batches.meta.get("tokenizer", "tokenizer.json"))
-    ckpt = None
-    if cfg["init_from"] == "resume":
-        ckpt = checkpoint.load(out_dir / "last.pt")
-        changed = {k: (ckpt["config"].get(k), v) for k, v in cfg.items()
-                   if k not in RESUME_MAY_CHANGE and ckpt["config"].get(k) != v}
-        if changed and master:
-            print(f"warning: resuming with settings that differ from the checkpoint's (the run "
-                  f"will not match an uninterrupted one): {changed}", file=sys.stderr)
-        model_args = ckpt["model_args"]
-    elif cfg["init_from"] == "scratch":
-        model_args = {k: cfg[k] for k in MODEL_KEYS}
-        model_args["vocab_size"] = batches.meta["vocab_size"]
-    else:
-        raise configurator.ConfigError(f"init_from={cfg['init_from']!r} must be 'scratch' or 'resume'")
-    if model_args["vocab_size"] != batches.meta["vocab_size"]:
-        raise configurator.ConfigError(f"the checkpoint's vocab_size {model_args['vocab_size']} differs "
-                                       f"from {folder}'s {batches.meta['vocab_size']}: another tokenizer")
+    ckpt = load_resume_checkpoint(cfg, out_dir, master)
     torch.manual_seed(cfg["seed"])
-    model = GPT(GPTConfig(**model_args))
+    raw_model = GPT(GPTConfig(**model_arguments(cfg, batches.meta, ckpt, folder)))
     if ckpt:
-        model.load_state_dict(ckpt["model"])
-    model.to(device).use_kernels(backend)
-    optimizer = model.configure_optimizers(cfg["weight_decay"], cfg["learning_rate"],
-                                           (cfg["beta1"], cfg["beta2"]), device.type)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    iter_num, best_val_loss, history, tokens_seen = 0, math.inf, [], 0
-    if ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
-        history, tokens_seen = ckpt["history"], ckpt["tokens_seen"]
-        batches.generator.set_state(ckpt["train_generator"])
-        rng = ckpt["rng"]
-        if len(rng) == world:
-            torch.set_rng_state(rng[rank]["torch"])
-            if device.type == "cuda" and rng[rank]["cuda"] is not None:
-                torch.cuda.set_rng_state(rng[rank]["cuda"], device)
-        elif master:
-            print(f"warning: the checkpoint was written by {len(rng)} ranks, this run has {world}: "
-                  "dropout masks will differ from an uninterrupted run", file=sys.stderr)
-        ckpt = None  # free the memory
-    raw_model = model
-    if cfg["compile"]:
-        model = torch.compile(model)
+        raw_model.load_state_dict(ckpt["model"])
+    raw_model.to(device).use_kernels(backend)
+    model = torch.compile(raw_model) if cfg["compile"] else raw_model
     if ddp:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-
     params = raw_model.parameter_breakdown()
-    tokens_per_step = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
-    unigram = batches.unigram_loss()
+    config = raw_model.config
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
+                else contextlib.nullcontext())
+    optimizer = raw_model.configure_optimizers(cfg["weight_decay"], cfg["learning_rate"],
+                                               (cfg["beta1"], cfg["beta2"]), device.type)
+    run = Run(cfg=cfg, ddp=ddp, rank=rank, world=world, device=device, micro_steps=micro_steps,
+              autocast=autocast, out_dir=out_dir, folder=folder, batches=batches,
+              tokenizer=tokenizer, model=model, raw_model=raw_model, optimizer=optimizer,
+              scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+              loggers=Loggers(cfg, master), unigram=batches.unigram_loss(),
+              tokens_per_step=cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"],
+              flops_per_token=6 * (params["total"] - params["position embedding"])
+              + 12 * config.n_layer * config.n_embd * cfg["block_size"],
+              peak_flops=hardware.peak_flops(device, cfg["peak_flops"]))
+    state = restore(run, ckpt) if ckpt else State()
     if master:
         print(json.dumps(cfg, indent=1, default=str))
         print(f"model: {params['total'] / 1e6:.2f}M parameters ({params['blocks'] / 1e6:.2f}M in blocks, "
               f"{params['token embedding (tied LM head)'] / 1e6:.2f}M in the tied embedding); "
-              f"{world} rank(s), {tokens_per_step:,} tokens per step ({micro_steps} micro-step(s) of "
-              f"{cfg['batch_size']} sequences per rank); unigram baseline val loss {unigram:.3f}")
+              f"{world} rank(s), {run.tokens_per_step:,} tokens per step ({micro_steps} micro-step(s) "
+              f"of {cfg['batch_size']} sequences per rank); unigram baseline val loss {run.unigram:.3f}")
         print(f"device: {device}" + (f", {hardware.describe_gpu(device)}" if device.type == "cuda" else ""))
         print(f"precision: {dtype_reason}")
         print(f"kernels: {backend_reason}")
-        print(f"attention: {hardware.describe_attention(raw_model.config.attention, backend, device)}")
+        print(f"attention: {hardware.describe_attention(config.attention, backend, device)}")
         print(f"compile: {'torch.compile' if cfg['compile'] else 'off (eager)'}", flush=True)
-    loggers = Loggers(cfg, master)
-    if master:
-        loggers.text("config", "```\n" + json.dumps(cfg, indent=1, default=str) + "\n```", iter_num)
-    peak = hardware.peak_flops(device, cfg["peak_flops"])
-    flops_per_token = (6 * (params["total"] - params["position embedding"])
-                       + 12 * raw_model.config.n_layer * raw_model.config.n_embd * cfg["block_size"])
+        run.loggers.text("config", "```\n" + json.dumps(cfg, indent=1, default=str) + "\n```",
+                         state.iter_num)
+    return run, state
 
-    @torch.no_grad()
-    def evaluate():
-        """Mean loss over the same eval_iters batches of each split every time."""
-        raw_model.eval()
-        generator = torch.Generator().manual_seed(cfg["seed"] + 1)
-        result = {}
-        for split in ("train", "val"):
-            losses = []
-            for _ in range(cfg["eval_iters"]):
-                x, y = batches.get(split, batches.windows(split, cfg["batch_size"], generator), device)
-                with autocast:
-                    losses.append(raw_model(x, y)[1].item())
-            result[split] = sum(losses) / len(losses)
-        raw_model.train()
-        return result
 
-    def save(name):
-        rng = {"torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-        all_rng = [rng]
-        if ddp:
-            all_rng = [None] * world
-            dist.all_gather_object(all_rng, rng)
-        if not master:
-            return
-        checkpoint.save({
-            "format_version": checkpoint.FORMAT_VERSION, "model": raw_model.state_dict(),
-            "model_args": asdict(raw_model.config), "tokenizer": tokenizer.to_dict(),
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "iter_num": iter_num, "best_val_loss": best_val_loss, "tokens_seen": tokens_seen,
-            "train_generator": batches.generator.get_state(), "rng": all_rng,
-            "config": cfg, "history": history, "unigram_val_loss": unigram,
-            "dataset": {"path": str(folder), "vocab_size": batches.meta["vocab_size"]},
-        }, out_dir / name)
+@torch.no_grad()
+def evaluate(run):
+    """Mean loss over the same eval_iters batches of each split every time."""
+    cfg = run.cfg
+    run.raw_model.eval()
+    generator = torch.Generator().manual_seed(cfg["seed"] + 1)
+    result = {}
+    for split in ("train", "val"):
+        losses = []
+        for _ in range(cfg["eval_iters"]):
+            x, y = run.batches.get(split, run.batches.windows(split, cfg["batch_size"], generator),
+                                   run.device)
+            with run.autocast:
+                losses.append(run.raw_model(x, y)[1].item())
+        result[split] = sum(losses) / len(losses)
+    run.raw_model.train()
+    return result
 
-    def write_last():
-        save("last.pt")
-        if cfg["keep_last"] > 0 and master:
-            numbered = out_dir / f"ckpt_{iter_num:07d}.pt"
-            shutil.copyfile(out_dir / "last.pt", f"{numbered}.tmp")
-            os.replace(f"{numbered}.tmp", numbered)
-            for old in sorted(out_dir.glob("ckpt_*.pt"))[:-cfg["keep_last"]]:
-                old.unlink()
 
-    # ------------------------------------------------------------------------------------ the loop
+def train_step(run):
+    """One optimizer step: micro_steps micro-batches on each rank, gradients averaged over all
+    ranks (synchronised on the last micro-step only), clipped, and applied unless non-finite.
+    Returns (mean loss on this rank, gradient norm, whether both were finite)."""
+    cfg, model, scaler = run.cfg, run.model, run.scaler
+    starts = run.batches.windows("train", cfg["gradient_accumulation_steps"] * cfg["batch_size"],
+                                 run.batches.generator)
+    loss_sum = torch.zeros((), device=run.device)
+    for micro in range(run.micro_steps):
+        first = (run.rank * run.micro_steps + micro) * cfg["batch_size"]
+        x, y = run.batches.get("train", starts[first:first + cfg["batch_size"]], run.device)
+        sync = not run.ddp or micro == run.micro_steps - 1
+        with (contextlib.nullcontext() if sync else model.no_sync()):
+            with run.autocast:
+                _, loss = model(x, y)
+            scaler.scale(loss / run.micro_steps).backward()
+        loss_sum += loss.detach().float()  # read once per step: no sync per micro-step
+    scaler.unscale_(run.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(),
+                                               cfg["grad_clip"] if cfg["grad_clip"] > 0 else math.inf)
+    loss_sum = loss_sum.item()
+    finite = math.isfinite(loss_sum) and bool(torch.isfinite(grad_norm))
+    if scaler.is_enabled():
+        scaler.step(run.optimizer)  # skips the step itself when fp16 gradients overflowed
+        scaler.update()
+    elif finite:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss_sum / run.micro_steps, float(grad_norm), finite
+
+
+def checkpoint_contents(run, state, rng):
+    """Everything needed to evaluate, serve or resume, as one dict (rng: every rank's states)."""
+    return {
+        "format_version": checkpoint.FORMAT_VERSION, "model": run.raw_model.state_dict(),
+        "model_args": asdict(run.raw_model.config), "tokenizer": run.tokenizer.to_dict(),
+        "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+        "iter_num": state.iter_num, "best_val_loss": state.best_val_loss,
+        "tokens_seen": state.tokens_seen, "train_generator": run.batches.generator.get_state(),
+        "rng": rng, "config": run.cfg, "history": state.history, "unigram_val_loss": run.unigram,
+        "dataset": {"path": str(run.folder), "vocab_size": run.batches.meta["vocab_size"]},
+    }
+
+
+def save_checkpoint(run, state, name):
+    """Gather every rank's random state (a collective: all ranks call this), then rank 0 writes
+    out_dir/name atomically."""
+    rng = {"torch": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None}
+    all_rng = [rng]
+    if run.ddp:
+        all_rng = [None] * run.world
+        dist.all_gather_object(all_rng, rng)
+    if run.master:
+        checkpoint.save(checkpoint_contents(run, state, all_rng), run.out_dir / name)
+
+
+def write_last(run, state):
+    """last.pt, plus a step-numbered copy when keep_last > 0 (the oldest beyond it removed)."""
+    save_checkpoint(run, state, "last.pt")
+    keep = run.cfg["keep_last"]
+    if keep > 0 and run.master:
+        numbered = run.out_dir / f"ckpt_{state.iter_num:07d}.pt"
+        shutil.copyfile(run.out_dir / "last.pt", f"{numbered}.tmp")
+        os.replace(f"{numbered}.tmp", numbered)
+        for old in sorted(run.out_dir.glob("ckpt_*.pt"))[:-keep]:
+            old.unlink()
+
+
+def evaluate_and_report(run, state, lr):
+    """Evaluate, record and print the losses, write best.pt on a new best, print a text sample;
+    returns the updated state."""
+    cfg, step = run.cfg, state.iter_num
+    losses = evaluate(run)
+    record = {"iter": step, "tokens": state.tokens_seen, "train_loss": losses["train"],
+              "val_loss": losses["val"], "val_ppl": math.exp(min(losses["val"], 50)), "lr": lr}
+    if not state.history or state.history[-1]["iter"] != step:
+        state = replace(state, history=state.history + [record])
+    if run.master:
+        print(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+              f"val perplexity {record['val_ppl']:.2f} (unigram baseline loss {run.unigram:.3f})",
+              flush=True)
+        run.loggers.scalars({"loss/train": losses["train"], "loss/val": losses["val"],
+                             "perplexity/val": record["val_ppl"]}, step)
+    if losses["val"] < state.best_val_loss and step > 0 and not cfg["eval_only"]:
+        state = replace(state, best_val_loss=losses["val"])
+        save_checkpoint(run, state, "best.pt")
+    if cfg["sample_interval"] and step % cfg["sample_interval"] == 0 and run.master \
+            and cfg["sample_tokens"] > 0:
+        prompt = run.tokenizer.encode(cfg["sample_prompt"]) or [run.tokenizer.eot_id]
+        new = run.raw_model.generate([prompt], cfg["sample_tokens"], temperature=0.8, top_k=200,
+                                     seed=cfg["seed"])[0]
+        text = cfg["sample_prompt"] + run.tokenizer.decode(new)
+        print(f"sample: {text!r}", flush=True)
+        run.loggers.text("sample", text, step)
+    return state
+
+
+def log_step(run, state, lr, loss, grad_norm, seconds):
+    """The log line and the logged scalars of one step: loss, lr, grad norm, tokens/s, MFU, memory."""
+    tokens_per_s = run.tokens_per_step / seconds
+    mfu = run.flops_per_token * tokens_per_s / run.peak_flops if run.peak_flops else None
+    memory_gb = (torch.cuda.max_memory_allocated(run.device) / 1e9 if run.device.type == "cuda"
+                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+    print(f"iter {state.iter_num}: loss {loss:.4f}, lr {lr:.2e}, grad norm {grad_norm:.3f}, "
+          f"{seconds * 1000:.0f} ms, {tokens_per_s:,.0f} tokens/s"
+          + (f", MFU {mfu:.1%}" if mfu is not None else "") + f", memory {memory_gb:.2f} GB",
+          flush=True)
+    values = {"loss/train_step": loss, "lr": lr, "grad_norm": grad_norm,
+              "tokens_per_s": tokens_per_s, "memory_gb": memory_gb}
+    if mfu is not None:
+        values["mfu"] = mfu
+    run.loggers.scalars(values, state.iter_num)
+
+
+def agree(run, *flags):
+    """Each flag, True on every rank if it is True on any (under DDP every rank must take the same
+    branch, or the next collective hangs)."""
+    if not run.ddp:
+        return flags
+    tensor = torch.tensor([float(f) for f in flags], device=run.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in tensor.tolist())
+
+
+def run_training(cfg, ddp, rank, world, device):
+    run, state = set_up(cfg, ddp, rank, world, device)
     stop = StopRequest()
-    last_save, bad_steps, started, time_up = time.time(), 0, time.time(), False
-    model.train()
+    started = last_save = time.time()
+    bad_steps, time_up = 0, False
+    run.model.train()
     while True:
-        lr = learning_rate(iter_num, cfg)
-        for group in optimizer.param_groups:
+        # the learning rate of this step: linear warmup, then cosine decay to min_lr
+        lr = learning_rate(state.iter_num, cfg)
+        for group in run.optimizer.param_groups:
             group["lr"] = lr
-        finished = iter_num >= cfg["max_iters"] or time_up
-        if iter_num % cfg["eval_interval"] == 0 or cfg["eval_only"] or finished:
-            losses = evaluate()
-            record = {"iter": iter_num, "tokens": tokens_seen, "train_loss": losses["train"],
-                      "val_loss": losses["val"], "val_ppl": math.exp(min(losses["val"], 50)), "lr": lr}
-            if not history or history[-1]["iter"] != iter_num:
-                history.append(record)
-            if master:
-                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                      f"val perplexity {record['val_ppl']:.2f} (unigram baseline loss {unigram:.3f})",
-                      flush=True)
-                loggers.scalars({"loss/train": losses["train"], "loss/val": losses["val"],
-                                 "perplexity/val": record["val_ppl"]}, iter_num)
-            if losses["val"] < best_val_loss and iter_num > 0 and not cfg["eval_only"]:
-                best_val_loss = losses["val"]
-                save("best.pt")
-            if (cfg["sample_interval"] and iter_num % cfg["sample_interval"] == 0 and master
-                    and cfg["sample_tokens"] > 0):
-                prompt = tokenizer.encode(cfg["sample_prompt"]) or [tokenizer.eot_id]
-                new = raw_model.generate([prompt], cfg["sample_tokens"], temperature=0.8, top_k=200,
-                                         seed=cfg["seed"])[0]
-                text = cfg["sample_prompt"] + tokenizer.decode(new)
-                print(f"sample: {text!r}", flush=True)
-                loggers.text("sample", text, iter_num)
-        if cfg["eval_only"] or finished:
-            if time_up and master:
-                print(f"stopped at step {iter_num}: max_minutes={cfg['max_minutes']} reached",
+
+        # evaluate every eval_interval steps and at the end (loss, best.pt, a text sample)
+        finished = cfg["eval_only"] or state.iter_num >= cfg["max_iters"] or time_up
+        if state.iter_num % cfg["eval_interval"] == 0 or finished:
+            state = evaluate_and_report(run, state, lr)
+        if finished:
+            if time_up and run.master:
+                print(f"stopped at step {state.iter_num}: max_minutes={cfg['max_minutes']} reached",
                       flush=True)
             break
 
-        # one optimizer step: micro_steps micro-batches on each rank, gradients averaged over all
+        # one optimizer step; a non-finite one is skipped, max_bad_steps of them in a row stop
         t0 = time.time()
-        starts = batches.windows("train", cfg["gradient_accumulation_steps"] * cfg["batch_size"],
-                                 batches.generator)
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(micro_steps):
-            first = (rank * micro_steps + micro) * cfg["batch_size"]
-            x, y = batches.get("train", starts[first:first + cfg["batch_size"]], device)
-            sync = not ddp or micro == micro_steps - 1
-            with (contextlib.nullcontext() if sync else model.no_sync()):
-                with autocast:
-                    _, loss = model(x, y)
-                scaler.scale(loss / micro_steps).backward()
-            loss_sum += loss.detach().float()  # read once per step: no sync per micro-step
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(),
-                                                   cfg["grad_clip"] if cfg["grad_clip"] > 0 else math.inf)
-        loss_sum = loss_sum.item()
-        finite = math.isfinite(loss_sum) and bool(torch.isfinite(grad_norm))
-        if scaler.is_enabled():
-            scaler.step(optimizer)  # skips the step itself when fp16 gradients overflowed
-            scaler.update()
-        elif finite:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if not finite and not scaler.is_enabled():
-            bad_steps += 1
-            if master:
-                print(f"warning: step {iter_num} has a non-finite loss or gradient norm; skipped "
-                      f"({bad_steps} in a row)", file=sys.stderr)
-            if bad_steps >= cfg["max_bad_steps"]:
-                raise SystemExit(f"error: {bad_steps} consecutive non-finite steps at step {iter_num}: "
-                                 "lower learning_rate, use float32 or bfloat16, or check the data; "
-                                 f"{out_dir}/last.pt holds the last good state")
-        else:
-            bad_steps = 0
-        iter_num += 1
-        tokens_seen += tokens_per_step
+        loss, grad_norm, finite = train_step(run)
+        bad_steps = 0 if finite or run.scaler.is_enabled() else bad_steps + 1
+        if bad_steps and run.master:
+            print(f"warning: step {state.iter_num} has a non-finite loss or gradient norm; skipped "
+                  f"({bad_steps} in a row)", file=sys.stderr)
+        if bad_steps >= cfg["max_bad_steps"]:
+            raise SystemExit(f"error: {bad_steps} consecutive non-finite steps at step "
+                             f"{state.iter_num}: lower learning_rate, use float32 or bfloat16, or "
+                             f"check the data; {run.out_dir}/last.pt holds the last good state")
+        state = replace(state, iter_num=state.iter_num + 1,
+                        tokens_seen=state.tokens_seen + run.tokens_per_step)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        dt = time.time() - t0
+        if run.master and state.iter_num % cfg["log_interval"] == 0:
+            log_step(run, state, lr, loss, grad_norm, time.time() - t0)
 
-        if master and iter_num % cfg["log_interval"] == 0:
-            tokens_per_s = tokens_per_step / dt
-            mfu = flops_per_token * tokens_per_s / peak if peak else None
-            memory_gb = (torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda"
-                         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
-            loss_value = loss_sum / micro_steps
-            print(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, grad norm {float(grad_norm):.3f}, "
-                  f"{dt * 1000:.0f} ms, {tokens_per_s:,.0f} tokens/s"
-                  + (f", MFU {mfu:.1%}" if mfu is not None else "") + f", memory {memory_gb:.2f} GB",
-                  flush=True)
-            values = {"loss/train_step": loss_value, "lr": lr, "grad_norm": float(grad_norm),
-                      "tokens_per_s": tokens_per_s, "memory_gb": memory_gb}
-            if mfu is not None:
-                values["mfu"] = mfu
-            loggers.scalars(values, iter_num)
-
-        stopping = stop.signal is not None
-        time_up = bool(cfg["max_minutes"]) and time.time() - started > 60 * cfg["max_minutes"]
-        if ddp:  # every rank must agree to stop, or the next all-reduce hangs
-            flags = torch.tensor([float(stopping), float(time_up)], device=device)
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            stopping, time_up = bool(flags[0].item()), bool(flags[1].item())
-        due = ((cfg["checkpoint_interval"] and iter_num % cfg["checkpoint_interval"] == 0)
+        # last.pt on schedule; SIGTERM/SIGINT or max_minutes end the run, on every rank at once
+        over_time = bool(cfg["max_minutes"]) and time.time() - started > 60 * cfg["max_minutes"]
+        stopping, time_up = agree(run, stop.signal is not None, over_time)
+        due = ((cfg["checkpoint_interval"] and state.iter_num % cfg["checkpoint_interval"] == 0)
                or time.time() - last_save > 60 * cfg["checkpoint_minutes"])
-        if ddp and not stopping:
-            flag = torch.tensor([float(due)], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            due = bool(flag.item())
+        if not stopping:
+            (due,) = agree(run, due)
         if due or stopping:
-            write_last()
+            write_last(run, state)
             last_save = time.time()
         if stopping:
-            if master:
-                print(f"stopped at step {iter_num}; resume with --init_from=resume", flush=True)
+            if run.master:
+                print(f"stopped at step {state.iter_num}; resume with --init_from=resume", flush=True)
             break
 
     if not cfg["eval_only"] and stop.signal is None:
-        write_last()
-    loggers.close()
-    return out_dir
+        write_last(run, state)
+    run.loggers.close()
+    return run.out_dir
 
 
 if __name__ == "__main__":
