@@ -439,8 +439,8 @@ def bench_generation_cpu(quick=False):
 # ------------------------------------------------------------------------------------- train.py
 
 def bench_train(quick=False):
-    """Runs train.py in fresh processes (so peak memory is each setting's own) and reads its log."""
-    import re
+    """Runs train.py in fresh processes (so peak memory is each setting's own) and reads its
+    log.jsonl."""
     import subprocess
     import sys
     import tempfile
@@ -461,12 +461,12 @@ def bench_train(quick=False):
             with tempfile.TemporaryDirectory() as out:
                 result = subprocess.run([sys.executable, "train.py", *args, *setting, f"--out_dir={out}"],
                                         capture_output=True, text=True)
-            if result.returncode:
-                raise SystemExit(result.stderr[-2000:])
-            rates = [float(r.replace(",", "")) for r in re.findall(r"([\d,]+) tokens/s", result.stdout)]
-            memory = re.findall(r"memory ([\d.]+) GB", result.stdout)[-1]
-            rate = statistics.median(rates[len(rates) // 2:])
-            print(f"| {label} | {' '.join(setting) or 'eager'} | {rate:,.0f} | {memory} GB |", flush=True)
+                if result.returncode:
+                    raise SystemExit(result.stderr[-2000:])
+                steps = [r for r in map(json.loads, open(Path(out) / "log.jsonl")) if r["kind"] == "step"]
+            rate = statistics.median(r["tokens_per_s"] for r in steps[len(steps) // 2:])
+            print(f"| {label} | {' '.join(setting) or 'eager'} | {rate:,.0f} | "
+                  f"{steps[-1]['memory_gb']:.2f} GB |", flush=True)
 
 
 # -------------------------------------------------------------------------------------- eval.py

@@ -174,12 +174,14 @@ def micro_steps_per_rank(accumulation, world, batch_size):
 
 
 class Loggers:
-    """TensorBoard (and W&B / MLflow when enabled) on rank 0; nothing elsewhere."""
+    """On rank 0 (nothing elsewhere): out_dir/log.jsonl, one JSON record per logged step and per
+    evaluation (what benchmarks and notebooks read), TensorBoard, and W&B / MLflow when enabled."""
 
     def __init__(self, cfg, enabled):
-        self.tb = self.wandb = self.mlflow = None
+        self.tb = self.wandb = self.mlflow = self.jsonl = None
         if not enabled:
             return
+        self.jsonl = open(Path(cfg["out_dir"]) / "log.jsonl", "a", encoding="utf-8")
         if cfg["tensorboard"]:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(Path(cfg["out_dir"]) / "tb"))
@@ -206,11 +208,20 @@ class Loggers:
         if self.mlflow:
             self.mlflow.log_metrics({k.replace("/", "_"): v for k, v in values.items()}, step=step)
 
+    def record(self, kind, values):
+        """Append {"kind": kind, "time": unix seconds, **values} to log.jsonl (a resumed run appends
+        after the interrupted one's records)."""
+        if self.jsonl:
+            self.jsonl.write(json.dumps({"kind": kind, "time": round(time.time(), 3), **values}) + "\n")
+            self.jsonl.flush()
+
     def text(self, tag, text, step):
         if self.tb:
             self.tb.add_text(tag, text, step)
 
     def close(self):
+        if self.jsonl:
+            self.jsonl.close()
         if self.tb:
             self.tb.close()
         if self.mlflow:
@@ -502,6 +513,7 @@ def evaluate_and_report(run, state, lr):
               flush=True)
         run.loggers.scalars({"loss/train": losses["train"], "loss/val": losses["val"],
                              "perplexity/val": record["val_ppl"]}, step)
+        run.loggers.record("eval", record)
     if losses["val"] < state.best_val_loss and step > 0 and not cfg["eval_only"]:
         state = replace(state, best_val_loss=losses["val"])
         save_checkpoint(run, state, "best.pt")
@@ -531,6 +543,9 @@ def log_step(run, state, lr, loss, grad_norm, seconds):
     if mfu is not None:
         values["mfu"] = mfu
     run.loggers.scalars(values, state.iter_num)
+    run.loggers.record("step", {"iter": state.iter_num, "tokens": state.tokens_seen, "loss": loss,
+                                "lr": lr, "grad_norm": grad_norm, "seconds": seconds,
+                                "tokens_per_s": tokens_per_s, "mfu": mfu, "memory_gb": memory_gb})
 
 
 def agree(run, *flags):

@@ -236,3 +236,14 @@ def test_max_minutes_stops_evaluates_and_saves(data_root, tmp_path):
     ckpt = run(data_root, tmp_path / "t", "--max_iters=1000", "--max_minutes=1e-9",
                "--eval_interval=1000")
     assert ckpt["iter_num"] == 1 and [h["iter"] for h in ckpt["history"]] == [0, 1]
+
+
+def test_log_jsonl_holds_every_logged_step_and_evaluation(data_root, tmp_path):
+    import json
+    ckpt = run(data_root, tmp_path / "j", "--max_iters=10", "--eval_interval=5", "--log_interval=2")
+    records = [json.loads(line) for line in open(tmp_path / "j" / "log.jsonl")]
+    steps = [r for r in records if r["kind"] == "step"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["iter"] for r in steps] == [2, 4, 6, 8, 10]
+    assert all(r["tokens_per_s"] > 0 and r["loss"] > 0 and r["mfu"] is None for r in steps)
+    assert [{k: v for k, v in r.items() if k not in ("kind", "time")} for r in evals] == ckpt["history"]
