@@ -704,10 +704,13 @@ def bench_gpu_kernels(device, quick, timed):
 
 def bench_gpu_step(device, quick, config, name):
     import torch
+
+    import hardware
     batch = 16 if not quick else 2
-    print("(MFU against the bf16 dense peak, 989 TFLOP/s on H100/H200)\n")
+    peak_flops = hardware.peak_flops(torch.device(device))
+    print(f"(MFU against the dense bf16 peak of {name}: {peak_flops / 1e12:,.0f} TFLOP/s; "
+          "hardware.PEAK_FLOPS)\n" if peak_flops else "(no MFU: not a GPU with a known peak)\n")
     print("| dtype | kernels | attention | tokens/s | MFU |\n|---|---|---|---:|---:|", flush=True)
-    peak_flops = 989e12 if "H200" in name or "H100" in name else None
     for dtype, kernel_backend, attention in ((torch.bfloat16, "auto", "sdpa"),
                                              (torch.bfloat16, "torch", "sdpa"),
                                              (torch.bfloat16, "auto", "triton")):
@@ -719,10 +722,7 @@ def bench_gpu_step(device, quick, config, name):
             print(f"| {'bf16 autocast' if dtype else 'fp32'} | {kernel_backend} | {attention} | "
                   f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]} | |", flush=True)
             continue
-        n_params = model.parameter_breakdown()["total"] - model.transformer.wpe.weight.numel()
-        cfg = model.config
-        flops_per_token = 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
-        mfu = f"{flops_per_token * rate / peak_flops:.1%}" if peak_flops else "n/a"
+        mfu = f"{model.flops_per_token() * rate / peak_flops:.1%}" if peak_flops else "n/a"
         print(f"| {'bf16 autocast' if dtype else 'fp32'} | {kernel_backend} | {attention} | "
               f"{rate:,.0f} | {mfu} |", flush=True)
         del model

@@ -188,6 +188,15 @@ class GPT(nn.Module):
         counts["total"] = sum(counts.values())
         return counts
 
+    def flops_per_token(self, context=None):
+        """Training FLOPs per token (forward and backward), as nanoGPT and the PaLM paper count them
+        for MFU: 6 per parameter that takes part in a matmul (every one but the position
+        embedding), plus the attention's 12 x layers x width x context."""
+        counts = self.parameter_breakdown()
+        context = context or self.config.block_size
+        return (6 * (counts["total"] - counts["position embedding"])
+                + 12 * self.config.n_layer * self.config.n_embd * context)
+
     def forward(self, idx, targets=None, cache=None, pad_lengths=None, ignore_index=-100,
                 last_only=False):
         """Logits (B, T, V) of idx (B, T), and the mean loss against targets (B, T) if given.

@@ -390,8 +390,7 @@ def set_up(cfg, ddp, rank, world, device):
               scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
               loggers=Loggers(cfg, master), unigram=batches.unigram_loss(),
               tokens_per_step=cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"],
-              flops_per_token=6 * (params["total"] - params["position embedding"])
-              + 12 * config.n_layer * config.n_embd * cfg["block_size"],
+              flops_per_token=raw_model.flops_per_token(cfg["block_size"]),
               peak_flops=hardware.peak_flops(device, cfg["peak_flops"]))
     state = restore(run, ckpt) if ckpt else State()
     if master:

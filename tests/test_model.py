@@ -37,6 +37,14 @@ def test_parameter_breakdown_and_mini_lm_size():
     assert 45 < total < 55, result.stdout
 
 
+def test_flops_per_token_counts_matmul_parameters_and_attention():
+    model = tiny()
+    c = model.config
+    matmul_params = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
+    assert model.flops_per_token() == 6 * matmul_params + 12 * c.n_layer * c.n_embd * c.block_size
+    assert model.flops_per_token(4) == 6 * matmul_params + 12 * c.n_layer * c.n_embd * 4
+
+
 def test_gpt2_initialisation():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=6, n_head=4, n_embd=256, vocab_size=1000, block_size=64))
