@@ -318,7 +318,7 @@ def bench_model_cpu(quick=False):
     import kernels
     print(f"machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     # generation first, in a process that has run nothing else yet, as in serve.py or eval.py (after
-    # the compiled training steps below it once gave 95-118 tokens/s against 117 alone)
+    # the compiled training steps below it ran slower and less steadily: BENCHMARKS.md)
     bench_generation_cpu(quick)
     steps = 2 if quick else 8
     small = dict(SMALL, block_size=32) if quick else SMALL

@@ -2,12 +2,10 @@
 
 PyTorch takes every CPU tensor from malloc. glibc serves big requests (above a threshold that
 adapts up to 32 MB) with fresh pages from the kernel and hands them back on free, so a step that
-allocates and frees 2 GB of logits, gradients and activations page-faults on every one of those
-pages, every step: ~430,000 faults a step for config/cpu_demo.py here, ~40% of its time. Raising
-glibc's mmap and trim thresholds keeps such blocks in the heap to be reused. Measured on the 2-core
-machine (BENCHMARKS.md): train.py 1.7x tokens/s on cpu_demo and 1.24x at the mini_lm size,
-eval.py's perplexity pass 1.7x on cpu_demo, with the same numbers out; the price is resident memory
-that stays near its peak plus the heap's fragments (+0.8 GB and +1.9 GB for those two trainings).
+allocates and frees gigabytes of logits, gradients and activations page-faults on every one of
+those pages, every step. Raising glibc's mmap and trim thresholds keeps such blocks in the heap to
+be reused: the same numbers come out faster, and the price is resident memory that stays near its
+peak plus the heap's fragments (BENCHMARKS.md has the page faults, speed-ups and memory measured).
 """
 
 import ctypes

@@ -52,8 +52,8 @@ SPEC = {
     "ngram_order": (3, "order of the Kneser-Ney baseline"),
     "ngram_train_tokens": (20_000_000, "train tokens the n-gram baselines count (0: all)"),
     "tensorboard": (True, "also log the metrics to TensorBoard"),
-    "keep_freed_memory": (True, "CPU: keep freed memory in the process for reuse (cpu_memory.py): "
-                                "1.7x tokens/s on cpu_demo here, for ~1.4 GB more resident memory"),
+    "keep_freed_memory": (True, "CPU: keep freed memory in the process for reuse (cpu_memory.py; "
+                                "faster, for more resident memory: see BENCHMARKS.md)"),
 }
 
 

@@ -36,7 +36,7 @@ class GPTConfig:
     bias: bool = True        # biases in Linear and LayerNorm layers
     attention: str = "sdpa"  # "sdpa" | "triton" | "eager"
     kernels: str = "auto"    # "auto" (Triton on CUDA) | "triton" | "torch"
-    gradient_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
+    gradient_checkpointing: bool = False  # recompute each block in backward: less memory, one more forward
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -256,7 +256,7 @@ class GPT(nn.Module):
 
     def optimize_for_decoding(self):
         """Lay out Linear weights for batch-1 decoding, which multiplies one vector by each weight:
-        fp32 on CPU column-major (MKL streams that layout ~1.6x faster here), anything else
+        fp32 on CPU column-major (MKL streams that layout faster: BENCHMARKS.md), anything else
         row-major (bf16 GEMV is fastest that way). Values and shapes are unchanged; meant for
         inference, after any dtype change (model.to(torch.bfloat16).optimize_for_decoding())."""
         for module in self.modules():

@@ -368,7 +368,7 @@ def curate(cfg, source_specs, out):
     pool = Pool(cfg["workers"], _init_worker, (cfg,)) if cfg["workers"] > 1 else None
     _init_worker(cfg)
 
-    def process(batch):  # 128 documents per task: the toxicity classifier costs ~2 ms per call
+    def process(batch):  # 128 documents per task: the toxicity classifier has a cost per call
         tasks = list(_batched(batch, 128))
         results = pool.map(process_batch, tasks) if pool else map(process_batch, tasks)
         return [r for rs in results for r in rs]

@@ -467,7 +467,7 @@ def main(argv=None):
         # Load in a thread that then ends, so that the engine thread is the only one that has run
         # parallel CPU work. OpenMP (libgomp) gives every such thread its own team of workers, and
         # with more workers than cores it stops spinning between operations: bf16 decoding in the
-        # engine ran at ~60% speed once the main thread had loaded the model itself (BENCHMARKS.md).
+        # engine ran markedly slower once the main thread had loaded the model itself (BENCHMARKS.md).
         with concurrent.futures.ThreadPoolExecutor(1) as loader:
             model, tokenizer = loader.submit(load, cfg).result()
     except (checkpoint.CheckpointError, configurator.ConfigError, ValueError) as e:
