@@ -22,7 +22,7 @@ import threading
 
 import torch
 
-from model import KVCache, sample
+from model import KVCache, left_pad, sample
 
 
 class Job:
@@ -77,11 +77,7 @@ class Engine:
         self.rows = []  # (job, index in job, own length) per batch row
         self.cache, self.logits = None, None
         self.cancelled_sequences = 0
-        weight = model.lm_head.weight
-        self.device = weight.device
-        # bf16 attention is slow on CPUs: keep the cache in fp32 there (as model.generate does)
-        self.cache_dtype = (torch.promote_types(weight.dtype, torch.float32)
-                            if self.device.type == "cpu" else weight.dtype)
+        self.device = model.lm_head.weight.device
         threading.Thread(target=self._loop, name="engine", daemon=True).start()
 
     def submit(self, prompts, params, eot_id):
@@ -106,7 +102,7 @@ class Engine:
         config = self.model.config
         count = sum(len(rows) for _, rows in parts)
         length = max(own for _, rows in parts for _, own in rows)
-        new = KVCache(config, count, self.device, self.cache_dtype)
+        new = KVCache.for_model(self.model, count)
         new.length = length
         i = 0
         for cache, rows in parts:
@@ -141,10 +137,8 @@ class Engine:
 
     def _admit(self, job):
         """Prefill the job's prompts together (left-padded), then merge them into the batch."""
-        width = max(map(len, job.prompts))
-        idx = torch.tensor([[0] * (width - len(p)) + p for p in job.prompts], device=self.device)
-        pad = torch.tensor([width - len(p) for p in job.prompts], device=self.device)
-        cache = KVCache(self.model.config, len(job.prompts), self.device, self.cache_dtype)
+        idx, pad = left_pad(job.prompts, self.device)
+        cache = KVCache.for_model(self.model, len(job.prompts))
         logits = self.model(idx, cache=cache, pad_lengths=pad, last_only=True)[0][:, -1]
         new_rows = [(job, i, len(p)) for i, p in enumerate(job.prompts)]
         parts = [(cache, [(i, own) for i, (_, _, own) in enumerate(new_rows)])]

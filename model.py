@@ -70,11 +70,31 @@ class KVCache:
         self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.length = 0  # positions filled; advanced by GPT.forward after all layers ran
 
+    @classmethod
+    def for_model(cls, model, batch_size):
+        """A cache on the model's device, in the weights' dtype, except at least fp32 on CPUs:
+        bf16/fp16 attention is several times slower than fp32 there, and the cache is a small
+        share of the bytes a decoding step reads."""
+        weight = model.lm_head.weight
+        dtype = weight.dtype
+        if weight.device.type == "cpu":
+            dtype = torch.promote_types(dtype, torch.float32)
+        return cls(model.config, batch_size, weight.device, dtype)
+
     def update(self, layer, k, v):
         keys, values, end = self.keys[layer], self.values[layer], self.length + k.shape[2]
         keys.narrow(2, self.length, k.shape[2]).copy_(k)
         values.narrow(2, self.length, k.shape[2]).copy_(v)
         return keys.narrow(2, 0, end), values.narrow(2, 0, end)
+
+
+def left_pad(prompts, device):
+    """Token lists of different lengths as one (B, T) tensor, right-aligned (left-padded with
+    token 0, which the attention masks out), and the (B,) padding length of each."""
+    width = max(len(p) for p in prompts)
+    idx = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts], device=device)
+    pad = torch.tensor([width - len(p) for p in prompts], device=device)
+    return idx, pad
 
 
 def attention_mask(tq, tk, pad_lengths, device):
@@ -293,10 +313,8 @@ class GPT(nn.Module):
             prompts = prompts.tolist()
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
-        lengths = torch.tensor([len(p) for p in prompts], device=device)
-        width = int(lengths.max())
-        idx = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts], device=device)
-        pad = width - lengths
+        idx, pad = left_pad(prompts, device)
+        width = idx.shape[1]
         pad = pad if bool(pad.any()) else None
         generator = None
         if seed is not None:
@@ -310,11 +328,7 @@ class GPT(nn.Module):
         try:
             cache = None
             if use_cache and width < block:
-                # bf16/fp16 attention is several times slower than fp32 on CPUs: keep the cache and
-                # the attention in fp32 there (it is a small share of the bytes a step reads)
-                dtype = self.lm_head.weight.dtype
-                cache_dtype = torch.promote_types(dtype, torch.float32) if device.type == "cpu" else dtype
-                cache = KVCache(self.config, len(prompts), device, cache_dtype)
+                cache = KVCache.for_model(self, len(prompts))
                 logits = self(idx, cache=cache, pad_lengths=pad, last_only=True)[0][:, -1]
             else:
                 logits = self._last_logits(idx, pad)
