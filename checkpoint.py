@@ -6,10 +6,11 @@ It is written atomically (temporary file, fsync, rename), so a crash mid-write l
 file intact, and read with torch.load(weights_only=True), so loading one cannot run code.
 """
 
-import os
 from pathlib import Path
 
 import torch
+
+import atomic
 
 FORMAT_VERSION = 1
 
@@ -20,21 +21,8 @@ class CheckpointError(RuntimeError):
 
 def save(obj, path):
     """torch.save to path atomically: readers see the old file or the new one, never a mix."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic.replacing(path, "wb") as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def load(path, map_location="cpu"):

@@ -19,12 +19,12 @@
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+import atomic
 import checkpoint
 import configurator
 import cpu_memory
@@ -222,9 +222,7 @@ def evaluate(cfg):
               "samples": samples, "model": {"parameters": params, "config": ckpt["model_args"]},
               "training": {"iter_num": ckpt.get("iter_num"), "tokens_seen": ckpt.get("tokens_seen"),
                            "config": ckpt["config"]}, "eval_config": cfg}
-    tmp = out_dir / "eval.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    os.replace(tmp, out_dir / "eval.json")
+    atomic.write_text(out_dir / "eval.json", json.dumps(result, indent=1, default=str))
     write_report(out_dir, result, ckpt.get("history", []))
     if cfg["tensorboard"]:
         from torch.utils.tensorboard import SummaryWriter
@@ -298,9 +296,7 @@ def write_report(out_dir, result, history):
               f"{params['total'] / 1e6:.2f}M parameters; model config `{result['model']['config']}`; "
               f"trained {result['training']['iter_num']} steps on {result['training']['tokens_seen']:,} "
               "tokens.", "", "```", json.dumps(result["training"]["config"], indent=1, default=str), "```"]
-    tmp = out_dir / "report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out_dir / "report.md")
+    atomic.write_text(out_dir / "report.md", "\n".join(lines) + "\n")
 
 
 def main(argv=None):

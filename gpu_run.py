@@ -32,6 +32,7 @@ import threading
 import time
 from pathlib import Path
 
+import atomic
 import configurator
 
 SPEC = {
@@ -79,9 +80,8 @@ def unpack(folder):
     for name in ("meta.json", "tokenizer.json"):
         shutil.copy(carry / name, folder / name)
     for name in CARRIED:
-        with lzma.open(carry / f"{name}.xz", "rb") as src, open(folder / f"{name}.tmp", "wb") as dst:
+        with lzma.open(carry / f"{name}.xz", "rb") as src, atomic.replacing(folder / name, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
-        os.replace(folder / f"{name}.tmp", folder / name)
 
 
 def run_stage(name, command, limit, log, env):
@@ -170,9 +170,7 @@ def main(argv=None):
                 continue
             status, seconds, tail = run_stage(name, command, min(limit, max(left, 20)), log, env)
             summary["stages"][name] = {"status": status, "seconds": round(seconds, 1), "tail": tail}
-            tmp = out_dir / "summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=1))
-            os.replace(tmp, out_dir / "summary.json")
+            atomic.write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
     failed = [n for n, s in summary["stages"].items() if s["status"] != "ok"]
     print(f"gpu_run: {len(summary['stages']) - len(failed)} of {len(summary['stages'])} stages ok"
           + (f"; not ok: {', '.join(failed)}" if failed else "") + f"; see {out_dir}/gpu_run.log")

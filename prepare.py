@@ -30,6 +30,7 @@ import numpy as np
 from datasketch import MinHash, MinHashLSH
 from tqdm import tqdm
 
+import atomic
 import configurator
 import filters
 import prepare_report
@@ -138,12 +139,6 @@ def fraction_of(key):
     return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2 ** 64
 
 
-def atomic_write_text(path, text):
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------ stage bookkeeping
 
 class Stages:
@@ -176,7 +171,7 @@ class Stages:
 
     def finish(self, stage):
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.dir / stage, self.hashes[stage])
+        atomic.write_text(self.dir / stage, self.hashes[stage])
 
 
 # ------------------------------------------------------------------------- stages 2-3 (in workers)
@@ -385,7 +380,7 @@ def curate(cfg, source_specs, out):
         if pool:
             pool.close()
             pool.join()
-    atomic_write_text(tmp / "stats.json", json.dumps(stats, indent=1, sort_keys=True, default=dict))
+    atomic.write_text(tmp / "stats.json", json.dumps(stats, indent=1, sort_keys=True, default=dict))
     shutil.rmtree(out / "curated", ignore_errors=True)
     os.replace(tmp, out / "curated")
     return stats
@@ -529,7 +524,7 @@ def encode(cfg, source_specs, out, tokenizer, stats):
         "config": {k: v for k, v in cfg.items() if k not in NON_OUTPUT_KEYS},
         "pipeline_version": PIPELINE_VERSION,
     }
-    atomic_write_text(out / "meta.json", json.dumps(meta, indent=1, default=str))
+    atomic.write_text(out / "meta.json", json.dumps(meta, indent=1, default=str))
     return meta
 
 
@@ -574,7 +569,7 @@ def run(cfg):
     log(f"wrote {out}/: train.bin {meta['splits']['train']['tokens']:,} tokens, val.bin "
         f"{meta['splits']['val']['tokens']:,} tokens, vocab {meta['vocab_size']:,}; see {out}/report.md")
     if timings:
-        atomic_write_text(out / "timings.json", json.dumps(timings, indent=1))
+        atomic.write_text(out / "timings.json", json.dumps(timings, indent=1))
     return out
 
 

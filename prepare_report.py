@@ -1,6 +1,5 @@
 """Stage 8 of prepare.py: report.md and PNG charts that let a user check the data distribution."""
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+import atomic  # noqa: E402
 import filters  # noqa: E402
 
 LENGTH_BINS = sorted({0} | {round(10 ** (k / 10)) for k in range(1, 81)})  # chars, log-spaced
@@ -175,6 +175,4 @@ def write_report(out, cfg, stats, meta, tokenizer):
                 lines += [f"**{name} / {rule}**: `{ex['id']}`: {ex['reason']}", "",
                           _fence(ex["snippet"][:400]), ""]
     text = "\n".join(lines) + "\n"
-    tmp = out / "report.md.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out / "report.md")
+    atomic.write_text(out / "report.md", text)

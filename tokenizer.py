@@ -15,12 +15,13 @@ come back with U+FFFD in their place).
 import base64
 import heapq
 import json
-import os
 from collections import Counter
 from multiprocessing import Pool
 
 import regex
 import tiktoken
+
+import atomic
 
 # GPT-4's (cl100k) pre-split pattern: contractions, letter runs with one leading non-letter, numbers of
 # at most 3 digits, punctuation runs, newlines, and whitespace (kept in front of the next word).
@@ -217,10 +218,7 @@ class Tokenizer:
             raise ValueError(f"{origin}: malformed tokenizer ({type(e).__name__}: {e})") from None
 
     def save(self, path):
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f)
-        os.replace(tmp, path)
+        atomic.write_text(path, json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path):

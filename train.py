@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import atomic
 import checkpoint
 import configurator
 import cpu_memory
@@ -491,8 +492,8 @@ def write_last(run, state):
     keep = run.cfg["keep_last"]
     if keep > 0 and run.master:
         numbered = run.out_dir / f"ckpt_{state.iter_num:07d}.pt"
-        shutil.copyfile(run.out_dir / "last.pt", f"{numbered}.tmp")
-        os.replace(f"{numbered}.tmp", numbered)
+        with open(run.out_dir / "last.pt", "rb") as src, atomic.replacing(numbered, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
         for old in sorted(run.out_dir.glob("ckpt_*.pt"))[:-keep]:
             old.unlink()
 
