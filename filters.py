@@ -2,7 +2,9 @@
 
 ``clean`` turns raw bytes or text into normalised text (UTF-8, NFC, no control characters, tidy
 whitespace, PII redacted). Each quality rule below is one small function: it reads its thresholds
-from the config dict and returns None to keep the document, or a short reason to drop it.
+from the config dict and returns None to keep the document, or a short reason to drop it. Each
+rule declares its thresholds, defaults and meaning right above it (``@thresholds``); prepare.py's
+settings take them from ``SETTINGS``. Unless noted, the defaults follow Gopher (Rae et al. 2021).
 ``PROSE_RULES`` and ``CODE_RULES`` list which rules apply to which kind of document, cheapest first;
 the first rule that fails is the one counted in the report.
 """
@@ -107,6 +109,16 @@ def clean(raw, doc_type, pii=True, counts=None):
 
 # ------------------------------------------------------------------------------------- quality rules
 
+def thresholds(**settings):
+    """Declare a rule's settings, {key: (default, meaning)}, on the rule itself."""
+    def declare(rule):
+        rule.settings = settings
+        return rule
+    return declare
+
+
+@thresholds(min_chars=(100, "length: shortest document kept, in characters"),
+            max_chars=(1_000_000, "length: longest document kept, in characters"))
 def length(text, cfg):
     if len(text) < cfg["min_chars"]:
         return f"{len(text)} chars < min_chars={cfg['min_chars']}"
@@ -118,12 +130,15 @@ def _words(text):
     return text.split()
 
 
+@thresholds(min_words=(20, "word_count (prose): Gopher uses 50; Wikipedia summaries are shorter"),
+            max_words=(100_000, "word_count (prose): most words"))
 def word_count(text, cfg):
     n = len(_words(text))
     if not cfg["min_words"] <= n <= cfg["max_words"]:
         return f"{n} words outside [{cfg['min_words']}, {cfg['max_words']}]"
 
 
+@thresholds(mean_word_length=([3, 10], "mean_word_length (prose): allowed range"))
 def mean_word_length(text, cfg):
     words = _words(text)
     mean = sum(map(len, words)) / max(1, len(words))
@@ -132,6 +147,7 @@ def mean_word_length(text, cfg):
         return f"mean word length {mean:.1f} outside [{lo}, {hi}]"
 
 
+@thresholds(max_symbol_word_ratio=(0.1, "symbol_ratio (prose): '#' and ellipses per word"))
 def symbol_ratio(text, cfg):
     """Gopher: hash signs and ellipses per word (tag clouds, lists of links)."""
     symbols = text.count("#") + text.count("...") + text.count("\u2026")
@@ -140,6 +156,7 @@ def symbol_ratio(text, cfg):
         return f"symbol/word ratio {ratio:.3f} > {cfg['max_symbol_word_ratio']}"
 
 
+@thresholds(min_alpha_word_fraction=(0.8, "alpha_words (prose): words with a letter"))
 def alpha_words(text, cfg):
     words = _words(text)
     alpha = sum(1 for w in words if any(c.isalpha() for c in w)) / max(1, len(words))
@@ -147,6 +164,13 @@ def alpha_words(text, cfg):
         return f"alphabetic word fraction {alpha:.2f} < {cfg['min_alpha_word_fraction']}"
 
 
+@thresholds(
+    stop_words=(["the", "be", "to", "of", "and", "that", "have", "with", "a", "in", "is", "for",
+                 "de", "la", "que", "el", "en", "y", "los", "del", "se", "por", "con", "es", "una",
+                 "le", "et", "les", "des", "un", "une", "du", "est", "il", "dans"],
+                "stop_words (prose): Gopher's English set plus a, in, is, for (short Wikipedia "
+                "summaries) and common Spanish and French function words"),
+    min_stop_words=(2, "stop_words (prose): fewest stop words"))
 def stop_words(text, cfg):
     """Gopher: real sentences contain function words ('the', 'and', 'de', 'et' ...)."""
     stop = set(cfg["stop_words"])
@@ -159,6 +183,7 @@ def _lines(text):
     return [line for line in text.split("\n") if line.strip()]
 
 
+@thresholds(max_bullet_line_fraction=(0.9, "bullet_lines (prose)"))
 def bullet_lines(text, cfg):
     lines = _lines(text)
     bullets = sum(1 for line in lines if line.lstrip()[:1] in "\u2022\u2023\u25cf\u25aa\u25e6-*\u2013")
@@ -167,6 +192,7 @@ def bullet_lines(text, cfg):
         return f"bullet line fraction {frac:.2f} > {cfg['max_bullet_line_fraction']}"
 
 
+@thresholds(max_ellipsis_line_fraction=(0.3, "ellipsis_lines (prose)"))
 def ellipsis_lines(text, cfg):
     lines = _lines(text)
     frac = sum(1 for line in lines if line.rstrip().endswith(("...", "\u2026"))) / max(1, len(lines))
@@ -186,12 +212,18 @@ def _duplicate_fractions(parts):
     return dup_count / max(1, len(parts)), dup_chars / max(1, total_chars)
 
 
+@thresholds(
+    max_duplicate_line_fraction=(0.3, "duplicate_lines (prose): share of lines"),
+    max_duplicate_line_char_fraction=(0.2, "duplicate_lines (prose): share of characters"))
 def duplicate_lines(text, cfg):
     count, chars = _duplicate_fractions(_lines(text))
     if count > cfg["max_duplicate_line_fraction"] or chars > cfg["max_duplicate_line_char_fraction"]:
         return f"duplicate lines {count:.2f} of lines, {chars:.2f} of chars"
 
 
+@thresholds(
+    max_duplicate_paragraph_fraction=(0.3, "duplicate_paragraphs (prose): share of paragraphs"),
+    max_duplicate_paragraph_char_fraction=(0.2, "duplicate_paragraphs (prose): share of chars"))
 def duplicate_paragraphs(text, cfg):
     paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
     count, chars = _duplicate_fractions(paragraphs)
@@ -200,6 +232,10 @@ def duplicate_paragraphs(text, cfg):
         return f"duplicate paragraphs {count:.2f} of paragraphs, {chars:.2f} of chars"
 
 
+@thresholds(
+    max_top_ngram_char_fraction=({2: 0.2, 3: 0.18, 4: 0.16}, "top_ngrams (prose): n -> limit"),
+    repetition_min_words=(50, "top_ngrams, duplicate_ngrams (prose): judge only documents with at "
+                              "least this many words (Gopher's minimum document length)"))
 def top_ngrams(text, cfg):
     """Gopher: the characters in the most frequent word n-gram, as a fraction of all word characters."""
     words = _words(text)
@@ -216,7 +252,9 @@ def top_ngrams(text, cfg):
             return f"top {n}-gram {' '.join(gram)!r} covers {frac:.2f} of chars > {limit}"
 
 
-def duplicate_ngrams(text, cfg):
+@thresholds(max_duplicate_ngram_char_fraction=(
+    {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}, "duplicate_ngrams (prose): n -> limit"))
+def duplicate_ngrams(text, cfg):  # also reads repetition_min_words, declared with top_ngrams
     """Gopher: characters of words covered by word n-grams that occur more than once."""
     words = _words(text)
     if len(words) < cfg["repetition_min_words"]:
@@ -246,6 +284,9 @@ def detect_language(text, sample_chars=2000):
     return _language_identifier.classify(text[:sample_chars])
 
 
+@thresholds(
+    languages=(["en", "es", "fr"], "language (prose): ISO 639-1 codes kept (py3langid)"),
+    min_language_score=(0.5, "language (prose): lowest probability of the detected language"))
 def language(text, cfg):
     lang, prob = detect_language(text)
     if lang not in cfg["languages"] or prob < cfg["min_language_score"]:
@@ -263,6 +304,8 @@ def toxicity_scores(texts):
     return [float(p) for p in predict_prob(list(texts))]
 
 
+@thresholds(max_toxicity=(0.995, "toxicity: highest alt-profanity-check probability kept (1.0 = "
+                                "off); it scores vocabulary, not intent (README)"))
 def toxicity(text, cfg):
     if cfg["max_toxicity"] >= 1.0:
         return None
@@ -271,12 +314,14 @@ def toxicity(text, cfg):
         return f"toxicity {score:.4f} > {cfg['max_toxicity']}"
 
 
+@thresholds(max_line_length=(1000, "max_line_length (code): longest line, in characters"))
 def max_line_length(text, cfg):
     longest = max(map(len, text.split("\n")))
     if longest > cfg["max_line_length"]:
         return f"longest line {longest} chars > {cfg['max_line_length']}"
 
 
+@thresholds(max_mean_line_length=(100, "mean_line_length (code)"))
 def mean_line_length(text, cfg):
     lines = text.split("\n")
     mean = sum(map(len, lines)) / len(lines)
@@ -284,12 +329,19 @@ def mean_line_length(text, cfg):
         return f"mean line length {mean:.0f} > {cfg['max_mean_line_length']}"
 
 
+@thresholds(min_alnum_fraction=(0.25, "alnum_fraction (code): letters and digits among all "
+                                      "characters"))
 def alnum_fraction(text, cfg):
     frac = sum(c.isalnum() for c in text) / max(1, len(text))
     if frac < cfg["min_alnum_fraction"]:
         return f"alphanumeric fraction {frac:.2f} < {cfg['min_alnum_fraction']}"
 
 
+@thresholds(
+    autogenerated_markers=(["auto-generated", "autogenerated", "automatically generated",
+                            "generated by", "generated from", "do not edit"],
+                           "autogenerated (code): phrases that mark generated files"),
+    autogenerated_header_chars=(1000, "autogenerated (code): how far from the top to look"))
 def autogenerated(text, cfg):
     head = text[:cfg["autogenerated_header_chars"]].lower()
     for marker in cfg["autogenerated_markers"]:
@@ -301,6 +353,7 @@ LITERAL = re.compile(r"""(?:[rbuRBU]{0,2}"(?:[^"\\]|\\.)*"|[rbuRBU]{0,2}'(?:[^'\
                      r"""|\b0[xXoObB][0-9a-fA-F_]+\b|\b\d[\d_]*(?:\.\d*)?(?:[eE][+-]?\d+)?[jJlL]?\b)""")
 
 
+@thresholds(max_literal_line_fraction=(0.5, "data_heavy (code): lines holding only literals"))
 def data_heavy(text, cfg):
     """Code files that are mostly data: lines holding only literals (tables, embedded blobs)."""
     lines = _lines(text)
@@ -321,6 +374,9 @@ PROSE_RULES = {rule.__name__: rule for rule in (
 CODE_RULES = {rule.__name__: rule for rule in (
     length, max_line_length, mean_line_length, alnum_fraction, autogenerated, data_heavy, toxicity)}
 RULES = {"prose": PROSE_RULES, "code": CODE_RULES}
+# every rule's thresholds, {key: (default, meaning)}: part of prepare.py's settings
+SETTINGS = {key: setting for rule in dict.fromkeys([*PROSE_RULES.values(), *CODE_RULES.values()])
+            for key, setting in rule.settings.items()}
 
 
 def first_failing_rule(text, doc_type, cfg, skip=()):

@@ -169,3 +169,16 @@ def test_pii_redaction():
     assert counts == Counter(emails=2, ip_addresses=2, secrets=3)
     begin, end = "-----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----"
     assert filters.redact_pii(f"x {begin}\nMIIEow\nabc\n{end} y", Counter()) == "x <SECRET> y"
+
+
+def test_every_threshold_is_declared_by_the_rule_that_reads_it():
+    """Each rule's @thresholds names the config keys its source reads (duplicate_ngrams also reads
+    repetition_min_words, declared once with top_ngrams), and prepare.py's settings hold them all."""
+    import inspect
+    import re
+    for rule in {*filters.PROSE_RULES.values(), *filters.CODE_RULES.values()}:
+        read = set(re.findall(r'cfg\["(\w+)"\]', inspect.getsource(rule)))
+        declared = set(rule.settings) | ({"repetition_min_words"} if rule is filters.duplicate_ngrams
+                                         else set())
+        assert read == declared, rule.__name__
+    assert set(filters.SETTINGS) <= set(prepare.SPEC)
