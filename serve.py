@@ -324,22 +324,18 @@ def parse_json(request):
         raise BadRequest(f"the body is not valid JSON ({type(e).__name__})") from None
 
 
-def create_app(model, tokenizer, cfg):
-    server = Server(model, tokenizer, cfg)
-    app = Flask(__name__)
-    server.log = app.logger
-    app.config["MAX_CONTENT_LENGTH"] = cfg["max_body_bytes"]
-    app.config["mini_lm_server"] = server
+def error(status, message, param=None):
+    """An OpenAI-style JSON error response."""
+    kind = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed",
+            413: "request_too_large", 500: "server_error"}.get(status, "invalid_request_error")
+    return jsonify({"error": {"message": message, "type": kind, "param": param}}), status
+
+
+def install_checks(app, server, cfg):
+    """What every request goes through: the API key (never for CORS preflights), CORS headers,
+    request counting and latency, and JSON errors for every failure."""
     api_key = cfg["api_key"] or os.environ.get("MINI_LM_API_KEY", "")
     allowed_origins = {o.strip() for o in cfg["cors_origins"].split(",") if o.strip()}
-    page = PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", html.escape(cfg["model_name"]))
-    model_card = {"id": cfg["model_name"], "object": "model", "created": int(time.time()),
-                  "owned_by": "mini-lm"}
-
-    def error(status, message, param=None):
-        kind = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed",
-                413: "request_too_large", 500: "server_error"}.get(status, "invalid_request_error")
-        return jsonify({"error": {"message": message, "type": kind, "param": param}}), status
 
     @app.before_request
     def authenticate():
@@ -380,6 +376,19 @@ def create_app(model, tokenizer, cfg):
     def crashed(e):
         app.logger.exception("request failed")
         return error(500, f"internal error: {type(e).__name__}")
+
+
+def create_app(model, tokenizer, cfg):
+    """The Flask app: the checks above, then one function per endpoint."""
+    server = Server(model, tokenizer, cfg)
+    app = Flask(__name__)
+    server.log = app.logger
+    app.config["MAX_CONTENT_LENGTH"] = cfg["max_body_bytes"]
+    app.config["mini_lm_server"] = server
+    install_checks(app, server, cfg)
+    page = PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", html.escape(cfg["model_name"]))
+    model_card = {"id": cfg["model_name"], "object": "model", "created": int(time.time()),
+                  "owned_by": "mini-lm"}
 
     def parse_request(openai):
         prompts, p, unknown = server.parse(parse_json(request), openai)
