@@ -163,9 +163,22 @@ def bench_prepare(args):
 
 # ------------------------------------------------------------------------------------- the model
 
+def model_of(config_file, vocab_size=32000):
+    """GPTConfig keyword arguments of a training config (config/*.py over train.py's defaults):
+    the model sizes benchmarked are the ones the configs train."""
+    import configurator
+    import train
+    cfg = configurator.parse(train.SPEC, [config_file])
+    return dict({k: cfg[k] for k in train.MODEL_KEYS}, vocab_size=vocab_size)
+
+
+def mini_lm():
+    """config/mini_lm.py's model. A function, not a module constant: reading a config imports
+    train.py and so kernels/, which must see TRITON_INTERPRET first where a suite sets it."""
+    return model_of("config/mini_lm.py")
+
+
 SMALL = dict(n_layer=4, n_head=4, n_embd=256, block_size=256, dropout=0.0, bias=True)  # nanoGPT's
-MINI_LM = dict(n_layer=10, n_head=8, n_embd=512, block_size=1024, vocab_size=32000, dropout=0.0,
-               bias=False)  # config/mini_lm.py
 
 
 def train_step(model_kwargs, batch, compile_=False, device="cpu", dtype=None, **config):
@@ -175,7 +188,7 @@ def train_step(model_kwargs, batch, compile_=False, device="cpu", dtype=None, **
 
     from model import GPT, GPTConfig
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**model_kwargs, **config)).to(device)
+    model = GPT(GPTConfig(**{**model_kwargs, **config})).to(device)
     optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device)
     run = torch.compile(model) if compile_ else model
     t = model.config.block_size
@@ -393,7 +406,7 @@ def bench_generation_cpu(quick=False):
     from model import GPT, GPTConfig, KVCache
     print("\nGeneration, batch 1, mini_lm size (random weights), 16-token prompt:\n")
     new = 20 if quick else 500
-    config = dict(MINI_LM, n_layer=2) if quick else MINI_LM
+    config = dict(mini_lm(), n_layer=2) if quick else mini_lm()
     torch.manual_seed(0)
     model = GPT(GPTConfig(**config)).eval()
     limits = {}
@@ -481,10 +494,10 @@ def bench_eval(quick=False):
     import metrics
     from model import GPT, GPTConfig
     cpu_memory.keep_freed_memory()
-    cpu_demo = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=32000, bias=False)
+    cpu_demo = model_of("config/cpu_demo.py")
     print(f"machine: {machine()}, {torch.get_num_threads()} threads\n\n"
           "| model | block | stride | batch | tokens | tokens/s |\n|---|---:|---:|---:|---:|---:|")
-    for label, config in (("cpu_demo (4.9M)", cpu_demo), ("mini_lm (48.4M)", MINI_LM)):
+    for label, config in (("cpu_demo (4.9M)", cpu_demo), ("mini_lm (48.4M)", mini_lm())):
         torch.manual_seed(0)
         model = GPT(GPTConfig(**config)).eval()
         block = config["block_size"]
@@ -517,7 +530,7 @@ def bench_serve(quick=False):
     from model import GPT, GPTConfig
     from tokenizer import Tokenizer
     tokenizer = Tokenizer.load(Path("data/demo/tokenizer.json"))
-    cpu_demo = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=32000, bias=False)
+    cpu_demo = model_of("config/cpu_demo.py")
     print(f"machine: {machine()}\n\n| model | weights | one stream tokens/s | 8 clients: aggregate "
           "tokens/s | 64-token completion p50 / p95 (8 clients) |\n|---|---|---:|---:|---:|")
 
@@ -529,7 +542,7 @@ def bench_serve(quick=False):
             out = json.loads(r.read())
         return out, time.perf_counter() - t0
 
-    for label, config in (("cpu_demo (4.9M)", cpu_demo), ("mini_lm (48.4M)", MINI_LM)):
+    for label, config in (("cpu_demo (4.9M)", cpu_demo), ("mini_lm (48.4M)", mini_lm())):
         torch.manual_seed(0)
         model = GPT(GPTConfig(**config))
         with tempfile.TemporaryDirectory() as tmp:
@@ -620,7 +633,7 @@ def bench_gpu(quick=False, parts=GPU_PARTS):
     if "kernels" in parts:
         section("Kernels against PyTorch (bf16 inputs)")
         bench_gpu_kernels(device, quick, timed)
-    config = MINI_LM if not quick else dict(MINI_LM, n_layer=1, block_size=32, vocab_size=300)
+    config = mini_lm() if not quick else dict(mini_lm(), n_layer=1, block_size=32, vocab_size=300)
     if "step" in parts:
         section("Training step, mini_lm (48M), batch 16 x 1024, compiled, AdamW fused")
         bench_gpu_step(device, quick, config, name)
