@@ -35,7 +35,7 @@ class Job:
         self.done = [params["max_tokens"] == 0] * len(prompts)
         self.errors = [None] * len(prompts)  # why a sequence ended early, when it failed
         self.updates = queue.Queue()
-        self.cancelled = False  # set by the request's thread
+        self.cancelled = False  # set by the request's thread: client gone, or a stop string matched
         self.ended = False      # set by the engine once it sent the end (None) or an error
         self.generator = None
         if params.get("seed") is not None:
@@ -76,7 +76,7 @@ class Engine:
         self.waiting = collections.deque()   # jobs taken from the inbox, not yet in the batch
         self.rows = []  # (job, index in job, own length) per batch row
         self.cache, self.logits = None, None
-        self.cancelled_sequences = 0
+        self.cancelled_sequences = 0  # freed before they finished (cancelled jobs' unfinished rows)
         self.device = model.lm_head.weight.device
         threading.Thread(target=self._loop, name="engine", daemon=True).start()
 
