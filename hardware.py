@@ -37,10 +37,6 @@ def describe_gpu(device):
     return f"{props.name} (compute capability {props.major}.{props.minor})"
 
 
-def has_native_bf16(device):
-    return kernels.ampere_or_newer(device)
-
-
 def choose_dtype(name, device):
     """(torch dtype, reason) for autocast in training. 'auto': bf16 on GPUs that have it natively,
     fp16 with a gradient scaler on older GPUs (torch.cuda.is_bf16_supported() says True there too,
@@ -50,12 +46,12 @@ def choose_dtype(name, device):
     gpu = describe_gpu(device)
     if name != "auto":
         dtype = DTYPES[name]
-        if dtype == torch.bfloat16 and gpu and not has_native_bf16(device):
+        if dtype == torch.bfloat16 and gpu and not kernels.ampere_or_newer(device):
             return dtype, f"bfloat16 as asked; {gpu} has no native bf16 (emulated, slow)"
         return dtype, f"{name} as asked"
     if gpu is None:
         return torch.float32, "float32: CPU autocast gains nothing for training here"
-    if has_native_bf16(device):
+    if kernels.ampere_or_newer(device):  # native bf16 from compute capability 8.0
         return torch.bfloat16, f"bfloat16 autocast: {gpu} has native bf16"
     return torch.float16, (f"float16 autocast with a gradient scaler: {gpu} has no native bf16 "
                            "(it needs compute capability 8.0)")
@@ -103,7 +99,7 @@ def describe_attention(attention, kernel_backend, device):
 def check_compile(compile_, dtype, device):
     """torch.compile generates Triton code on GPUs: refuse the combination its compiler rejects."""
     gpu = describe_gpu(device)
-    if compile_ and gpu and dtype == torch.bfloat16 and not has_native_bf16(device):
+    if compile_ and gpu and dtype == torch.bfloat16 and not kernels.ampere_or_newer(device):
         raise ValueError(f"compile=True with bfloat16 on {gpu}: the Triton code torch.compile "
                          "generates cannot use bf16 below compute capability 8.0; use dtype=auto "
                          "(float16 there) or compile=False")
