@@ -4,8 +4,8 @@
     python prepare.py config/prepare_mini_lm.py        # the 100M-token corpus for config/mini_lm.py
     python prepare.py --target_tokens=2_000_000 --workers=2
 
-Stages, each in its own function below, each resumable (a rerun skips stages whose inputs and
-settings have not changed; --force redoes them all):
+Stages, each in its own function (1-5 in curate.py, the rest below), each resumable (a rerun skips
+stages whose inputs and settings have not changed; --force redoes them all):
   1-5 curate:    collect (sources.py) -> clean and quality-filter (filters.py) -> exact and MinHash
                  dedup -> curated/*.jsonl.gz shards
   6   tokenizer: byte-level BPE trained on a sample of the curated text -> tokenizer.json
@@ -14,24 +14,20 @@ settings have not changed; --force redoes them all):
 Every output is written under a temporary name and renamed when complete.
 """
 
-import gzip
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
 import time
-from collections import Counter, defaultdict
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
 from tqdm import tqdm
 
 import atomic
 import configurator
+from curate import batched, curate, fraction_of, iter_curated, log
 import filters
 import prepare_report
 import sources as sources_mod
@@ -87,15 +83,6 @@ STAGE_OUTPUTS = {"curate": ["curated/stats.json"], "tokenizer": ["tokenizer.json
                  "encode": ["train.bin", "val.bin", "meta.json"], "report": ["report.md"]}
 
 
-def log(message):
-    tqdm.write(message, file=sys.stderr)
-
-
-def fraction_of(key):
-    """A stable number in [0, 1) from a string: decides samples and splits independent of order."""
-    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2 ** 64
-
-
 # ------------------------------------------------------------------------------ stage bookkeeping
 
 class Stages:
@@ -105,6 +92,7 @@ class Stages:
         self.out = out
         self.dir = out / ".done"
         self.cfg = cfg
+        self.timings = {}  # seconds of each stage run (not skipped) this time
         self.hashes, upstream = {}, str(PIPELINE_VERSION)
         for stage, keys in STAGE_KEYS.items():
             settings = json.dumps({k: cfg[k] for k in keys}, sort_keys=True, default=str)
@@ -130,233 +118,37 @@ class Stages:
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic.write_text(self.dir / stage, self.hashes[stage])
 
-
-# ------------------------------------------------------------------------- stages 2-3 (in workers)
-
-_worker_cfg = None
-
-
-def _init_worker(cfg):
-    global _worker_cfg
-    _worker_cfg = cfg
-
-
-def shingles(text, n):
-    words = text.lower().split()
-    if len(words) <= n:
-        return {" ".join(words)}
-    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
-
-
-def process_batch(items):
-    """Clean and filter (doc_id, doc_type, raw) items; for kept documents also compute dedup keys."""
-    cfg = _worker_cfg
-    results, texts = [], []
-    for _, doc_type, raw in items:
-        counts = Counter()
-        result = {"raw_chars": len(raw), "counts": counts, "dropped": None}
-        try:
-            text = filters.clean(raw, doc_type, pii=cfg["redact_pii"], counts=counts)
-            if isinstance(raw, bytes):
-                result["raw_chars"] = len(text)  # characters, not bytes, for the length chart
-        except filters.BinaryFile as e:
-            result.update(dropped="binary", reason=str(e), snippet="")
-            text = ""
-        results.append(result)
-        texts.append(text)
-    alive = [i for i, r in enumerate(results) if r["dropped"] is None]
-    verdicts = filters.filter_batch([texts[i] for i in alive], [items[i][1] for i in alive], cfg)
-    for i, failed in zip(alive, verdicts):
-        r, text = results[i], texts[i]
-        if failed:
-            r.update(dropped=failed[0], reason=failed[1], snippet=text[:400])
-            continue
-        normalised = " ".join(text.lower().split())
-        minhash = MinHash(num_perm=cfg["minhash_num_perm"], seed=1, scheme="affine32")
-        minhash.update_batch([s.encode("utf-8") for s in shingles(text, cfg["minhash_shingle_words"])])
-        r.update(text=text, exact_key=hashlib.sha1(normalised.encode("utf-8")).digest(),
-                 minhash=minhash.hashvalues)
-    return results
-
-
-# -------------------------------------------------------------------------------- stage 1-5: curate
-
-class ShardWriter:
-    """Curated documents as gzip JSONL shards; gzip mtime 0 keeps reruns byte-identical."""
-
-    def __init__(self, folder, source, docs_per_shard):
-        self.folder, self.source, self.docs_per_shard = folder, source, docs_per_shard
-        self.file, self.in_shard, self.shards = None, 0, 0
-
-    def write(self, record):
-        if self.file is None or self.in_shard >= self.docs_per_shard:
-            self.close()
-            path = self.folder / f"{self.source}-{self.shards:05d}.jsonl.gz"
-            self.file = gzip.GzipFile(filename="", mode="wb", fileobj=open(path, "wb"), mtime=0,
-                                      compresslevel=6)
-            self.shards += 1
-            self.in_shard = 0
-        self.file.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-        self.in_shard += 1
-
-    def close(self):
-        if self.file is not None:
-            fileobj = self.file.fileobj
-            self.file.close()
-            fileobj.close()
-            self.file = None
-
-
-def iter_curated(folder, source):
-    for shard in sorted(Path(folder).glob(f"{source}-*.jsonl.gz")):
-        with gzip.open(shard, "rt", encoding="utf-8") as f:
-            for line in f:
-                yield json.loads(line)
-
-
-def _batched(iterable, size):
-    batch = []
-    for item in iterable:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _histogram(lengths):
-    return np.histogram(lengths, bins=prepare_report.LENGTH_BINS + [10 ** 9])[0].tolist()
-
-
-def curate_source(cfg, spec, folder, process, dedup, byte_limit):
-    """Collect, clean, filter and dedup one source into its shards; returns its statistics."""
-    name = spec["name"]
-    s = {"docs_in": 0, "docs_kept": 0, "chars_in": 0, "chars_kept": 0, "dropped": Counter(),
-         "skipped": Counter(), "cleaning": Counter(), "examples": defaultdict(list),
-         "limit_reached": False}
-    lengths_in, lengths_kept, kept_bytes = [], [], 0
-
-    def warn(kind, message):
-        s["skipped"][kind] += 1
-        if message and s["skipped"][kind] <= 20:
-            log(f"warning [{name}]: {message}")
-        elif message and s["skipped"][kind] == 21:
-            log(f"warning [{name}]: further '{kind}' warnings are counted, not shown")
-
-    documents = sources_mod.iter_source(spec, warn)
-    writer = ShardWriter(folder, name, cfg["docs_per_shard"])
-    bar = tqdm(desc=f"curate {name}", unit="doc", disable=None, file=sys.stderr)
-    for batch in _batched(documents, 128 * max(1, cfg["workers"])):
-        for (doc_id, doc_type, _), r in zip(batch, process(batch)):
-            s["docs_in"] += 1
-            s["chars_in"] += r["raw_chars"]
-            s["cleaning"].update(r["counts"])
-            lengths_in.append(r["raw_chars"])
-            dropped = (r["dropped"], r.get("reason")) if r["dropped"] else \
-                dedup.check(f"{name}/{doc_id}", r)
-            if dropped:
-                rule, reason = dropped
-                s["dropped"][rule] += 1
-                if len(s["examples"][rule]) < cfg["report_examples"]:
-                    snippet = r["snippet"] if "snippet" in r else r["text"][:400]
-                    s["examples"][rule].append({"id": doc_id, "reason": reason, "snippet": snippet})
-                continue
-            writer.write({"id": doc_id, "source": name, "doc_type": doc_type, "text": r["text"]})
-            s["docs_kept"] += 1
-            s["chars_kept"] += len(r["text"])
-            lengths_kept.append(len(r["text"]))
-            kept_bytes += len(r["text"].encode("utf-8"))
-        bar.update(len(batch))
-        if kept_bytes >= byte_limit:
-            s["limit_reached"] = True
-            log(f"[{name}] collected {kept_bytes:,} curated bytes, enough for its share of "
-                f"target_tokens; stopping this source (collect_bytes_per_token=0 takes all)")
-            break
-    bar.close()
-    writer.close()
-    if hasattr(documents, "close"):
-        documents.close()
-    s["length_histogram_in"] = _histogram(lengths_in)
-    s["length_histogram_kept"] = _histogram(lengths_kept)
-    if s["docs_kept"] == 0:
-        raise SystemExit(f"error: source {name!r} kept no documents out of {s['docs_in']} "
-                         f"(dropped: {dict(s['dropped'])}, skipped: {dict(s['skipped'])}); "
-                         "check its paths or loosen the filters")
-    return s
-
-
-class Deduplicator:
-    """Exact (hash of normalised text) and near-duplicate (MinHash LSH) checks against every document
-    kept so far, across all sources."""
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.exact_seen = set()
-        self.lsh = MinHashLSH(threshold=cfg["minhash_threshold"], num_perm=cfg["minhash_num_perm"])
-
-    def check(self, key, result):
-        """(rule, reason) if the processed document duplicates a kept one; else remember it, None."""
-        if self.cfg["dedup_exact"]:
-            if result["exact_key"] in self.exact_seen:
-                return "exact_duplicate", "same normalised text as an earlier document"
-            self.exact_seen.add(result["exact_key"])
-        minhash = MinHash(num_perm=self.cfg["minhash_num_perm"], seed=1, scheme="affine32",
-                          hashvalues=result["minhash"])
-        similar = self.lsh.query(minhash)
-        if similar:
-            return "near_duplicate", f"Jaccard >= ~{self.cfg['minhash_threshold']} with {min(similar)}"
-        self.lsh.insert(key, minhash)
-        return None
-
-
-def curate(cfg, source_specs, out):
-    """Stages 1-5: stream every source through clean, filter and dedup into curated/ shards."""
-    tmp = out / "curated.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    total_weight = sum(s["weight"] for s in source_specs)
-    dedup = Deduplicator(cfg)
-    pool = Pool(cfg["workers"], _init_worker, (cfg,)) if cfg["workers"] > 1 else None
-    _init_worker(cfg)
-
-    def process(batch):  # 128 documents per task: the toxicity classifier has a cost per call
-        tasks = list(_batched(batch, 128))
-        results = pool.map(process_batch, tasks) if pool else map(process_batch, tasks)
-        return [r for rs in results for r in rs]
-
-    stats = {}
-    try:
-        for spec in source_specs:
-            byte_limit = math.inf
-            if cfg["collect_bytes_per_token"] > 0:
-                byte_limit = (spec["weight"] / total_weight * cfg["target_tokens"]
-                              * cfg["collect_bytes_per_token"])
-            stats[spec["name"]] = curate_source(cfg, spec, tmp, process, dedup, byte_limit)
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
-    atomic.write_text(tmp / "stats.json", json.dumps(stats, indent=1, sort_keys=True, default=dict))
-    shutil.rmtree(out / "curated", ignore_errors=True)
-    os.replace(tmp, out / "curated")
-    return stats
+    def run(self, stage, fn, *args):
+        """fn(*args) unless the stage is up to date (then None), its time kept in self.timings."""
+        if self.done(stage):
+            log(f"[{stage}] up to date, skipped (--force redoes it)")
+            return None
+        self.start(stage)
+        t0 = time.time()
+        result = fn(*args)
+        self.timings[stage] = round(time.time() - t0, 2)
+        self.finish(stage)
+        log(f"[{stage}] done in {self.timings[stage]:.1f}s")
+        return result
 
 
 # --------------------------------------------------------------------------- stage 6: tokenizer
 
-def train_tokenizer(cfg, source_specs, out, stats):
+def tokenizer_sample(cfg, source_specs, curated, stats):
+    """The curated documents the tokenizer trains on: about tokenizer_sample_bytes of text, each
+    document in or out by a hash of its id (the same sample on every run), as a generator."""
     total_bytes = sum(s["chars_kept"] for s in stats.values())
     keep = min(1.0, cfg["tokenizer_sample_bytes"] / max(1, total_bytes))
+    for spec in source_specs:
+        for doc in iter_curated(curated, spec["name"]):
+            if fraction_of(f"{doc['source']}/{doc['id']}") < keep:
+                yield doc["text"]
 
-    def sample():
-        for spec in source_specs:
-            for doc in iter_curated(out / "curated", spec["name"]):
-                if fraction_of(f"{doc['source']}/{doc['id']}") < keep:
-                    yield doc["text"]
 
+def train_tokenizer(cfg, source_specs, out, stats):
     t0 = time.time()
-    chunk_counts = count_chunks_parallel(sample(), cfg["tokenizer_pattern"], cfg["workers"])
+    sample = tokenizer_sample(cfg, source_specs, out / "curated", stats)
+    chunk_counts = count_chunks_parallel(sample, cfg["tokenizer_pattern"], cfg["workers"])
     t1 = time.time()
     bar = tqdm(total=cfg["vocab_size"] - 257, desc="BPE merges", disable=None, file=sys.stderr)
     tokens = train_bpe(chunk_counts, cfg["vocab_size"],
@@ -419,7 +211,7 @@ def encode(cfg, source_specs, out, tokenizer, stats):
         docs[name] = []
         files = {split: open(tmp / f"{name}.{split}", "wb") for split in ("train", "val")}
         bar = tqdm(desc=f"encode {name}", unit="doc", disable=None, file=sys.stderr)
-        for batch in _batched(iter_curated(out / "curated", name), 1024):
+        for batch in batched(iter_curated(out / "curated", name), 1024):
             for doc, ids in zip(batch, tokenizer.encode_batch([d["text"] for d in batch],
                                                               cfg["workers"])):
                 ids.append(tokenizer.eot_id)
@@ -498,35 +290,20 @@ def run(cfg):
         raise configurator.ConfigError(f"disabled_filters: unknown rule(s) {sorted(unknown)}; "
                                        f"known: {sorted(set(filters.PROSE_RULES) | set(filters.CODE_RULES))}")
     stages = Stages(out, cfg)
-    timings = {}
-
-    def stage(name, fn):
-        if stages.done(name):
-            log(f"[{name}] up to date, skipped (--force redoes it)")
-            return None
-        stages.start(name)
-        t0 = time.time()
-        result = fn()
-        timings[name] = round(time.time() - t0, 2)
-        stages.finish(name)
-        log(f"[{name}] done in {timings[name]:.1f}s")
-        return result
-
-    stats = stage("curate", lambda: curate(cfg, source_specs, out))
+    stats = stages.run("curate", curate, cfg, source_specs, out)
     if stats is None:
         stats = json.loads((out / "curated" / "stats.json").read_text())
-    tokenizer = stage("tokenizer", lambda: train_tokenizer(cfg, source_specs, out, stats))
+    tokenizer = stages.run("tokenizer", train_tokenizer, cfg, source_specs, out, stats)
     if tokenizer is None:
         tokenizer = Tokenizer.load(out / "tokenizer.json")
-    meta = stage("encode", lambda: encode(cfg, source_specs, out, tokenizer, stats))
+    meta = stages.run("encode", encode, cfg, source_specs, out, tokenizer, stats)
     if meta is None:
         meta = json.loads((out / "meta.json").read_text())
-
-    stage("report", lambda: prepare_report.write_report(out, cfg, stats, meta, tokenizer))
+    stages.run("report", prepare_report.write_report, out, cfg, stats, meta, tokenizer)
     log(f"wrote {out}/: train.bin {meta['splits']['train']['tokens']:,} tokens, val.bin "
         f"{meta['splits']['val']['tokens']:,} tokens, vocab {meta['vocab_size']:,}; see {out}/report.md")
-    if timings:
-        atomic.write_text(out / "timings.json", json.dumps(timings, indent=1))
+    if stages.timings:
+        atomic.write_text(out / "timings.json", json.dumps(stages.timings, indent=1))
     return out
 
 

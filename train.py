@@ -29,7 +29,6 @@ import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -39,7 +38,8 @@ import checkpoint
 import configurator
 import cpu_memory
 import hardware
-import metrics
+from batches import Batches
+from loggers import Loggers
 from model import GPT, GPTConfig
 from tokenizer import Tokenizer
 
@@ -108,45 +108,6 @@ RESUME_MAY_CHANGE = {"out_dir", "init_from", "max_iters", "max_minutes", "eval_o
 MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
 
 
-class Batches:
-    """Random windows of the token bins. The order comes from a seeded generator that every rank
-    advances identically; each rank takes its own share of every step's windows."""
-
-    def __init__(self, folder, block_size, batch_size, seed):
-        meta_path = folder / "meta.json"
-        if not meta_path.exists():
-            raise SystemExit(f"error: {meta_path} not found: run "
-                             f"`{configurator.prepare_command(folder)}` first")
-        self.meta = json.loads(meta_path.read_text())
-        self.data = {}
-        for split in ("train", "val"):
-            data = np.memmap(folder / f"{split}.bin", dtype=self.meta["dtype"], mode="r")
-            if len(data) <= block_size + 1:
-                raise SystemExit(f"error: {folder}/{split}.bin has {len(data)} tokens, fewer than "
-                                 f"block_size+2={block_size + 2}: lower block_size or prepare more data")
-            self.data[split] = data
-        self.block_size, self.batch_size = block_size, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def windows(self, split, n, generator):
-        return torch.randint(len(self.data[split]) - self.block_size - 1, (n,), generator=generator)
-
-    def get(self, split, starts, device):
-        data = self.data[split]
-        x = torch.stack([torch.from_numpy(data[i:i + self.block_size].astype(np.int64)) for i in starts])
-        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + self.block_size].astype(np.int64))
-                         for i in starts])
-        if device.type == "cuda":
-            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-        return x.to(device), y.to(device)
-
-    def unigram_loss(self):
-        """Cross-entropy (nats) on val of a unigram model of train (add-one smoothing): the loss a
-        model that ignores context would reach."""
-        return float(np.mean(metrics.unigram_nll(self.data["train"], self.data["val"],
-                                                 self.meta["vocab_size"])))
-
-
 def learning_rate(it, cfg):
     if not cfg["decay_lr"]:
         return cfg["learning_rate"]
@@ -172,61 +133,6 @@ def micro_steps_per_rank(accumulation, world, batch_size):
     raise configurator.ConfigError(
         f"gradient_accumulation_steps={accumulation} cannot be shared by {world} ranks: run on "
         f"{', '.join(map(str, ranks))} ranks, or {other}")
-
-
-class Loggers:
-    """On rank 0 (nothing elsewhere): out_dir/log.jsonl, one JSON record per logged step and per
-    evaluation (what benchmarks and notebooks read), TensorBoard, and W&B / MLflow when enabled."""
-
-    def __init__(self, cfg, enabled):
-        self.tb = self.wandb = self.mlflow = self.jsonl = None
-        if not enabled:
-            return
-        self.jsonl = open(Path(cfg["out_dir"]) / "log.jsonl", "a", encoding="utf-8")
-        if cfg["tensorboard"]:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(Path(cfg["out_dir"]) / "tb"))
-        try:
-            if cfg["wandb_log"]:
-                import wandb
-                self.wandb = wandb
-                wandb.init(project=cfg["wandb_project"], config=cfg)
-            if cfg["mlflow_log"]:
-                import mlflow
-                self.mlflow = mlflow
-                mlflow.start_run()
-                mlflow.log_params({k: str(v)[:250] for k, v in cfg.items()})
-        except ImportError as e:
-            raise SystemExit(f"error: {e.name} is not installed: pip install {e.name}, "
-                             f"or turn {e.name}_log off") from None
-
-    def scalars(self, values, step):
-        if self.tb:
-            for k, v in values.items():
-                self.tb.add_scalar(k, v, step)
-        if self.wandb:
-            self.wandb.log(values, step=step)
-        if self.mlflow:
-            self.mlflow.log_metrics({k.replace("/", "_"): v for k, v in values.items()}, step=step)
-
-    def record(self, kind, values):
-        """Append {"kind": kind, "time": unix seconds, **values} to log.jsonl (a resumed run appends
-        after the interrupted one's records)."""
-        if self.jsonl:
-            self.jsonl.write(json.dumps({"kind": kind, "time": round(time.time(), 3), **values}) + "\n")
-            self.jsonl.flush()
-
-    def text(self, tag, text, step):
-        if self.tb:
-            self.tb.add_text(tag, text, step)
-
-    def close(self):
-        if self.jsonl:
-            self.jsonl.close()
-        if self.tb:
-            self.tb.close()
-        if self.mlflow:
-            self.mlflow.end_run()
 
 
 class StopRequest:

@@ -1,0 +1,245 @@
+"""curate.py: prepare.py's stages 1-5: collect each source (sources.py), clean and quality-filter
+its documents (filters.py) in worker processes, drop exact and MinHash near-duplicates, and write
+the kept documents as curated/<source>-NNNNN.jsonl.gz shards with statistics for the report."""
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+from collections import Counter, defaultdict
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from datasketch import MinHash, MinHashLSH
+from tqdm import tqdm
+
+import atomic
+import filters
+import prepare_report
+import sources as sources_mod
+
+
+def log(message):
+    tqdm.write(message, file=sys.stderr)
+
+
+def fraction_of(key):
+    """A stable number in [0, 1) from a string: decides samples and splits independent of order."""
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2 ** 64
+
+
+
+# ------------------------------------------------------------------------- stages 2-3 (in workers)
+
+_worker_cfg = None
+
+
+def _init_worker(cfg):
+    global _worker_cfg
+    _worker_cfg = cfg
+
+
+def shingles(text, n):
+    words = text.lower().split()
+    if len(words) <= n:
+        return {" ".join(words)}
+    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def process_batch(items):
+    """Clean and filter (doc_id, doc_type, raw) items; for kept documents also compute dedup keys."""
+    cfg = _worker_cfg
+    results, texts = [], []
+    for _, doc_type, raw in items:
+        counts = Counter()
+        result = {"raw_chars": len(raw), "counts": counts, "dropped": None}
+        try:
+            text = filters.clean(raw, doc_type, pii=cfg["redact_pii"], counts=counts)
+            if isinstance(raw, bytes):
+                result["raw_chars"] = len(text)  # characters, not bytes, for the length chart
+        except filters.BinaryFile as e:
+            result.update(dropped="binary", reason=str(e), snippet="")
+            text = ""
+        results.append(result)
+        texts.append(text)
+    alive = [i for i, r in enumerate(results) if r["dropped"] is None]
+    verdicts = filters.filter_batch([texts[i] for i in alive], [items[i][1] for i in alive], cfg)
+    for i, failed in zip(alive, verdicts):
+        r, text = results[i], texts[i]
+        if failed:
+            r.update(dropped=failed[0], reason=failed[1], snippet=text[:400])
+            continue
+        normalised = " ".join(text.lower().split())
+        minhash = MinHash(num_perm=cfg["minhash_num_perm"], seed=1, scheme="affine32")
+        minhash.update_batch([s.encode("utf-8") for s in shingles(text, cfg["minhash_shingle_words"])])
+        r.update(text=text, exact_key=hashlib.sha1(normalised.encode("utf-8")).digest(),
+                 minhash=minhash.hashvalues)
+    return results
+
+
+# -------------------------------------------------------------------------------- stage 1-5: curate
+
+class ShardWriter:
+    """Curated documents as gzip JSONL shards; gzip mtime 0 keeps reruns byte-identical."""
+
+    def __init__(self, folder, source, docs_per_shard):
+        self.folder, self.source, self.docs_per_shard = folder, source, docs_per_shard
+        self.file, self.in_shard, self.shards = None, 0, 0
+
+    def write(self, record):
+        if self.file is None or self.in_shard >= self.docs_per_shard:
+            self.close()
+            path = self.folder / f"{self.source}-{self.shards:05d}.jsonl.gz"
+            self.file = gzip.GzipFile(filename="", mode="wb", fileobj=open(path, "wb"), mtime=0,
+                                      compresslevel=6)
+            self.shards += 1
+            self.in_shard = 0
+        self.file.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+        self.in_shard += 1
+
+    def close(self):
+        if self.file is not None:
+            fileobj = self.file.fileobj
+            self.file.close()
+            fileobj.close()
+            self.file = None
+
+
+def iter_curated(folder, source):
+    for shard in sorted(Path(folder).glob(f"{source}-*.jsonl.gz")):
+        with gzip.open(shard, "rt", encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)
+
+
+def batched(iterable, size):
+    batch = []
+    for item in iterable:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _histogram(lengths):
+    return np.histogram(lengths, bins=prepare_report.LENGTH_BINS + [10 ** 9])[0].tolist()
+
+
+def curate_source(cfg, spec, folder, process, dedup, byte_limit):
+    """Collect, clean, filter and dedup one source into its shards; returns its statistics."""
+    name = spec["name"]
+    s = {"docs_in": 0, "docs_kept": 0, "chars_in": 0, "chars_kept": 0, "dropped": Counter(),
+         "skipped": Counter(), "cleaning": Counter(), "examples": defaultdict(list),
+         "limit_reached": False}
+    lengths_in, lengths_kept, kept_bytes = [], [], 0
+
+    def warn(kind, message):
+        s["skipped"][kind] += 1
+        if message and s["skipped"][kind] <= 20:
+            log(f"warning [{name}]: {message}")
+        elif message and s["skipped"][kind] == 21:
+            log(f"warning [{name}]: further '{kind}' warnings are counted, not shown")
+
+    documents = sources_mod.iter_source(spec, warn)
+    writer = ShardWriter(folder, name, cfg["docs_per_shard"])
+    bar = tqdm(desc=f"curate {name}", unit="doc", disable=None, file=sys.stderr)
+    for batch in batched(documents, 128 * max(1, cfg["workers"])):
+        for (doc_id, doc_type, _), r in zip(batch, process(batch)):
+            s["docs_in"] += 1
+            s["chars_in"] += r["raw_chars"]
+            s["cleaning"].update(r["counts"])
+            lengths_in.append(r["raw_chars"])
+            dropped = (r["dropped"], r.get("reason")) if r["dropped"] else \
+                dedup.check(f"{name}/{doc_id}", r)
+            if dropped:
+                rule, reason = dropped
+                s["dropped"][rule] += 1
+                if len(s["examples"][rule]) < cfg["report_examples"]:
+                    snippet = r["snippet"] if "snippet" in r else r["text"][:400]
+                    s["examples"][rule].append({"id": doc_id, "reason": reason, "snippet": snippet})
+                continue
+            writer.write({"id": doc_id, "source": name, "doc_type": doc_type, "text": r["text"]})
+            s["docs_kept"] += 1
+            s["chars_kept"] += len(r["text"])
+            lengths_kept.append(len(r["text"]))
+            kept_bytes += len(r["text"].encode("utf-8"))
+        bar.update(len(batch))
+        if kept_bytes >= byte_limit:
+            s["limit_reached"] = True
+            log(f"[{name}] collected {kept_bytes:,} curated bytes, enough for its share of "
+                f"target_tokens; stopping this source (collect_bytes_per_token=0 takes all)")
+            break
+    bar.close()
+    writer.close()
+    if hasattr(documents, "close"):
+        documents.close()
+    s["length_histogram_in"] = _histogram(lengths_in)
+    s["length_histogram_kept"] = _histogram(lengths_kept)
+    if s["docs_kept"] == 0:
+        raise SystemExit(f"error: source {name!r} kept no documents out of {s['docs_in']} "
+                         f"(dropped: {dict(s['dropped'])}, skipped: {dict(s['skipped'])}); "
+                         "check its paths or loosen the filters")
+    return s
+
+
+class Deduplicator:
+    """Exact (hash of normalised text) and near-duplicate (MinHash LSH) checks against every document
+    kept so far, across all sources."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.exact_seen = set()
+        self.lsh = MinHashLSH(threshold=cfg["minhash_threshold"], num_perm=cfg["minhash_num_perm"])
+
+    def check(self, key, result):
+        """(rule, reason) if the processed document duplicates a kept one; else remember it, None."""
+        if self.cfg["dedup_exact"]:
+            if result["exact_key"] in self.exact_seen:
+                return "exact_duplicate", "same normalised text as an earlier document"
+            self.exact_seen.add(result["exact_key"])
+        minhash = MinHash(num_perm=self.cfg["minhash_num_perm"], seed=1, scheme="affine32",
+                          hashvalues=result["minhash"])
+        similar = self.lsh.query(minhash)
+        if similar:
+            return "near_duplicate", f"Jaccard >= ~{self.cfg['minhash_threshold']} with {min(similar)}"
+        self.lsh.insert(key, minhash)
+        return None
+
+
+def curate(cfg, source_specs, out):
+    """Stages 1-5: stream every source through clean, filter and dedup into curated/ shards."""
+    tmp = out / "curated.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    total_weight = sum(s["weight"] for s in source_specs)
+    dedup = Deduplicator(cfg)
+    pool = Pool(cfg["workers"], _init_worker, (cfg,)) if cfg["workers"] > 1 else None
+    _init_worker(cfg)
+
+    def process(batch):  # 128 documents per task: the toxicity classifier has a cost per call
+        tasks = list(batched(batch, 128))
+        results = pool.map(process_batch, tasks) if pool else map(process_batch, tasks)
+        return [r for rs in results for r in rs]
+
+    stats = {}
+    try:
+        for spec in source_specs:
+            byte_limit = math.inf
+            if cfg["collect_bytes_per_token"] > 0:
+                byte_limit = (spec["weight"] / total_weight * cfg["target_tokens"]
+                              * cfg["collect_bytes_per_token"])
+            stats[spec["name"]] = curate_source(cfg, spec, tmp, process, dedup, byte_limit)
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+    atomic.write_text(tmp / "stats.json", json.dumps(stats, indent=1, sort_keys=True, default=dict))
+    shutil.rmtree(out / "curated", ignore_errors=True)
+    os.replace(tmp, out / "curated")
+    return stats
