@@ -247,3 +247,18 @@ def test_log_jsonl_holds_every_logged_step_and_evaluation(data_root, tmp_path):
     assert [r["iter"] for r in steps] == [2, 4, 6, 8, 10]
     assert all(r["tokens_per_s"] > 0 and r["loss"] > 0 and r["mfu"] is None for r in steps)
     assert [{k: v for k, v in r.items() if k not in ("kind", "time")} for r in evals] == ckpt["history"]
+
+
+def test_benchmarks_time_train_py_own_step(monkeypatch):
+    """bench.py's training-step figures come from train.set_up and train.train_step, not a copy."""
+    from benchmarks.common import training_step
+    calls = []
+    real_step = train.train_step
+    monkeypatch.setattr(train, "train_step", lambda run: calls.append(run) or real_step(run))
+    model = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, dropout=0.0, bias=False, vocab_size=300)
+    step, tokens, _, run = training_step(model, batch=2, attention="eager")
+    before = [p.detach().clone() for p in run.raw_model.parameters()]
+    step()
+    assert tokens == 2 * 16 and len(calls) == 3 and all(c is run for c in calls)
+    assert run.raw_model.config.vocab_size == 300 and run.raw_model.config.attention == "eager"
+    assert any(not torch.equal(a, p) for a, p in zip(before, run.raw_model.parameters()))

@@ -1,0 +1,228 @@
+"""bench.py model: on CPU, train.py's training step (tokens/s per attention and compile setting,
+where its time goes), the loss's memory, and batch-1 generation against the memory-bandwidth limit."""
+
+import os
+import statistics
+import time
+
+from benchmarks.common import SMALL, interleaved_rates, machine, mini_lm, training_step
+
+
+def sgemm_gflops(n=2048, repeats=5):
+    """The CPU's float32 matrix-multiply throughput (GFLOP/s) on a large square product."""
+    import torch
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def step_time_breakdown(model_kwargs, batch, steps=3):
+    """Where an eager float32 training step's time goes (profiler self time): the Linear layers'
+    matrix products, attention (sdpa, forward and backward) and everything else; plus the
+    matrix products' GFLOP/s (6 x tokens x Linear weights per step, forward and backward)."""
+    import torch.nn as nn
+    from torch.profiler import profile
+    step, tokens, _, run = training_step(model_kwargs, batch)
+    model = run.raw_model
+    with profile() as prof:
+        for _ in range(steps):
+            step()
+    shares = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        kind = ("matmul" if event.key in ("aten::mm", "aten::addmm", "aten::bmm") else
+                "attention" if "scaled_dot_product" in event.key else "other")
+        shares[kind] += event.self_cpu_time_total / 1e6 / steps  # seconds per step
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    gflops = 6 * tokens * linear / shares["matmul"] / 1e9
+    return shares, gflops
+
+
+def saved_for_backward_bytes(loss_fn, logits, targets):
+    """Bytes that a loss keeps alive between forward and backward, beyond its inputs."""
+    import torch
+    inputs = {logits.untyped_storage().data_ptr(), targets.untyped_storage().data_ptr()}
+    saved = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in inputs:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss_fn(logits, targets)
+    return sum(saved.values())
+
+
+def weight_bytes_per_token(model):
+    """Bytes of weights one batch-1 decoding step reads: every matrix once (the tied embedding is
+    read as the LM head), plus one position-embedding row."""
+    import torch.nn as nn
+    linear = sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
+                 if isinstance(m, nn.Linear))
+    return linear + model.config.n_embd * model.lm_head.weight.element_size()
+
+
+def matvec_bandwidth(dtype, megabytes=168, repeats=20):
+    """Best GB/s of a vector-matrix product over a weight of that size, in both memory layouts."""
+    import torch
+    k = 2560
+    n = int(megabytes * 1e6 / (k * torch.tensor([], dtype=dtype).element_size()))
+    w = torch.randn(n, k).to(dtype)
+    x = torch.randn(1, k).to(dtype)
+    best = 0.0
+    for weight in (w, w.t().contiguous().t()):
+        for _ in range(3):
+            torch.nn.functional.linear(x, weight)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            torch.nn.functional.linear(x, weight)
+        best = max(best, w.numel() * w.element_size() * repeats / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def weights_only_rate(model, repeats=10):
+    """Decoding steps/s if a step did nothing but multiply one vector by each of the model's weight
+    matrices, in its own layout: the floor of its weight reads, which attention, LayerNorm, GELU and
+    Python add to. Median of repeats; the weights (191 MB for mini_lm) do not fit in cache."""
+    import torch
+    import torch.nn as nn
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    vectors = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in weights}
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            for w in weights:
+                torch.nn.functional.linear(vectors[w.shape[1]], w)
+            times.append(time.perf_counter() - t0)
+    return 1 / statistics.median(times[1:])
+
+
+def bench_model_cpu(quick=False):
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # only the loss-memory check runs a kernel on CPU
+    import torch
+
+    import kernels
+    print(f"machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    # generation first, in a process that has run nothing else yet, as in serve.py or eval.py (after
+    # the compiled training steps below it ran slower and less steadily: BENCHMARKS.md)
+    bench_generation_cpu(quick)
+    steps = 2 if quick else 8
+    small = dict(SMALL, block_size=32) if quick else SMALL
+    batch = 2 if quick else 16
+
+    print("\nTraining step, float32, batch "
+          f"{batch} x {small['block_size']}, {small['n_layer']} layers x {small['n_embd']}:\n")
+    print("| vocab | attention | mode | tokens/s | first step | vs eager sdpa |\n|---:|---|---|---:|---:|---:|")
+    eager_rate = {}
+    for vocab in (222, 32000):
+        settings = [("sdpa", False), ("eager", False), ("triton", False), ("sdpa", True)]
+        if vocab == 32000:
+            settings = [("sdpa", False), ("sdpa", True)]
+        steps_by_setting, firsts = {}, {}
+        for attention, compile_ in settings:
+            step, tokens, firsts[attention, compile_], _ = training_step(
+                dict(small, vocab_size=vocab), batch, compile=compile_, attention=attention)
+            steps_by_setting[attention, compile_] = (step, tokens)
+        rates = interleaved_rates(steps_by_setting, steps)
+        base = eager_rate[vocab] = rates["sdpa", False]
+        for (attention, compile_), rate in rates.items():
+            print(f"| {vocab:,} | {attention} | {'compiled' if compile_ else 'eager'} | {rate:,.0f} | "
+                  f"{firsts[attention, compile_]:.1f} s | {rate / base:.2f}x |", flush=True)
+        del steps_by_setting
+
+    shares, gflops = step_time_breakdown(dict(small, vocab_size=222), batch, 1 if quick else 3)
+    total = sum(shares.values())
+    peak = sgemm_gflops(512 if quick else 2048)
+    print(f"\nWhere an eager step's time goes at vocab 222 (profiler, {total * 1e3:.0f} ms/step "
+          f"profiled): Linear matrix products {shares['matmul'] / total:.0%}, attention "
+          f"{shares['attention'] / total:.0%}, everything else {shares['other'] / total:.0%}. The "
+          f"matrix products run at {gflops:.0f} GFLOP/s against {peak:.0f} GFLOP/s for a "
+          f"{512 if quick else 2048}-square float32 product in this run, so even a compiler that "
+          f"removed all the rest would make the step at most {total / (total - shares['other']):.2f}x"
+          f" faster.")
+
+    print("\nLoss at vocab 32,000 (float32 logits):\n")
+    n, v = (64, 32000) if quick else (batch * small["block_size"], 32000)
+    logits = torch.randn(n, v, requires_grad=True)
+    targets = torch.randint(v, (n,))
+    for _ in range(2):
+        t0 = time.perf_counter()
+        torch.nn.functional.cross_entropy(logits, targets).backward()
+        dt = time.perf_counter() - t0
+    torch_saved = saved_for_backward_bytes(
+        lambda a, b: torch.nn.functional.cross_entropy(a, b), logits[:8], targets[:8])
+    fused_saved = saved_for_backward_bytes(
+        lambda a, b: kernels.cross_entropy(a, b, backend="triton"),
+        logits[:8].detach().requires_grad_(), targets[:8])
+    print(f"- PyTorch cross-entropy forward+backward over {n:,} x {v:,} logits: {dt * 1e3:.0f} ms.")
+    print(f"- Kept for backward per token: PyTorch {torch_saved / 8:,.0f} bytes (the log-probabilities),"
+          f" fused kernel {fused_saved / 8:,.0f} bytes (one log-sum-exp): at {n:,} tokens that is "
+          f"{torch_saved / 8 * n / 1e6:,.0f} MB against {fused_saved / 8 * n / 1e3:,.1f} kB.")
+
+    # last, because it cannot be undone in this process: what train.py does on CPU by default
+    import cpu_memory
+    if cpu_memory.keep_freed_memory():
+        print("\nVocab 32,000 again, with freed memory kept in the process (cpu_memory.py, train.py's "
+              "default on CPU), the two settings timed in turns:\n")
+        print("| vocab | attention | mode | tokens/s | vs eager sdpa above |\n|---:|---|---|---:|---:|")
+        steps_by_setting = {compile_: training_step(dict(small, vocab_size=32000), batch,
+                                                    compile=compile_)[:2]
+                            for compile_ in (False, True)}
+        for compile_, rate in interleaved_rates(steps_by_setting, steps).items():
+            print(f"| 32,000 | sdpa | {'compiled' if compile_ else 'eager'} | {rate:,.0f} | "
+                  f"{rate / eager_rate[32000]:.2f}x |", flush=True)
+
+
+def bench_generation_cpu(quick=False):
+    """Batch-1 generation tokens/s of the mini_lm size against its memory-bandwidth limit."""
+    import torch
+
+    from model import GPT, GPTConfig, KVCache
+    print("\nGeneration, batch 1, mini_lm size (random weights), 16-token prompt:\n")
+    new = 20 if quick else 500
+    config = dict(mini_lm(), n_layer=2) if quick else mini_lm()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**config)).eval()
+    limits = {}
+    print("| weights | KV cache | new tokens | tokens/s (median) | runs | memory-bound limit | "
+          "share of limit | weight products alone | share of those |\n"
+          "|---|---|---:|---:|---|---:|---:|---:|---:|")
+    for dtype, use_cache in ((torch.float32, True), (torch.float32, False), (torch.bfloat16, True)):
+        model = model.to(dtype).optimize_for_decoding()
+        if dtype not in limits:
+            limits[dtype] = matvec_bandwidth(dtype) * 1e9 / weight_bytes_per_token(model)
+        model.generate([[1] * 16], 3, temperature=0, use_cache=use_cache)
+        rates, floors = [], []
+        for _ in range(3 if use_cache else 1):  # uncached is slow, and its figure is far off anyway
+            floors.append(weights_only_rate(model))  # beside each run: this machine's speed drifts
+            t0 = time.perf_counter()
+            out = model.generate([[1] * 16], new, temperature=0, use_cache=use_cache)
+            rates.append(len(out[0]) / (time.perf_counter() - t0))
+        rate, floor = statistics.median(rates), statistics.median(floors)
+        print(f"| {str(dtype).split('.')[1]} | {'yes' if use_cache else 'no'} | {len(out[0])} | "
+              f"{rate:,.1f} | {', '.join(f'{r:,.1f}' for r in rates)} | {limits[dtype]:,.0f} | "
+              f"{rate / limits[dtype]:.0%} | {floor:,.0f} | {rate / floor:.0%} |", flush=True)
+    cfg = model.config
+    kv_bytes = cfg.n_layer * 2 * cfg.n_embd * (16 + new / 2) * 4  # fp32 cache, mean position
+    print(f"\n(limit = best matrix-vector bandwidth measured in this run / "
+          f"{weight_bytes_per_token(model.float()) / 1e6:.0f} MB of fp32 weights read per token; "
+          f"the KV cache adds {kv_bytes / 1e6:.1f} MB per token on average over {new} new tokens, "
+          f"not counted in the limit)")
+    model = model.float().optimize_for_decoding()
+    prompt = torch.randint(cfg.vocab_size, (1, min(1000, cfg.block_size - 1)))
+    prefill = {False: [], True: []}
+    with torch.inference_mode():
+        for _ in range(3):
+            for last_only in (False, True):  # in turns
+                t0 = time.perf_counter()
+                model(prompt, cache=KVCache(cfg, 1, "cpu", torch.float32), last_only=last_only)
+                prefill[last_only].append(time.perf_counter() - t0)
+    every, last = statistics.median(prefill[False]), statistics.median(prefill[True])
+    print(f"\nPrefill of a {prompt.shape[1]}-token prompt (float32, the time to a first token): "
+          f"{last * 1e3:,.0f} ms with the LM head on the last position only (what generation "
+          f"does), {every * 1e3:,.0f} ms with every position's logits: {every / last:.2f}x.")

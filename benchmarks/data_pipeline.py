@@ -1,0 +1,139 @@
+"""bench.py prepare: the data pipeline's stages timed on the offline default corpus (data/demo)."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+from benchmarks.common import machine
+
+
+def row(what, seconds, docs=None, chars=None, note=""):
+    rate = []
+    if docs:
+        rate.append(f"{docs / seconds:,.0f} docs/s")
+    if chars:
+        rate.append(f"{chars / seconds / 1e6:.2f} MB/s")
+    print(f"| {what} | {seconds:.2f} s | {', '.join(rate)} | {note} |", flush=True)
+
+
+def bench_prepare(args):
+    # imported here: the GPU machine lacks some of the data pipeline's packages
+    import curate
+    import prepare
+    import sources
+    from tokenizer import Tokenizer, count_chunks_parallel, train_bpe
+    cfg = {key: default for key, (default, _) in prepare.SPEC.items()}
+    data = Path(cfg["data_root"]) / cfg["dataset"]
+    if not (data / "curated" / "stats.json").exists():
+        raise SystemExit(f"run `python prepare.py` first: {data}/curated is missing")
+    specs = sources.resolve_sources(cfg["sources"])
+    print(f"machine: {machine()}\n")
+    print("| stage | time | rate | note |\n|---|---:|---:|---|")
+
+    # 1. collect alone (reading files and JSON)
+    t0 = time.perf_counter()
+    items = [item for spec in specs for item in sources.iter_source(spec, lambda *a: None)]
+    t_collect = time.perf_counter() - t0
+    raw_chars = sum(len(r) for _, _, r in items)
+    row("collect (read files + JSON)", t_collect, len(items), raw_chars, "1 process")
+
+    # 2. clean + filter + MinHash signatures, one process (process_batch is what the workers run)
+    import filters
+    t0 = time.perf_counter()
+    texts = []
+    for batch in curate.batched(items, 128):
+        cleaned = [filters.clean(raw, doc_type, pii=True) for _, doc_type, raw in batch]
+        filters.filter_batch(cleaned, [d for _, d, _ in batch], cfg)
+        texts.extend(cleaned)
+    t_filter = time.perf_counter() - t0
+    row("clean + quality filters", t_filter, len(items), raw_chars, "1 process")
+
+    # where the filtering time goes: each rule on its own over the same cleaned documents
+    t0 = time.perf_counter()
+    for _, doc_type, raw in items:
+        filters.clean(raw, doc_type, pii=True)
+    per_rule = {"clean (incl. PII)": time.perf_counter() - t0}
+    for name in dict.fromkeys([*filters.PROSE_RULES, *filters.CODE_RULES]):
+        if name == "toxicity":
+            continue
+        t0 = time.perf_counter()
+        for text, (_, doc_type, _) in zip(texts, items):
+            if name in filters.RULES[doc_type]:
+                filters.RULES[doc_type][name](text, cfg)
+        per_rule[name] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for batch in curate.batched(texts, 128):
+        filters.toxicity_scores(batch)
+    per_rule["toxicity (batches of 128)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for text in texts[:2000]:
+        filters.toxicity_scores([text])
+    per_rule["toxicity (one call per doc, extrapolated)"] = (time.perf_counter() - t0) * len(texts) / 2000
+    top = sorted(per_rule.items(), key=lambda kv: -kv[1])
+    print("|  where clean + filter time goes (all documents, each rule alone) | | | "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in top if v >= 0.1) + " |")
+
+    from datasketch import MinHash, MinHashLSH
+    lsh = MinHashLSH(threshold=cfg["minhash_threshold"], num_perm=cfg["minhash_num_perm"])
+    t0 = time.perf_counter()
+    for i, text in enumerate(texts):
+        m = MinHash(num_perm=cfg["minhash_num_perm"], seed=1, scheme="affine32")
+        m.update_batch([s.encode() for s in curate.shingles(text, cfg["minhash_shingle_words"])])
+        if not lsh.query(m):
+            lsh.insert(str(i), m)
+    t_minhash = time.perf_counter() - t0
+    row("MinHash signatures + LSH query/insert", t_minhash, len(texts), sum(map(len, texts)),
+        f"{cfg['minhash_num_perm']} perms, {cfg['minhash_shingle_words']}-word shingles, 1 process")
+
+    # 3. the whole curate stage as prepare.py runs it
+    for workers in (1, os.cpu_count()):
+        bench_cfg = {**cfg, "data_root": str(data.parent / "bench"), "workers": workers}
+        out = Path(bench_cfg["data_root"]) / cfg["dataset"]
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        curate.curate(bench_cfg, specs, out)
+        row("curate stage (collect+clean+filter+dedup+shards)", time.perf_counter() - t0,
+            len(items), raw_chars, f"workers={workers}")
+
+    # 4. tokenizer training on the default sample
+    stats = json.loads((data / "curated" / "stats.json").read_text())
+    sample = list(prepare.tokenizer_sample(cfg, specs, data / "curated", stats))
+    sample_chars = sum(map(len, sample))
+    workers = os.cpu_count()
+    t0 = time.perf_counter()
+    chunks = count_chunks_parallel(sample, cfg["tokenizer_pattern"], workers)
+    t_split = time.perf_counter() - t0
+    tokens = train_bpe(chunks, cfg["vocab_size"])
+    t_merge = time.perf_counter() - t0 - t_split
+    ours = t_split + t_merge
+    row("BPE: regex pre-split + count", t_split, None, sample_chars,
+        f"{len(chunks):,} unique chunks, workers={workers}")
+    row(f"BPE: {len(tokens) - 256:,} merges", t_merge, None, None, "vocab "
+        f"{cfg['vocab_size']:,}")
+    row("BPE training, ours in total", ours, None, sample_chars)
+    if args.hf:
+        from tokenizers import Regex, Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(cfg["tokenizer_pattern"]), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        trainer = trainers.BpeTrainer(vocab_size=cfg["vocab_size"], special_tokens=["<|endoftext|>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        t0 = time.perf_counter()
+        hf.train_from_iterator(sample, trainer)
+        t_hf = time.perf_counter() - t0
+        row("BPE training, HF tokenizers (Rust)", t_hf, None, sample_chars,
+            f"vocab {hf.get_vocab_size():,}; ours/HF = {ours / t_hf:.1f}x")
+
+    # 5. encoding with tiktoken through our Encoding
+    tok = Tokenizer.load(data / "tokenizer.json")
+    corpus = [d["text"] for spec in specs for d in curate.iter_curated(data / "curated", spec["name"])]
+    corpus_bytes = sum(len(t.encode("utf-8")) for t in corpus)
+    for threads in (1, os.cpu_count()):
+        t0 = time.perf_counter()
+        n_tokens = sum(map(len, tok.encode_batch(corpus, threads)))
+        dt = time.perf_counter() - t0
+        print(f"| tiktoken encode, {threads} thread(s) | {dt:.2f} s | {corpus_bytes / dt / 1e6:.1f} MB/s"
+              f" | {n_tokens:,} tokens, {corpus_bytes / n_tokens:.2f} bytes/token |", flush=True)
