@@ -97,18 +97,6 @@ def left_pad(prompts, device):
     return idx, pad
 
 
-def attention_mask(tq, tk, pad_lengths, device):
-    """Boolean (B or 1, 1, Tq, Tk) mask: causal, no left padding, and every query sees itself (so a
-    padding query has one visible key and never produces NaN)."""
-    q_pos = torch.arange(tk - tq, tk, device=device)[:, None]
-    k_pos = torch.arange(tk, device=device)[None, :]
-    mask = k_pos <= q_pos
-    if pad_lengths is not None:
-        mask = mask & ((k_pos >= pad_lengths.view(-1, 1, 1)) | (k_pos == q_pos))
-        return mask[:, None]
-    return mask[None, None]
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer):
         super().__init__()
@@ -120,8 +108,8 @@ class CausalSelfAttention(nn.Module):
         self.implementation, self.backend = config.attention, config.kernels
 
     def forward(self, x, cache=None, pad_lengths=None, mask=None):
-        """mask: attention_mask() for this step, or None when causality alone decides (no padding,
-        and either no cache or a single new token, which may see every cached key)."""
+        """mask: kernels.attention_mask() for this step, or None when causality alone decides (no
+        padding, and either no cache or a single new token, which may see every cached key)."""
         b, t, c = x.shape
         qkv = self.c_attn(x).view(b, t, 3, self.n_head, c // self.n_head)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (b, n_head, t, head_size)
@@ -139,7 +127,7 @@ class CausalSelfAttention(nn.Module):
                 probs = kernels.causal_softmax(scores, scale, pad_lengths, self.backend)
             else:
                 if mask is None and t > 1:
-                    mask = attention_mask(t, k.shape[2], None, x.device)
+                    mask = kernels.attention_mask(t, k.shape[2], None, x.device)
                 scores = scores * scale
                 probs = torch.softmax(scores if mask is None else
                                       scores.masked_fill(~mask, float("-inf")), dim=-1)
@@ -237,7 +225,7 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         mask = None  # built once for all layers, and only when causality alone does not decide
         if pad_lengths is not None or (start > 0 and t > 1):
-            mask = attention_mask(t, start + t, pad_lengths, idx.device)
+            mask = kernels.attention_mask(t, start + t, pad_lengths, idx.device)
         for block in self.transformer.h:
             if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, cache, pad_lengths, mask, use_reentrant=False)

@@ -5,8 +5,10 @@ with a fake (shape) implementation and an autograd formula, so torch.compile tre
 differentiable node instead of breaking the graph.
 
 The functions below are what model.py calls. backend="auto" uses Triton for CUDA tensors on GPUs of
-compute capability 8.0 or newer (Triton's supported targets) and PyTorch for everything else; "triton" forces the kernels (on CPU that needs TRITON_INTERPRET=1 in the
-environment before this package is imported: the tests do that); "torch" forces PyTorch.
+compute capability 8.0 or newer (Triton's supported targets) and PyTorch for everything else;
+"triton" forces the kernels (on CPU that needs TRITON_INTERPRET=1 in the environment before this
+package is imported: the tests do that); "torch" forces PyTorch. Which keys a query may see, padding
+rows included, is one rule for every path: attention_mask() below.
 """
 
 import os
@@ -61,22 +63,32 @@ def layer_norm_torch(x, weight, bias, eps=1e-5):
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
-def causal_softmax_torch(scores, scale, pad_lengths=None):
-    """softmax(scale * scores) over the last dim, with causal and left-padding masks.
+def attention_mask(tq, tk, pad_lengths, device):
+    """Which keys each query may see, as a boolean (B or 1, 1, Tq, Tk) mask: the one rule for every
+    attention path (sdpa and eager in model.py, causal_softmax_torch here, and the Triton kernel's
+    _visible, which applies it without building the mask).
 
-    scores: (B, H, Tq, Tk) where the Tq queries are the last Tq of the Tk positions (a KV cache
-    holds the first Tk - Tq). pad_lengths: (B,) number of left-padding positions per sequence, which
-    no query may attend to. Rows with no key to attend to (padding queries) come out as zeros.
+    The Tq queries are the last Tq of the Tk positions (a KV cache holds the first Tk - Tq), so
+    query i sits at position p = Tk - Tq + i. It sees key j when j <= p (causal) and j is not left
+    padding (j >= pad_lengths[b]), except that a padding query sees itself: every row then has a
+    visible key, so no softmax is taken over nothing (NaN). What padding rows compute is never read.
     """
-    tq, tk = scores.shape[-2:]
-    q_pos = torch.arange(tk - tq, tk, device=scores.device)[:, None]
-    k_pos = torch.arange(tk, device=scores.device)[None, :]
-    allowed = (k_pos <= q_pos)[None, None]
+    q_pos = torch.arange(tk - tq, tk, device=device)[:, None]
+    k_pos = torch.arange(tk, device=device)[None, :]
+    mask = k_pos <= q_pos
     if pad_lengths is not None:
-        allowed = allowed & (k_pos[None, None] >= pad_lengths.view(-1, 1, 1, 1))
+        mask = mask & ((k_pos >= pad_lengths.view(-1, 1, 1)) | (k_pos == q_pos))
+        return mask[:, None]
+    return mask[None, None]
+
+
+def causal_softmax_torch(scores, scale, pad_lengths=None):
+    """softmax(scale * scores) over the last dim of (B, H, Tq, Tk) scores, keys masked by
+    attention_mask(); pad_lengths: (B,) left-padding positions per sequence, or None."""
+    tq, tk = scores.shape[-2:]
+    allowed = attention_mask(tq, tk, pad_lengths, scores.device)
     logits = (_at_least_fp32(scores) * scale).masked_fill(~allowed, float("-inf"))
-    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # rows with no allowed key: zeros
-    return probs.to(scores.dtype)
+    return torch.softmax(logits, dim=-1).to(scores.dtype)
 
 
 def cross_entropy_torch(logits, targets, ignore_index=-100):

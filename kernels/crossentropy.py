@@ -1,16 +1,22 @@
 """Fused softmax cross-entropy over the vocabulary, forward and backward.
 
-Forward: one program per row (token) walks the vocabulary in BLOCK-wide chunks with an online
-log-sum-exp (running max, rescaled running sum), so no probability matrix is ever written: it keeps
-one fp32 log-sum-exp per row. Backward: the gradient (softmax - one_hot) * grad / n_valid is computed
-chunk by chunk from that log-sum-exp and written straight into the logits' dtype. Rows whose target
-is ignore_index contribute nothing; the mean is over the other rows (PyTorch's semantics, NaN when
-every row is ignored).
+For one token with logits x (V of them) and target t:
+    loss = lse - x[t],   where lse = log(sum_j exp(x_j)) is the log-sum-exp of the row
+    dloss/dx_j = softmax(x)_j - [j == t] = exp(x_j - lse) - [j == t]
+
+Forward: one program per row walks the vocabulary in BLOCK-wide chunks with an online log-sum-exp
+(kernels/logsumexp.py), so no probability matrix is ever written; it keeps one fp32 lse per row for
+the backward. Backward: the gradient is rebuilt chunk by chunk from the logits and that lse, scaled
+by grad_output / n_valid (the loss is a mean), and written straight into the logits' dtype. Rows
+whose target is ignore_index contribute nothing; the mean is over the other rows (PyTorch's
+semantics, NaN when every row is ignored).
 """
 
 import torch
 import triton
 import triton.language as tl
+
+from kernels.logsumexp import combine_lanes, online_update
 
 BLOCK = 4096
 
@@ -21,18 +27,17 @@ def _cross_entropy_fwd_kernel(Logits, Targets, Loss, Lse, stride, V, ignore_inde
     row = tl.program_id(0).to(tl.int64)
     Logits += row * stride
     target = tl.load(Targets + row)
+    # lse = m + log(s): the row's max m and s = sum(exp(x - m)), chunk by chunk
     m_lane = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
     s_lane = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, V, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         x = tl.load(Logits + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
-        m_new = tl.maximum(m_lane, x)
-        safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        s_lane = s_lane * tl.exp(m_lane - safe) + tl.exp(x - safe)
-        m_lane = m_new
-    m = tl.max(m_lane, axis=0)
-    lse = m + tl.log(tl.sum(s_lane * tl.exp(m_lane - m), axis=0))
+        m_lane, s_lane = online_update(m_lane, s_lane, x)
+    m, s = combine_lanes(m_lane, s_lane)
+    lse = m + tl.log(s)
     tl.store(Lse + row, lse)
+    # loss = lse - x[target], or 0 for an ignored row
     if target == ignore_index:
         tl.store(Loss + row, 0.0)
     else:
@@ -54,6 +59,7 @@ def _cross_entropy_bwd_kernel(Logits, Targets, Lse, Grad, DLogits, stride, V, ig
         cols = start + tl.arange(0, BLOCK)
         mask = cols < V
         x = tl.load(Logits + cols, mask=mask, other=0.0).to(tl.float32)
+        # softmax(x) - one_hot(target), times d(mean loss)/d(row loss)
         p = tl.exp(x - lse) - tl.where(cols == target, 1.0, 0.0)
         dx = tl.where(ignored, 0.0, p * g)
         tl.store(DLogits + cols, dx.to(DLogits.dtype.element_ty), mask=mask)

@@ -1,10 +1,20 @@
 """Fused LayerNorm, forward and backward, for any width; fp32/bf16/fp16 inputs, fp32 statistics.
 
+For one row x of N values, weight w and bias b:
+    mean = sum(x) / N,   var = sum((x - mean)^2) / N,   rstd = 1 / sqrt(var + eps)
+    xhat = (x - mean) * rstd,   y = xhat * w + b
+
 Forward: one program per row; the row is read in BLOCK-wide chunks (one chunk for widths up to
-BLOCK), mean and 1/std are computed in fp32 and kept for the backward pass.
-Backward: dx row by row (two reductions, then the update); dweight and dbias as column sums of
-dy * xhat and dy, computed in two stages: each program sums a tile of rows into a partial row, and
-torch adds the partials. This needs no atomics or locks and gives the same bits on every run.
+BLOCK): a pass for the mean, a pass for the variance (two passes, not sum(x^2) - mean^2, which
+loses precision when the mean is large), and a pass that writes y. mean and rstd are kept for the
+backward pass.
+
+Backward, with dy = dL/dy and g = w * dy:
+    dx = rstd * (g - xhat * mean(g * xhat) - mean(g))      (row by row: two sums, then dx)
+    dw = sum over rows of dy * xhat,   db = sum over rows of dy
+dw and db are column sums over all rows, in two stages: each program sums a tile of rows into a
+partial row, and torch adds the partials. This needs no atomics or locks and gives the same bits on
+every run.
 """
 
 import torch
@@ -24,11 +34,13 @@ def _layer_norm_fwd_kernel(X, W, B, Y, Mean, Rstd, stride, N, eps,
     row = tl.program_id(0).to(tl.int64)
     X += row * stride
     Y += row * stride
+    # pass 1: mean
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, N, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         acc += tl.load(X + cols, mask=cols < N, other=0.0).to(tl.float32)
     mean = tl.sum(acc, axis=0) / N
+    # pass 2: variance about that mean (the padding columns past N are not x - mean: zeroed)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, N, BLOCK):
         cols = start + tl.arange(0, BLOCK)
@@ -38,6 +50,7 @@ def _layer_norm_fwd_kernel(X, W, B, Y, Mean, Rstd, stride, N, eps,
     rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / N + eps)
     tl.store(Mean + row, mean)
     tl.store(Rstd + row, rstd)
+    # pass 3: y = xhat * w + b
     for start in range(0, N, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < N
@@ -56,6 +69,7 @@ def _layer_norm_dx_kernel(DY, X, W, Mean, Rstd, DX, stride, N, BLOCK: tl.constex
     DX += row * stride
     mean = tl.load(Mean + row)
     rstd = tl.load(Rstd + row)
+    # pass 1: c1 = mean(g * xhat), c2 = mean(g), where g = w * dy
     sum_wdy_xhat = tl.zeros([BLOCK], dtype=tl.float32)
     sum_wdy = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, N, BLOCK):
@@ -68,6 +82,7 @@ def _layer_norm_dx_kernel(DY, X, W, Mean, Rstd, DX, stride, N, BLOCK: tl.constex
         sum_wdy += wdy
     c1 = tl.sum(sum_wdy_xhat, axis=0) / N
     c2 = tl.sum(sum_wdy, axis=0) / N
+    # pass 2: dx = rstd * (g - xhat * c1 - c2)
     for start in range(0, N, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < N
@@ -82,6 +97,8 @@ def _layer_norm_dx_kernel(DY, X, W, Mean, Rstd, DX, stride, N, BLOCK: tl.constex
 def _layer_norm_dwdb_kernel(DY, X, Mean, Rstd, DW_partial, DB_partial, stride, M, N,
                             ROWS_PER_PROGRAM: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_N: tl.constexpr):
+    # this program: BLOCK_N columns of ROWS_PER_PROGRAM rows, summed BLOCK_M rows at a time into
+    # one partial row of dw (dy * xhat) and of db (dy)
     col_block = tl.program_id(0)
     row_group = tl.program_id(1)
     cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -1,28 +1,42 @@
 """Fused scaled, causal-masked softmax for attention scores, forward and backward.
 
-scores (B, H, Tq, Tk) -> softmax(scale * scores) over keys, where query i may see key j only if
-j <= (Tk - Tq) + i (the queries are the last Tq positions; a KV cache holds the first Tk - Tq) and,
-with left-padded batches, j >= pad_lengths[b]. Masked entries come out as exactly 0, and a row with no
-visible key (a padding query) is all zeros instead of NaN.
+scores (B, H, Tq, Tk) -> y = softmax(scale * scores) over the keys. The queries are the last Tq of
+the Tk positions (a KV cache holds the first Tk - Tq), so query i sits at position p = Tk - Tq + i
+and may see key j when
 
-One program per row, fp32 arithmetic. Rows up to BLOCK wide are loaded once; wider rows take an
-online max/sum pass and a write pass. Backward: dx = scale * y * (dy - sum(dy * y)).
+    j <= p                          (causal)
+    j >= pad_lengths[b] or j == p   (left padding is invisible; a padding query sees only itself)
+
+which is kernels.attention_mask's rule, the one model.py gives sdpa and eager attention: every row
+has a visible key, so no row is empty and none is NaN. Masked entries come out as exactly 0.
+
+Forward, one program per row, in fp32 whatever the input dtype:
+    x = scale * scores (masked entries -inf),  m = max(x),  s = sum(exp(x - m)),  y = exp(x - m) / s
+Rows up to BLOCK wide are loaded once. Wider rows take two passes: an online log-sum-exp
+(kernels/logsumexp.py) for m and s, then a pass that writes y.
+
+Backward, from the saved output y alone: with dy = dL/dy,
+    dL/dx = y * (dy - sum(dy * y)),   and dL/dscores = scale * dL/dx
+(the softmax Jacobian is diag(y) - y y^T); masked entries have y = 0, so their gradient is 0.
 """
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels.logsumexp import combine_lanes, online_update
+
 MAX_BLOCK = 4096
 
 
 @triton.jit
 def _visible(cols, row, Pad, Tq, Tk, H, HAS_PAD: tl.constexpr):
-    i = row % Tq
-    visible = (cols < Tk) & (cols <= (Tk - Tq) + i)
+    """Which of the columns cols the row's query may see (the rule in the module docstring)."""
+    position = (Tk - Tq) + row % Tq
+    visible = (cols < Tk) & (cols <= position)
     if HAS_PAD:
         b = row // (H * Tq)
-        visible = visible & (cols >= tl.load(Pad + b))
+        visible = visible & ((cols >= tl.load(Pad + b)) | (cols == position))
     return visible
 
 
@@ -33,36 +47,30 @@ def _softmax_fwd_kernel(X, Y, Pad, scale, Tq, Tk, H,
     X += row * Tk
     Y += row * Tk
     if ONE_BLOCK:
+        # the whole row in registers: x, its max m, e = exp(x - m) (0 where masked), y = e / sum(e)
         cols = tl.arange(0, BLOCK)
         visible = _visible(cols, row, Pad, Tq, Tk, H, HAS_PAD)
         x = tl.load(X + cols, mask=visible, other=float("-inf")).to(tl.float32) * scale
-        m = tl.max(x, axis=0)
-        e = tl.where(visible, tl.exp(x - tl.where(m == float("-inf"), 0.0, m)), 0.0)
-        s = tl.sum(e, axis=0)
-        y = e / tl.where(s > 0, s, 1.0)
+        e = tl.exp(x - tl.max(x, axis=0))
+        y = e / tl.sum(e, axis=0)
         tl.store(Y + cols, y.to(Y.dtype.element_ty), mask=cols < Tk)
     else:
-        # online softmax: running max and rescaled running sum per lane
+        # pass 1: the row's max m and sum s = sum(exp(x - m)), chunk by chunk
         m_lane = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
         s_lane = tl.zeros([BLOCK], dtype=tl.float32)
         for start in range(0, Tk, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             visible = _visible(cols, row, Pad, Tq, Tk, H, HAS_PAD)
             x = tl.load(X + cols, mask=visible, other=float("-inf")).to(tl.float32) * scale
-            m_new = tl.maximum(m_lane, x)
-            safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            s_lane = s_lane * tl.exp(m_lane - safe) + tl.where(visible, tl.exp(x - safe), 0.0)
-            m_lane = m_new
-        m = tl.max(m_lane, axis=0)
-        safe_m = tl.where(m == float("-inf"), 0.0, m)
-        s = tl.sum(s_lane * tl.exp(m_lane - safe_m), axis=0)
-        inv = 1.0 / tl.where(s > 0, s, 1.0)
+            m_lane, s_lane = online_update(m_lane, s_lane, x)
+        m, s = combine_lanes(m_lane, s_lane)
+        # pass 2: y = exp(x - m) / s
+        inv = 1.0 / s
         for start in range(0, Tk, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             visible = _visible(cols, row, Pad, Tq, Tk, H, HAS_PAD)
             x = tl.load(X + cols, mask=visible, other=float("-inf")).to(tl.float32) * scale
-            y = tl.where(visible, tl.exp(x - safe_m) * inv, 0.0)
-            tl.store(Y + cols, y.to(Y.dtype.element_ty), mask=cols < Tk)
+            tl.store(Y + cols, (tl.exp(x - m) * inv).to(Y.dtype.element_ty), mask=cols < Tk)
 
 
 @triton.jit
@@ -71,6 +79,7 @@ def _softmax_bwd_kernel(DY, Y, DX, scale, Tk, BLOCK: tl.constexpr):
     DY += row * Tk
     Y += row * Tk
     DX += row * Tk
+    # pass 1: dot = sum(dy * y); pass 2: dx = scale * y * (dy - dot)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, Tk, BLOCK):
         cols = start + tl.arange(0, BLOCK)

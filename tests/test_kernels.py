@@ -84,7 +84,8 @@ SOFTMAX_CASES = [
     ((2, 2, 3, 7), None),                      # 3 new queries over a 7-key cache
     ((1, 2, 1, 37), None),                     # one decoding step
     ((2, 1, 6, 37), [2, 5]),                   # left padding
-    ((3, 2, 9, 9), [4, 0, 8]),                 # padding queries have no visible key: zeros
+    ((3, 2, 9, 9), [4, 0, 8]),                 # padding queries see only themselves
+    ((2, 1, 5, 300), [120, 0]),                # padding wider than one block (BLOCK 64)
     ((1, 1, 4, 300), None),                    # wider than one block (BLOCK forced to 64 below)
 ]
 
@@ -103,8 +104,24 @@ def test_causal_softmax_fp32(shape, pad, max_block, monkeypatch):
     y.backward(dy)
     y2.backward(dy.double())
     close(x.grad, x2.grad)
-    rows = y.sum(-1)
-    assert torch.all((rows - 1).abs() < 1e-5) or pad is not None  # probabilities sum to one
+    assert torch.all((y.sum(-1) - 1).abs() < 1e-5)  # every row a distribution, padding rows too
+
+
+def test_causal_softmax_kernel_applies_attention_mask_padding_rows_included():
+    """The kernel's in-register mask is kernels.attention_mask, the rule model.py gives sdpa and
+    eager attention: masked keys get exactly 0, a padding query all its weight on itself."""
+    torch.manual_seed(0)
+    pad = torch.tensor([3, 0, 6], device=DEVICE)
+    for tq, tk in ((3, 7), (7, 7)):  # 3 queries over a 7-key cache, then a prefill
+        x = torch.randn(3, 2, tq, tk, device=DEVICE)
+        y = sm_mod.causal_softmax(x, 0.5, pad)
+        mask = kernels.attention_mask(tq, tk, pad, DEVICE)
+        expected = torch.softmax((0.5 * x).masked_fill(~mask, float("-inf")), dim=-1)
+        close(y, expected)
+        assert torch.all(y[~mask.expand_as(y)] == 0)
+    for b, p in enumerate(pad.tolist()):  # the prefill's padding queries
+        for q in range(p):
+            assert torch.all(y[b, :, q, q] == 1) and torch.all(y[b, :, q].sum(-1) == 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

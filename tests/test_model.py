@@ -254,3 +254,22 @@ def test_compile_fullgraph_with_triton_kernels():
     loss.backward()
     for p, p_ref in zip(compiled.parameters(), reference.parameters()):
         torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_attention_paths_agree_on_padded_batches_padding_rows_included():
+    """sdpa, eager and the Triton softmax kernel follow one padding convention (kernels.attention_mask):
+    equal logits on every row, padding rows too, in a prefill and in a cached step."""
+    eager = tiny(torch.float32, attention="eager", kernels="torch").eval()
+    models = {"eager": eager, "sdpa": clone_as(eager, attention="sdpa"),
+              "triton": clone_as(eager, attention="triton", kernels="triton")}
+    idx = torch.randint(1, 61, (3, 9))
+    pad = torch.tensor([0, 4, 8])
+    outputs = {}
+    for name, model in models.items():
+        cache = KVCache(model.config, 3, "cpu", torch.float32)
+        prefill, _ = model(idx[:, :6], cache=cache, pad_lengths=pad)
+        step, _ = model(idx[:, 6:], cache=cache, pad_lengths=pad)
+        outputs[name] = torch.cat([prefill, step], dim=1)
+        assert torch.isfinite(outputs[name]).all(), name
+    for name in ("sdpa", "triton"):
+        torch.testing.assert_close(outputs[name], outputs["eager"], atol=1e-5, rtol=1e-5, msg=name)
