@@ -179,6 +179,36 @@ def evaluate(cfg):
     out_dir = Path(cfg["out_dir"] or Path(cfg["ckpt"]).parent / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    likelihood, baselines = score_likelihood(model, tokenizer, streams, train, cfg, stride, device)
+
+    prompts, references, hypotheses = generation_task(model, tokenizer, streams, cfg, device)
+    generation = score_generations(prompts, references, hypotheses)
+    samples = [{"prompt": p, "reference": r, "generated": h}
+               for p, r, h in list(zip(prompts, references, hypotheses))[:5]]
+    params = model.parameter_breakdown()
+    result = {"checkpoint": str(cfg["ckpt"]), "evaluated_on": label, "stride": stride,
+              "likelihood": likelihood, "baselines": baselines, "generation": generation,
+              "samples": samples, "model": {"parameters": params, "config": ckpt["model_args"]},
+              "training": {"iter_num": ckpt.get("iter_num"), "tokens_seen": ckpt.get("tokens_seen"),
+                           "config": ckpt["config"]}, "eval_config": cfg}
+    atomic.write_text(out_dir / "eval.json", json.dumps(result, indent=1, default=str))
+    write_report(out_dir, result, ckpt.get("history", []))
+    if cfg["tensorboard"]:
+        log_to_tensorboard(out_dir / "tb", ckpt.get("iter_num") or 0, likelihood, generation)
+    print(f"overall perplexity {likelihood['overall']['perplexity']:.2f}, bits per byte "
+          f"{likelihood['overall']['bits_per_byte']:.3f}"
+          + "".join(f"; {k} {v['perplexity']:.2f}, {v['bits_per_byte']:.3f}"
+                    for k, v in baselines.items() if k != "model")
+          + (f"; BLEU {generation['bleu']:.2f}" if "bleu" in generation else "")
+          + (f", ROUGE-L {generation['rougeL']:.3f}" if "rougeL" in generation else "")
+          + f"; wrote {out_dir}/report.md", flush=True)
+    return result
+
+
+def score_likelihood(model, tokenizer, streams, train, cfg, stride, device):
+    """(likelihood, baselines): the model's perplexity and bits per byte on every source and
+    overall, and the same tokens scored by the uniform, unigram and Kneser-Ney baselines (the last
+    two fitted on train, when it is known)."""
     vocab = model.config.vocab_size
     kn = metrics.KneserNey(train, vocab, cfg["ngram_order"]) if train is not None else None
     unigram = metrics.unigram_nll(train, np.arange(vocab), vocab) if train is not None else None
@@ -196,49 +226,29 @@ def evaluate(cfg):
         rows[source] = row
         print(f"{source}: {len(nll):,} tokens, perplexity {row['perplexity']:.2f}, "
               f"bits per byte {row['bits_per_byte']:.3f}", flush=True)
-    model_nll = np.concatenate(all_nll["model"])
-    n_bytes = sum(row["bytes"] for row in rows.values())
-    likelihood = {"overall": {"tokens": len(model_nll), "perplexity": metrics.perplexity(model_nll),
-                              "loss": float(np.mean(model_nll)),
-                              "bits_per_byte": float(np.sum(model_nll) / math.log(2) / max(1, n_bytes))},
-                  "per_source": rows}
-    baselines = {}
-    for name, parts in all_nll.items():
-        if parts and name != "model":
+    n_bytes = max(1, sum(row["bytes"] for row in rows.values()))
+    scores = {}
+    for name, parts in all_nll.items():  # every baseline scores the model's tokens, so the same bytes
+        if parts:
             nll = np.concatenate(parts)
-            baselines[name] = {"perplexity": metrics.perplexity(nll), "loss": float(np.mean(nll))}
-    baselines = {"model": dict(likelihood["overall"]), **baselines}
+            scores[name] = {"tokens": len(nll), "perplexity": metrics.perplexity(nll),
+                            "loss": float(np.mean(nll)),
+                            "bits_per_byte": float(np.sum(nll) / math.log(2) / n_bytes)}
     if train is not None:
-        baselines["kneser_ney"]["order"] = cfg["ngram_order"]
-        baselines["kneser_ney"]["train_tokens"] = len(train)
+        scores["kneser_ney"].update(order=cfg["ngram_order"], train_tokens=len(train))
+    likelihood = {"overall": dict(scores["model"]), "per_source": rows}
+    return likelihood, scores
 
-    prompts, references, hypotheses = generation_task(model, tokenizer, streams, cfg, device)
-    generation = score_generations(prompts, references, hypotheses)
-    samples = [{"prompt": p, "reference": r, "generated": h}
-               for p, r, h in list(zip(prompts, references, hypotheses))[:5]]
-    params = model.parameter_breakdown()
-    result = {"checkpoint": str(cfg["ckpt"]), "evaluated_on": label, "stride": stride,
-              "likelihood": likelihood, "baselines": baselines, "generation": generation,
-              "samples": samples, "model": {"parameters": params, "config": ckpt["model_args"]},
-              "training": {"iter_num": ckpt.get("iter_num"), "tokens_seen": ckpt.get("tokens_seen"),
-                           "config": ckpt["config"]}, "eval_config": cfg}
-    atomic.write_text(out_dir / "eval.json", json.dumps(result, indent=1, default=str))
-    write_report(out_dir, result, ckpt.get("history", []))
-    if cfg["tensorboard"]:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out_dir / "tb"))
-        step = ckpt.get("iter_num") or 0
-        writer.add_scalar("eval/perplexity", likelihood["overall"]["perplexity"], step)
-        for key in ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "distinct_2", "self_bleu",
-                    "repetition_4gram", "coherence", "toxicity_rate"):
-            if key in generation:
-                writer.add_scalar(f"eval/{key}", generation[key], step)
-        writer.close()
-    print(f"overall perplexity {likelihood['overall']['perplexity']:.2f}"
-          + "".join(f", {k} {v['perplexity']:.2f}" for k, v in baselines.items() if k != "model")
-          + (f"; BLEU {generation['bleu']:.2f}" if "bleu" in generation else "")
-          + (f", ROUGE-L {generation['rougeL']:.3f}" if "rougeL" in generation else "") + f"; wrote {out_dir}/report.md", flush=True)
-    return result
+
+def log_to_tensorboard(folder, step, likelihood, generation):
+    from torch.utils.tensorboard import SummaryWriter
+    writer = SummaryWriter(str(folder))
+    writer.add_scalar("eval/perplexity", likelihood["overall"]["perplexity"], step)
+    for key in ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "distinct_2", "self_bleu",
+                "repetition_4gram", "coherence", "toxicity_rate"):
+        if key in generation:
+            writer.add_scalar(f"eval/{key}", generation[key], step)
+    writer.close()
 
 
 def write_report(out_dir, result, history):
@@ -253,10 +263,11 @@ def write_report(out_dir, result, history):
     overall = result["likelihood"]["overall"]
     lines += [f"| **all** | {overall['tokens']:,} | {overall['perplexity']:.2f} | "
               f"{overall['bits_per_byte']:.3f} |", "",
-              "## Baselines (same tokens)", "", "| model | loss (nats/token) | perplexity |",
-              "|---|---:|---:|"]
+              "## Baselines (same tokens)", "",
+              "| model | loss (nats/token) | perplexity | bits per byte |", "|---|---:|---:|---:|"]
     for name, row in result["baselines"].items():
-        lines.append(f"| {name} | {row['loss']:.3f} | {row['perplexity']:.2f} |")
+        lines.append(f"| {name} | {row['loss']:.3f} | {row['perplexity']:.2f} | "
+                     f"{row['bits_per_byte']:.3f} |")
     g = result["generation"]
     lines += ["", f"## Generation task ({g['documents']} documents)", ""]
     if "bleu" in g:

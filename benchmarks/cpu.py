@@ -87,7 +87,7 @@ def matvec_bandwidth(dtype, megabytes=168, repeats=20):
 def weights_only_rate(model, repeats=10):
     """Decoding steps/s if a step did nothing but multiply one vector by each of the model's weight
     matrices, in its own layout: the floor of its weight reads, which attention, LayerNorm, GELU and
-    Python add to. Median of repeats; the weights (191 MB for mini_lm) do not fit in cache."""
+    Python add to. Median of repeats; mini_lm's weights are far larger than any CPU cache."""
     import torch
     import torch.nn as nn
     weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]

@@ -19,10 +19,8 @@ def row(what, seconds, docs=None, chars=None, note=""):
 
 def bench_prepare(args):
     # imported here: the GPU machine lacks some of the data pipeline's packages
-    import curate
     import prepare
     import sources
-    from tokenizer import Tokenizer, count_chunks_parallel, train_bpe
     cfg = {key: default for key, (default, _) in prepare.SPEC.items()}
     data = Path(cfg["data_root"]) / cfg["dataset"]
     if not (data / "curated" / "stats.json").exists():
@@ -37,8 +35,16 @@ def bench_prepare(args):
     t_collect = time.perf_counter() - t0
     raw_chars = sum(len(r) for _, _, r in items)
     row("collect (read files + JSON)", t_collect, len(items), raw_chars, "1 process")
+    time_filters(items, raw_chars, cfg)
+    time_curate_stage(cfg, specs, data, len(items), raw_chars)
+    time_tokenizer(cfg, specs, data, args.hf)
+    time_encoding(specs, data)
 
-    # 2. clean + filter + MinHash signatures, one process (process_batch is what the workers run)
+
+def time_filters(items, raw_chars, cfg):
+    """Clean + quality filters over every document in one process (what each worker runs), each
+    rule alone, and MinHash signatures with the LSH index."""
+    import curate
     import filters
     t0 = time.perf_counter()
     texts = []
@@ -86,7 +92,10 @@ def bench_prepare(args):
     row("MinHash signatures + LSH query/insert", t_minhash, len(texts), sum(map(len, texts)),
         f"{cfg['minhash_num_perm']} perms, {cfg['minhash_shingle_words']}-word shingles, 1 process")
 
-    # 3. the whole curate stage as prepare.py runs it
+
+def time_curate_stage(cfg, specs, data, n_items, raw_chars):
+    """The whole curate stage as prepare.py runs it, on one worker and on every core."""
+    import curate
     for workers in (1, os.cpu_count()):
         bench_cfg = {**cfg, "data_root": str(data.parent / "bench"), "workers": workers}
         out = Path(bench_cfg["data_root"]) / cfg["dataset"]
@@ -94,9 +103,14 @@ def bench_prepare(args):
         t0 = time.perf_counter()
         curate.curate(bench_cfg, specs, out)
         row("curate stage (collect+clean+filter+dedup+shards)", time.perf_counter() - t0,
-            len(items), raw_chars, f"workers={workers}")
+            n_items, raw_chars, f"workers={workers}")
 
-    # 4. tokenizer training on the default sample
+
+def time_tokenizer(cfg, specs, data, hf):
+    """BPE training on prepare.py's tokenizer sample: pre-split and count, then the merges; with
+    hf, HF tokenizers' trainer on the same sample."""
+    import prepare
+    from tokenizer import count_chunks_parallel, train_bpe
     stats = json.loads((data / "curated" / "stats.json").read_text())
     sample = list(prepare.tokenizer_sample(cfg, specs, data / "curated", stats))
     sample_chars = sum(map(len, sample))
@@ -112,7 +126,7 @@ def bench_prepare(args):
     row(f"BPE: {len(tokens) - 256:,} merges", t_merge, None, None, "vocab "
         f"{cfg['vocab_size']:,}")
     row("BPE training, ours in total", ours, None, sample_chars)
-    if args.hf:
+    if hf:
         from tokenizers import Regex, Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
         hf = HFTokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.Sequence([
@@ -127,7 +141,11 @@ def bench_prepare(args):
         row("BPE training, HF tokenizers (Rust)", t_hf, None, sample_chars,
             f"vocab {hf.get_vocab_size():,}; ours/HF = {ours / t_hf:.1f}x")
 
-    # 5. encoding with tiktoken through our Encoding
+
+def time_encoding(specs, data):
+    """Encoding the curated corpus with the trained tokenizer (tiktoken), one thread and all."""
+    import curate
+    from tokenizer import Tokenizer
     tok = Tokenizer.load(data / "tokenizer.json")
     corpus = [d["text"] for spec in specs for d in curate.iter_curated(data / "curated", spec["name"])]
     corpus_bytes = sum(len(t.encode("utf-8")) for t in corpus)

@@ -161,6 +161,13 @@ def test_eval_end_to_end_on_a_trained_tiny_model(data_root, tmp_path):  # noqa: 
     assert set(saved["likelihood"]["per_source"]) == {"code", "prose"}
     assert saved["baselines"]["uniform"]["perplexity"] == pytest.approx(300)
     assert saved["baselines"]["model"]["perplexity"] < saved["baselines"]["uniform"]["perplexity"]
+    # bits per byte of every baseline over the same bytes: loss (nats/token) x tokens / ln 2 / bytes
+    n_bytes = sum(row["bytes"] for row in saved["likelihood"]["per_source"].values())
+    for name, row in saved["baselines"].items():
+        assert row["bits_per_byte"] == pytest.approx(
+            row["loss"] * row["tokens"] / math.log(2) / n_bytes), name
+    assert saved["baselines"]["model"]["bits_per_byte"] == pytest.approx(
+        saved["likelihood"]["overall"]["bits_per_byte"])
     assert saved["generation"]["documents"] == 4 and 0 <= saved["generation"]["bleu"] <= 100
     report = (out / "report.md").read_text()
     assert "## Baselines" in report and "learning_curves.png" in report
