@@ -2,8 +2,11 @@
 
     python model.py config/mini_lm.py        # parameter count and breakdown for a config
 
-Pre-LayerNorm transformer blocks (causal self-attention, then a GELU MLP), learned position
-embeddings, a final LayerNorm and an LM head tied to the token embedding; GPT-2 initialisation.
+Pre-LayerNorm transformer blocks (causal self-attention, then an MLP) and a final LayerNorm. By
+default GPT-2's recipe: learned position embeddings, GELU, an LM head tied to the token embedding,
+GPT-2 initialisation. GPTConfig's recipe options change one thing each: rotary positions, ReLU^2,
+QK-norm, zero-initialised output projections, an untied zero-initialised head, value embeddings and
+logit soft-capping (the changes of the modded-nanogpt speedrun records).
 
 Kernels (kernels/): LayerNorm, the attention softmax (attention="triton") and the loss run as fused
 Triton kernels on CUDA and as PyTorch code elsewhere; `kernels` forces either ("triton" / "torch").
@@ -23,6 +26,8 @@ from torch.utils.checkpoint import checkpoint
 import kernels
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "triton", "eager")
+POSITIONS = ("learned", "rotary")
+ACTIVATIONS = ("gelu", "relu2")
 
 
 @dataclass
@@ -37,6 +42,15 @@ class GPTConfig:
     attention: str = "sdpa"  # "sdpa" | "triton" | "eager"
     kernels: str = "auto"    # "auto" (Triton on CUDA) | "triton" | "torch"
     gradient_checkpointing: bool = False  # recompute each block in backward: less memory, one more forward
+    # the recipe: these defaults are GPT-2's (what loads into nanoGPT's and GPT-2's code)
+    position: str = "learned"     # "learned" position embeddings | "rotary" (RoPE on queries and keys)
+    activation: str = "gelu"      # the MLP's: "gelu" | "relu2" (ReLU squared)
+    qk_norm: bool = False         # LayerNorm (no bias) on each head's queries and keys
+    zero_init: bool = False       # attention and MLP output projections start at zero
+    tied_head: bool = True        # the LM head is the token embedding; False: its own, zero at start
+    value_embeddings: int = 0     # k tables of token vectors added to the values of the first k and
+                                  # the last k layers (2k <= n_layer); 0: none
+    logit_softcap: float = 0.0    # logits -> cap * tanh(logits / cap); 0: off
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -45,6 +59,17 @@ class GPTConfig:
             raise ValueError(f"attention={self.attention!r} must be one of {ATTENTION_IMPLEMENTATIONS}")
         if self.kernels not in kernels.BACKENDS:
             raise ValueError(f"kernels={self.kernels!r} must be one of {kernels.BACKENDS}")
+        for key, allowed in (("position", POSITIONS), ("activation", ACTIVATIONS)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key}={getattr(self, key)!r} must be one of {allowed}")
+        if self.position == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"position='rotary' needs an even head size, not "
+                             f"n_embd / n_head = {self.n_embd // self.n_head}")
+        if not 0 <= 2 * self.value_embeddings <= self.n_layer:
+            raise ValueError(f"value_embeddings={self.value_embeddings} must be between 0 and "
+                             f"n_layer / 2 = {self.n_layer // 2}")
+        if self.logit_softcap < 0:
+            raise ValueError(f"logit_softcap={self.logit_softcap} must be 0 (off) or positive")
 
 
 class LayerNorm(nn.Module):
@@ -97,22 +122,61 @@ def left_pad(prompts, device):
     return idx, pad
 
 
+def rotary_angles(positions, head_size, dtype=torch.float32, base=10000.0):
+    """(cos, sin) of rotary position embeddings at (B or 1, T) positions, each (B or 1, 1, T,
+    head_size / 2): dimension pair i of every head turns by position * base^(-2i / head_size), so a
+    query and a key meet at an angle that depends only on how far apart they are. dtype: fp32, or
+    fp64 for an fp64 model."""
+    inv_freq = base ** (-torch.arange(0, head_size, 2, device=positions.device,
+                                      dtype=dtype) / head_size)
+    angles = positions.to(dtype)[..., None] * inv_freq
+    return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def apply_rotary(x, cos, sin):
+    """x (B, H, T, head_size) with each dimension pair (x[i], x[i + head_size / 2]) rotated."""
+    x1, x2 = x.to(cos.dtype).chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+def value_embedding_table(config, layer):
+    """Which value-embedding table a layer adds to its values: table i in layer i and in layer
+    n_layer - 1 - i (the first and last value_embeddings layers), None elsewhere."""
+    k, last = config.value_embeddings, config.n_layer - 1
+    return layer if layer < k else last - layer if layer > last - k else None
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer):
         super().__init__()
+        head_size = config.n_embd // config.n_head
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.dropout, self.layer = config.n_head, config.dropout, layer
         self.implementation, self.backend = config.attention, config.kernels
+        if config.qk_norm:
+            self.q_norm = LayerNorm(head_size, False, config.kernels)
+            self.k_norm = LayerNorm(head_size, False, config.kernels)
+        if value_embedding_table(config, layer) is not None:
+            self.value_mix = nn.Parameter(torch.tensor([0.5, 0.5]))  # v <- a * v + b * embedding
 
-    def forward(self, x, cache=None, pad_lengths=None, mask=None):
+    def forward(self, x, cache=None, pad_lengths=None, mask=None, rotary=None, value_embedding=None):
         """mask: kernels.attention_mask() for this step, or None when causality alone decides (no
-        padding, and either no cache or a single new token, which may see every cached key)."""
+        padding, and either no cache or a single new token, which may see every cached key).
+        rotary: rotary_angles() of these positions, or None. value_embedding: (B, T, C) token
+        vectors mixed into the values, or None."""
         b, t, c = x.shape
         qkv = self.c_attn(x).view(b, t, 3, self.n_head, c // self.n_head)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (b, n_head, t, head_size)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if value_embedding is not None:
+            ve = value_embedding.to(v.dtype).view(b, t, self.n_head, -1).transpose(1, 2)
+            v = self.value_mix[0].to(v.dtype) * v + self.value_mix[1].to(v.dtype) * ve
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
             q = q.to(k.dtype)  # the cache may be wider than the weights (fp32 for bf16 on CPU)
@@ -142,9 +206,12 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.relu2 = config.activation == "relu2"
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        h = F.relu(h).square() if self.relu2 else F.gelu(h)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -155,8 +222,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, config.bias, config.kernels)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, pad_lengths=None, mask=None):
-        x = x + self.attn(self.ln_1(x), cache, pad_lengths, mask)
+    def forward(self, x, cache=None, pad_lengths=None, mask=None, rotary=None, value_embedding=None):
+        x = x + self.attn(self.ln_1(x), cache, pad_lengths, mask, rotary, value_embedding)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -167,17 +234,26 @@ class GPT(nn.Module):
         self.backend = config.kernels  # of the loss; use_kernels() may set a concrete one
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, config.bias, config.kernels),
         ))
+        if config.position == "learned":
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+        if config.value_embeddings:
+            self.transformer.vte = nn.ModuleList([nn.Embedding(config.vocab_size, config.n_embd)
+                                                  for _ in range(config.value_embeddings)])
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # tied: one matrix, read twice
+        if config.tied_head:
+            self.transformer.wte.weight = self.lm_head.weight  # tied: one matrix, read twice
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by depth
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init:  # each block starts as the identity
+                    nn.init.zeros_(p)
+        if not config.tied_head:  # every token equally likely at the start
+            nn.init.zeros_(self.lm_head.weight)
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -186,11 +262,15 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def parameter_breakdown(self):
-        """Parameter counts: token and position embeddings (the token one is also the LM head),
-        transformer blocks, final LayerNorm, and the total."""
-        t = self.transformer
-        counts = {"token embedding (tied LM head)": t.wte.weight.numel(),
-                  "position embedding": t.wpe.weight.numel(),
+        """Parameter counts: the token embedding, the LM head (0 when it is the token embedding),
+        position and value embeddings (0 when not used), transformer blocks, final LayerNorm, and
+        the total (each tensor once)."""
+        t, config = self.transformer, self.config
+        counts = {"token embedding": t.wte.weight.numel(),
+                  "LM head": 0 if config.tied_head else self.lm_head.weight.numel(),
+                  "position embedding": t.wpe.weight.numel() if config.position == "learned" else 0,
+                  "value embeddings": sum(p.numel() for p in t.vte.parameters())
+                  if config.value_embeddings else 0,
                   "blocks": sum(p.numel() for p in t.h.parameters()),
                   "final LayerNorm": sum(p.numel() for p in t.ln_f.parameters())}
         counts["total"] = sum(counts.values())
@@ -198,11 +278,12 @@ class GPT(nn.Module):
 
     def flops_per_token(self, context=None):
         """Training FLOPs per token (forward and backward), as nanoGPT and the PaLM paper count them
-        for MFU: 6 per parameter that takes part in a matmul (every one but the position
-        embedding), plus the attention's 12 x layers x width x context."""
+        for MFU: 6 per parameter that takes part in a matmul (the blocks, the final LayerNorm and
+        the LM head; embeddings are lookups), plus the attention's 12 x layers x width x context."""
         counts = self.parameter_breakdown()
         context = context or self.config.block_size
-        return (6 * (counts["total"] - counts["position embedding"])
+        head = counts["LM head"] or counts["token embedding"]
+        return (6 * (counts["blocks"] + counts["final LayerNorm"] + head)
                 + 12 * self.config.n_layer * self.config.n_embd * context)
 
     def forward(self, idx, targets=None, cache=None, pad_lengths=None, ignore_index=-100,
@@ -222,20 +303,33 @@ class GPT(nn.Module):
         pos = torch.arange(start, start + t, device=idx.device)
         if pad_lengths is not None:
             pos = (pos[None, :] - pad_lengths[:, None]).clamp(min=0)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x, rotary = self.transformer.wte(idx), None
+        if self.config.position == "learned":
+            x = x + self.transformer.wpe(pos)
+        else:
+            head_size = self.config.n_embd // self.config.n_head
+            rotary = rotary_angles(pos if pos.dim() == 2 else pos[None], head_size,
+                                   torch.promote_types(x.dtype, torch.float32))
+        x = self.transformer.drop(x)
+        values = [table(idx) for table in self.transformer.vte] if self.config.value_embeddings else []
         mask = None  # built once for all layers, and only when causality alone does not decide
         if pad_lengths is not None or (start > 0 and t > 1):
             mask = kernels.attention_mask(t, start + t, pad_lengths, idx.device)
-        for block in self.transformer.h:
+        for layer, block in enumerate(self.transformer.h):
+            table = value_embedding_table(self.config, layer)
+            args = (x, cache, pad_lengths, mask, rotary, None if table is None else values[table])
             if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, cache, pad_lengths, mask, use_reentrant=False)
+                x = checkpoint(block, *args, use_reentrant=False)
             else:
-                x = block(x, cache, pad_lengths, mask)
+                x = block(*args)
         if cache is not None:
             cache.length += t
         if last_only:
             x = x[:, -1:]
         logits = self.lm_head(self.transformer.ln_f(x))
+        if self.config.logit_softcap:
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
         loss = None
         if targets is not None:
             loss = kernels.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),

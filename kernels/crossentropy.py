@@ -107,7 +107,7 @@ def cross_entropy_bwd(grad: torch.Tensor, logits: torch.Tensor, targets: torch.T
 
 @cross_entropy_bwd.register_fake
 def _(grad, logits, targets, lse, ignore_index):
-    return torch.empty_like(logits)
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)  # as the real one
 
 
 def _setup_context(ctx, inputs, output):

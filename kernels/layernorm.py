@@ -141,7 +141,9 @@ def layer_norm_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 @layer_norm_fwd.register_fake
 def _(x, weight, bias, eps):
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    return (torch.empty_like(x), x.new_empty(rows, dtype=torch.float32),
+    # contiguous like the real output, whatever x's strides (a head's queries are a strided view)
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            x.new_empty(rows, dtype=torch.float32),
             x.new_empty(rows, dtype=torch.float32))
 
 
@@ -172,7 +174,8 @@ def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean
 
 @layer_norm_bwd.register_fake
 def _(dy, x, weight, mean, rstd):
-    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight),
+            torch.empty_like(weight))
 
 
 def _setup_context(ctx, inputs, output):

@@ -190,6 +190,12 @@ def test_custom_ops_pass_opcheck():
     w = torch.randn(33, device=DEVICE, requires_grad=True)
     torch.library.opcheck(ln_mod.layer_norm_fwd, (x, w, None, 1e-5))
     torch.library.opcheck(ln_mod.layer_norm_fwd, (x, w, torch.randn(33, device=DEVICE), 1e-5))
+    # strided views (QK-norm normalises each head's slice of the qkv projection): the fake
+    # functions must promise the real ones' contiguous outputs, or compiled code misreads them
+    qkv = torch.randn(2, 5, 3, 2, 8, device=DEVICE).permute(2, 0, 3, 1, 4)[0].requires_grad_()
+    torch.library.opcheck(ln_mod.layer_norm_fwd, (qkv, torch.randn(8, device=DEVICE), None, 1e-5))
+    wide = torch.randn(6, 100, device=DEVICE)[:, ::2].requires_grad_()
+    torch.library.opcheck(ce_mod.cross_entropy_fwd, (wide, torch.randint(0, 50, (6,), device=DEVICE), -100))
     s = torch.randn(1, 2, 3, 5, device=DEVICE, requires_grad=True)
     torch.library.opcheck(sm_mod.causal_softmax_fwd, (s, 0.5, None))
     torch.library.opcheck(sm_mod.causal_softmax_fwd, (s.expand(2, 2, 3, 5).contiguous(), 0.5,
