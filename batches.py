@@ -9,11 +9,18 @@ import configurator
 import metrics
 
 
-class Batches:
-    """Random windows of the token bins. The order comes from a seeded generator that every rank
-    advances identically; each rank takes its own share of every step's windows."""
+ORDERS = ("random", "epoch")
 
-    def __init__(self, folder, block_size, batch_size, seed):
+
+class Batches:
+    """Windows of block_size tokens from the token bins. Training windows come in one of two orders:
+    "random" starts anywhere, drawn with replacement by a seeded generator; "epoch" cuts train.bin
+    into non-overlapping windows and takes each once per epoch, in an order shuffled by seed and
+    epoch number. Every rank draws the same windows and takes its own share of each step's."""
+
+    def __init__(self, folder, block_size, batch_size, seed, order="random"):
+        if order not in ORDERS:
+            raise configurator.ConfigError(f"batch_order={order!r} must be one of {ORDERS}")
         meta_path = folder / "meta.json"
         if not meta_path.exists():
             raise SystemExit(f"error: {meta_path} not found: run "
@@ -26,11 +33,30 @@ class Batches:
                 raise SystemExit(f"error: {folder}/{split}.bin has {len(data)} tokens, fewer than "
                                  f"block_size+2={block_size + 2}: lower block_size or prepare more data")
             self.data[split] = data
-        self.block_size, self.batch_size = block_size, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.block_size, self.batch_size, self.seed, self.order = block_size, batch_size, seed, order
+        self.generator = torch.Generator().manual_seed(seed)  # "random": its state is the position
+        self.drawn = 0  # "epoch": training windows taken so far, the position a checkpoint keeps
+        self._shuffled = (-1, None)  # (epoch, its order of windows), computed once per epoch
 
     def windows(self, split, n, generator):
+        """Starts of n random windows of split (with replacement)."""
         return torch.randint(len(self.data[split]) - self.block_size - 1, (n,), generator=generator)
+
+    def train_windows(self, n):
+        """Starts of the next n training windows, in batch_order."""
+        if self.order == "random":
+            return self.windows("train", n, self.generator)
+        count = (len(self.data["train"]) - 1) // self.block_size  # a window needs its next token
+        starts = []
+        while len(starts) < n:
+            epoch, index = divmod(self.drawn, count)
+            if self._shuffled[0] != epoch:
+                order = torch.randperm(count, generator=torch.Generator().manual_seed(self.seed + epoch))
+                self._shuffled = (epoch, order)
+            take = min(n - len(starts), count - index)
+            starts += (self._shuffled[1][index:index + take] * self.block_size).tolist()
+            self.drawn += take
+        return torch.tensor(starts)
 
     def get(self, split, starts, device):
         data = self.data[split]

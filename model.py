@@ -345,15 +345,6 @@ class GPT(nn.Module):
                 module.backend = backend
         return self
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW: weight decay on every matrix (the tied embedding included), none on biases and
-        LayerNorm gains; the fused implementation on CUDA."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas,
-                                 fused=device_type == "cuda")
-
     # ------------------------------------------------------------------------------- generation
 
     def optimize_for_decoding(self):

@@ -38,6 +38,7 @@ import checkpoint
 import configurator
 import cpu_memory
 import hardware
+import optim
 from batches import Batches
 from loggers import Loggers
 from model import GPT, GPTConfig
@@ -65,6 +66,8 @@ SPEC = {
     "mlflow_log": (False, "log to MLflow (pip install mlflow)"),
     # data and batches
     "batch_size": (16, "sequences per micro-step (per rank)"),
+    "batch_order": ("random", "'random' windows (with replacement) or 'epoch' (each non-overlapping "
+                              "window once per epoch, in a seeded order)"),
     "block_size": (1024, "tokens per sequence"),
     "gradient_accumulation_steps": (8, "micro-steps per optimizer step, shared between all ranks"),
     # model (see model.GPTConfig)
@@ -76,8 +79,20 @@ SPEC = {
     "attention": ("sdpa", "'sdpa', 'triton' or 'eager'"),
     "kernels": ("auto", "'auto' (Triton on GPUs of compute capability 8.0+), 'triton' or 'torch'"),
     "gradient_checkpointing": (False, "recompute activations in backward to save memory"),
-    # optimizer and schedule
-    "learning_rate": (1e-3, "peak learning rate"),
+    # the recipe's model options (see model.GPTConfig); config/gpt2.py sets GPT-2's
+    "position": ("learned", "'learned' position embeddings or 'rotary' (RoPE)"),
+    "activation": ("gelu", "the MLP's: 'gelu' or 'relu2' (ReLU squared)"),
+    "qk_norm": (False, "LayerNorm on each head's queries and keys"),
+    "zero_init": (False, "attention and MLP output projections start at zero"),
+    "tied_head": (True, "the LM head is the token embedding (False: its own, zero at start)"),
+    "value_embeddings": (0, "tables of token vectors added to the values of the first and last "
+                            "that many layers"),
+    "logit_softcap": (0.0, "logits -> cap * tanh(logits / cap) (0: off)"),
+    # optimizer and schedule (optim.py)
+    "optimizer": ("adamw", "'adamw', or 'muon' (Muon on the blocks' matrices, AdamW on the rest)"),
+    "learning_rate": (1e-3, "AdamW's peak learning rate"),
+    "muon_learning_rate": (0.02, "Muon's peak learning rate"),
+    "muon_momentum": (0.95, "Muon's momentum"),
     "max_iters": (2000, "optimizer steps in total"),
     "max_minutes": (0.0, "also stop after this many minutes of training, evaluating and saving as at "
                          "max_iters (0: no limit); the schedule still follows lr_decay_iters"),
@@ -85,10 +100,13 @@ SPEC = {
     "beta1": (0.9, "AdamW beta1"),
     "beta2": (0.95, "AdamW beta2"),
     "grad_clip": (1.0, "clip the global gradient norm to this (0: no clipping)"),
-    "decay_lr": (True, "cosine decay after warmup (else constant)"),
+    "decay_lr": (True, "decay the learning rate after warmup (else constant)"),
+    "lr_schedule": ("cosine", "'cosine' (decay from warmup to lr_decay_iters) or 'wsd' (constant, then "
+                              "linear decay over the last cooldown_fraction of lr_decay_iters)"),
+    "cooldown_fraction": (0.4, "wsd: the share of lr_decay_iters over which the rate decays"),
     "warmup_iters": (100, "linear warmup steps"),
-    "lr_decay_iters": (2000, "step at which the cosine reaches min_lr (usually max_iters)"),
-    "min_lr": (1e-4, "learning rate at the end of the decay (~learning_rate / 10)"),
+    "lr_decay_iters": (2000, "step at which the decay reaches min_lr (usually max_iters)"),
+    "min_lr": (1e-4, "learning rate at the end of the decay (~learning_rate / 10; Muon's in proportion)"),
     "max_bad_steps": (5, "stop after this many consecutive steps with a non-finite loss or gradient"),
     # system
     "device": ("auto", "'auto' (cuda if present), 'cpu', 'cuda', 'cuda:1' ..."),
@@ -106,17 +124,6 @@ RESUME_MAY_CHANGE = {"out_dir", "init_from", "max_iters", "max_minutes", "eval_o
                      "checkpoint_minutes", "keep_last", "sample_interval", "compile",
                      "keep_freed_memory"}
 MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
-
-
-def learning_rate(it, cfg):
-    if not cfg["decay_lr"]:
-        return cfg["learning_rate"]
-    if it < cfg["warmup_iters"]:
-        return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
-    if it > cfg["lr_decay_iters"]:
-        return cfg["min_lr"]
-    ratio = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
-    return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg["learning_rate"] - cfg["min_lr"])
 
 
 def micro_steps_per_rank(accumulation, world, batch_size):
@@ -193,7 +200,7 @@ class Run:
     tokenizer: Tokenizer
     model: torch.nn.Module        # what the training step calls: compiled and/or DDP-wrapped
     raw_model: GPT                # the plain module: evaluation, sampling, state_dict
-    optimizer: torch.optim.Optimizer
+    optimizers: list              # optim.make_optimizers: AdamW, and Muon if chosen
     scaler: torch.amp.GradScaler  # enabled for fp16 only
     loggers: Loggers
     unigram: float                # the unigram baseline's validation loss
@@ -247,7 +254,13 @@ def load_resume_checkpoint(cfg, out_dir, master):
 def restore(run, ckpt):
     """Put the optimizer, scaler, batch order and this rank's random state back; returns the
     State the checkpoint was written at."""
-    run.optimizer.load_state_dict(ckpt["optimizer"])
+    states = ckpt["optimizer"] if isinstance(ckpt["optimizer"], list) else [ckpt["optimizer"]]
+    if len(states) != len(run.optimizers):
+        raise configurator.ConfigError(f"the checkpoint holds {len(states)} optimizer state(s), "
+                                       f"optimizer={run.cfg['optimizer']!r} needs {len(run.optimizers)}")
+    for optimizer, saved in zip(run.optimizers, states):
+        optimizer.load_state_dict(saved)
+    run.batches.drawn = ckpt.get("train_windows_drawn", 0)
     run.scaler.load_state_dict(ckpt["scaler"])
     run.batches.generator.set_state(ckpt["train_generator"])
     rng = ckpt["rng"]
@@ -274,7 +287,7 @@ def set_up(cfg, ddp, rank, world, device):
     out_dir, folder = Path(cfg["out_dir"]), Path(cfg["data_root"]) / cfg["dataset"]
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
-    batches = Batches(folder, cfg["block_size"], cfg["batch_size"], cfg["seed"])
+    batches = Batches(folder, cfg["block_size"], cfg["batch_size"], cfg["seed"], cfg["batch_order"])
     tokenizer = Tokenizer.load(folder / batches.meta.get("tokenizer", "tokenizer.json"))
     ckpt = load_resume_checkpoint(cfg, out_dir, master)
     torch.manual_seed(cfg["seed"])
@@ -289,11 +302,10 @@ def set_up(cfg, ddp, rank, world, device):
     config = raw_model.config
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
                 else contextlib.nullcontext())
-    optimizer = raw_model.configure_optimizers(cfg["weight_decay"], cfg["learning_rate"],
-                                               (cfg["beta1"], cfg["beta2"]), device.type)
+    optimizers = optim.make_optimizers(raw_model, cfg, device.type)
     run = Run(cfg=cfg, ddp=ddp, rank=rank, world=world, device=device, micro_steps=micro_steps,
               autocast=autocast, out_dir=out_dir, folder=folder, batches=batches,
-              tokenizer=tokenizer, model=model, raw_model=raw_model, optimizer=optimizer,
+              tokenizer=tokenizer, model=model, raw_model=raw_model, optimizers=optimizers,
               scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
               loggers=Loggers(cfg, master), unigram=batches.unigram_loss(),
               tokens_per_step=cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"],
@@ -302,8 +314,9 @@ def set_up(cfg, ddp, rank, world, device):
     state = restore(run, ckpt) if ckpt else State()
     if master:
         print(json.dumps(cfg, indent=1, default=str))
-        print(f"model: {params['total'] / 1e6:.2f}M parameters ({params['blocks'] / 1e6:.2f}M in blocks, "
-              f"{params['token embedding (tied LM head)'] / 1e6:.2f}M in the tied embedding); "
+        parts = ", ".join(f"{v / 1e6:.2f}M {k}" for k, v in params.items() if v and k != "total")
+        print(f"model: {params['total'] / 1e6:.2f}M parameters ({parts}"
+              f"{'; the LM head is the token embedding' if config.tied_head else ''}); "
               f"{world} rank(s), {run.tokens_per_step:,} tokens per step ({micro_steps} micro-step(s) "
               f"of {cfg['batch_size']} sequences per rank); unigram baseline val loss {run.unigram:.3f}")
         print(f"device: {device}" + (f", {hardware.describe_gpu(device)}" if device.type == "cuda" else ""))
@@ -340,8 +353,7 @@ def train_step(run):
     ranks (synchronised on the last micro-step only), clipped, and applied unless non-finite.
     Returns (mean loss on this rank, gradient norm, whether both were finite)."""
     cfg, model, scaler = run.cfg, run.model, run.scaler
-    starts = run.batches.windows("train", cfg["gradient_accumulation_steps"] * cfg["batch_size"],
-                                 run.batches.generator)
+    starts = run.batches.train_windows(cfg["gradient_accumulation_steps"] * cfg["batch_size"])
     loss_sum = torch.zeros((), device=run.device)
     for micro in range(run.micro_steps):
         first = (run.rank * run.micro_steps + micro) * cfg["batch_size"]
@@ -352,17 +364,21 @@ def train_step(run):
                 _, loss = model(x, y)
             scaler.scale(loss / run.micro_steps).backward()
         loss_sum += loss.detach().float()  # read once per step: no sync per micro-step
-    scaler.unscale_(run.optimizer)
+    for optimizer in run.optimizers:
+        scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(),
                                                cfg["grad_clip"] if cfg["grad_clip"] > 0 else math.inf)
     loss_sum = loss_sum.item()
     finite = math.isfinite(loss_sum) and bool(torch.isfinite(grad_norm))
     if scaler.is_enabled():
-        scaler.step(run.optimizer)  # skips the step itself when fp16 gradients overflowed
+        for optimizer in run.optimizers:
+            scaler.step(optimizer)  # skips the step itself when fp16 gradients overflowed
         scaler.update()
     elif finite:
-        run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
+        for optimizer in run.optimizers:
+            optimizer.step()
+    for optimizer in run.optimizers:
+        optimizer.zero_grad(set_to_none=True)
     return loss_sum / run.micro_steps, float(grad_norm), finite
 
 
@@ -371,9 +387,10 @@ def checkpoint_contents(run, state, rng):
     return {
         "format_version": checkpoint.FORMAT_VERSION, "model": run.raw_model.state_dict(),
         "model_args": asdict(run.raw_model.config), "tokenizer": run.tokenizer.to_dict(),
-        "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+        "optimizer": [o.state_dict() for o in run.optimizers], "scaler": run.scaler.state_dict(),
         "iter_num": state.iter_num, "best_val_loss": state.best_val_loss,
         "tokens_seen": state.tokens_seen, "train_generator": run.batches.generator.get_state(),
+        "train_windows_drawn": run.batches.drawn,
         "rng": rng, "config": run.cfg, "history": state.history, "unigram_val_loss": run.unigram,
         "dataset": {"path": str(run.folder), "vocab_size": run.batches.meta["vocab_size"]},
     }
@@ -471,10 +488,8 @@ def run_training(cfg, ddp, rank, world, device):
     bad_steps, time_up = 0, False
     run.model.train()
     while True:
-        # the learning rate of this step: linear warmup, then cosine decay to min_lr
-        lr = learning_rate(state.iter_num, cfg)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
+        # the learning rates of this step: linear warmup, then the schedule's decay to min_lr
+        lr = optim.set_learning_rates(run.optimizers, state.iter_num, cfg)
 
         # evaluate every eval_interval steps and at the end (loss, best.pt, a text sample)
         finished = cfg["eval_only"] or state.iter_num >= cfg["max_iters"] or time_up

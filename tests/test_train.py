@@ -43,26 +43,39 @@ def assert_same_parameters(a, b, atol=0.0):
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
 
 
-def test_resume_continues_exactly(data_root, tmp_path):
-    """12 steps straight == 6 steps, stop, resume, 6 more: same weights, optimizer, RNG and data."""
+SPEEDRUN = ["--optimizer=muon", "--lr_schedule=wsd", "--batch_order=epoch", "--position=rotary",
+            "--activation=relu2", "--qk_norm=True", "--zero_init=True", "--tied_head=False",
+            "--value_embeddings=1", "--logit_softcap=15.0"]
+
+
+@pytest.mark.parametrize("recipe", [[], SPEEDRUN], ids=["gpt2", "speedrun"])
+def test_resume_continues_exactly(data_root, tmp_path, recipe):
+    """12 steps straight == 6 steps, stop, resume, 6 more: same weights, optimizer states (Muon's
+    momentum too), RNG and data (the epoch order's position too)."""
     straight = run(data_root, tmp_path / "a", "--max_iters=12", "--lr_decay_iters=12",
-                   "--eval_interval=4")
-    run(data_root, tmp_path / "b", "--max_iters=6", "--lr_decay_iters=12", "--eval_interval=4")
+                   "--eval_interval=4", *recipe)
+    run(data_root, tmp_path / "b", "--max_iters=6", "--lr_decay_iters=12", "--eval_interval=4", *recipe)
     resumed = run(data_root, tmp_path / "b", "--max_iters=12", "--lr_decay_iters=12",
-                  "--eval_interval=4", "--init_from=resume")
+                  "--eval_interval=4", "--init_from=resume", *recipe)
     assert straight["iter_num"] == resumed["iter_num"] == 12
     assert_same_parameters(straight["model"], resumed["model"])  # bitwise: dropout is on (0.1)
     assert torch.equal(straight["train_generator"], resumed["train_generator"])
     by_step = {h["iter"]: h["val_loss"] for h in resumed["history"]}  # it also has step 6, the stop
     assert all(by_step[h["iter"]] == h["val_loss"] for h in straight["history"])
-    state, state2 = straight["optimizer"]["state"], resumed["optimizer"]["state"]
-    assert all(torch.equal(state[k]["exp_avg_sq"], state2[k]["exp_avg_sq"]) for k in state)
+    assert straight["train_windows_drawn"] == resumed["train_windows_drawn"]
+    assert len(straight["optimizer"]) == (2 if recipe else 1)
+    for saved, saved2 in zip(straight["optimizer"], resumed["optimizer"]):
+        assert saved["state"].keys() == saved2["state"].keys() and saved["state"]
+        for k in saved["state"]:
+            for name, value in saved["state"][k].items():  # exp_avg(_sq), Muon's momentum_buffer
+                assert torch.equal(value, saved2["state"][k][name]), (k, name)
 
 
-def test_ddp_equals_single_process_accumulation(data_root, tmp_path):
+@pytest.mark.parametrize("recipe", [[], SPEEDRUN], ids=["gpt2", "speedrun"])
+def test_ddp_equals_single_process_accumulation(data_root, tmp_path, recipe):
     """torchrun, 2 ranks (gloo), accumulation 2 overall (1 per rank) == one process accumulating 2."""
     common = ["--max_iters=4", "--lr_decay_iters=4", "--eval_interval=100", "--dropout=0.0",
-              "--gradient_accumulation_steps=2"]
+              "--gradient_accumulation_steps=2", *recipe]
     single = run(data_root, tmp_path / "single", *common)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "train.py", *args(data_root, tmp_path / "ddp", *common)]
@@ -262,3 +275,45 @@ def test_benchmarks_time_train_py_own_step(monkeypatch):
     assert tokens == 2 * 16 and len(calls) == 3 and all(c is run for c in calls)
     assert run.raw_model.config.vocab_size == 300 and run.raw_model.config.attention == "eager"
     assert any(not torch.equal(a, p) for a, p in zip(before, run.raw_model.parameters()))
+
+
+def test_epoch_order_takes_every_window_once_per_epoch(data_root):
+    from batches import Batches
+    folder = Path(data_root) / "tiny"
+    batches = Batches(folder, 16, 4, seed=7, order="epoch")
+    count = (len(batches.data["train"]) - 1) // 16
+    first = batches.train_windows(count).tolist()
+    second = batches.train_windows(count).tolist()
+    assert sorted(first) == sorted(second) == list(range(0, 16 * count, 16))
+    assert first != second  # each epoch shuffled anew
+    again = Batches(folder, 16, 4, seed=7, order="epoch")
+    again.drawn = count - 3  # as a checkpoint restores it: across the epoch boundary
+    assert again.train_windows(6).tolist() == first[-3:] + second[:3]
+    with pytest.raises(configurator.ConfigError, match="batch_order='sorted'"):
+        Batches(folder, 16, 4, seed=7, order="sorted")
+
+
+def test_schedules_and_optimizer_groups():
+    import optim
+    from model import GPT, GPTConfig
+    cfg = {**configurator.parse(train.SPEC, []), "learning_rate": 1e-3, "min_lr": 1e-4,
+           "warmup_iters": 10, "lr_decay_iters": 100, "max_iters": 100, "cooldown_fraction": 0.4}
+    cosine = [optim.scheduled_lr(it, {**cfg, "lr_schedule": "cosine"}, 1e-3, 1e-4) for it in range(101)]
+    assert cosine[0] == pytest.approx(1e-3 / 11) and cosine[9] == pytest.approx(1e-3 * 10 / 11)
+    assert cosine[10] == pytest.approx(1e-3) and cosine[55] == pytest.approx(5.5e-4)
+    assert cosine[100] == pytest.approx(1e-4)
+    wsd = [optim.scheduled_lr(it, {**cfg, "lr_schedule": "wsd"}, 1e-3, 1e-4) for it in range(101)]
+    assert wsd[10:61] == [1e-3] * 51  # constant until the last 40 steps
+    assert wsd[80] == pytest.approx(1e-4 + 9e-4 * 20 / 40) and wsd[100] == pytest.approx(1e-4)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=50, block_size=8,
+                          tied_head=False, value_embeddings=1))
+    adamw, muon = optim.make_optimizers(model, {**cfg, "optimizer": "muon"}, "cpu")
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    in_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert in_muon | in_adamw == set(names.values()) and not in_muon & in_adamw
+    assert in_muon == {n for n, p in model.named_parameters() if n.startswith("transformer.h.")
+                       and p.dim() == 2}
+    lr = optim.set_learning_rates([adamw, muon], 80, {**cfg, "lr_schedule": "wsd"})
+    assert lr == adamw.param_groups[0]["lr"] == pytest.approx(5.5e-4)
+    assert muon.param_groups[0]["lr"] == pytest.approx(cfg["muon_learning_rate"] * 0.55)
