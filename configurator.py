@@ -52,7 +52,7 @@ def _parse_literal(text):
         return text
 
 
-def _read_config_file(path, keys, ignore_unknown=False):
+def read_config_file(path, keys, ignore_unknown=False):
     try:
         source = open(path, encoding="utf-8").read()
     except OSError as e:
@@ -103,7 +103,7 @@ def parse(spec, argv=None, description="", prog=None, ignore_unknown_in_files=Fa
                 raise ConfigError(f"--{bare_flag} is True or False: {arg!r} is neither (nor a "
                                   f"config file); write --{bare_flag} False or --{bare_flag}=False")
             bare_flag = None
-            for key, value in _read_config_file(arg, list(spec), ignore_unknown_in_files).items():
+            for key, value in read_config_file(arg, list(spec), ignore_unknown_in_files).items():
                 config[key] = _coerce(key, value, spec[key][0], arg)
             continue
         key, has_value, text = arg[2:].partition("=")
@@ -152,7 +152,7 @@ def prepare_command(folder):
     folder = Path(folder)
     root = "" if folder.parent == Path("data") else f" --data_root={folder.parent}"
     for path in sorted((Path(__file__).resolve().parent / "config").glob("prepare_*.py")):
-        if _read_config_file(path, ["dataset"], ignore_unknown=True).get("dataset") == folder.name:
+        if read_config_file(path, ["dataset"], ignore_unknown=True).get("dataset") == folder.name:
             return f"python prepare.py config/{path.name}{root}"
     if folder.name == PREPARE_DEFAULT_DATASET:
         return f"python prepare.py{root}"

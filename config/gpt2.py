@@ -1,0 +1,14 @@
+# GPT-2's recipe, as nanoGPT trains it: learned positions, GELU, tied LM head, GPT-2 initialisation,
+# AdamW with cosine decay, random batches. Its checkpoints load into nanoGPT's and GPT-2's code.
+# Layer it over a run's config:  python train.py config/cpu_demo.py config/gpt2.py
+# ablate.py measures each of the other recipe's changes against it.
+position = "learned"
+activation = "gelu"
+qk_norm = False
+zero_init = False
+tied_head = True
+value_embeddings = 0
+logit_softcap = 0.0
+optimizer = "adamw"
+lr_schedule = "cosine"
+batch_order = "random"

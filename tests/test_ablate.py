@@ -1,0 +1,44 @@
+"""ablate.py: variants trained in turns; the gpt2 variant trains exactly as train.py does."""
+import json
+
+import pytest
+
+import ablate
+from test_train import args, data_root, run  # noqa: F401  (fixture and helpers)
+
+
+def test_variants_in_turns_and_gpt2_equals_train_py(data_root, tmp_path, capsys):  # noqa: F811
+    common = ["--max_iters=6", "--lr_decay_iters=6", "--eval_interval=3", "--dropout=0.0"]
+    results = ablate.main(args(data_root, tmp_path / "ablation", *common,
+                               "--variants=gpt2,muon,rotary,all"))
+    out = capsys.readouterr().out
+    assert set(results["variants"]) == {"gpt2", "muon", "rotary", "all"}
+    saved = json.loads((tmp_path / "ablation" / "ablation.json").read_text())
+    assert saved["variants"]["all"]["changes"]["optimizer"] == "muon"
+    assert saved["variants"]["gpt2"]["changes"]["position"] == "learned"
+    assert "| all |" in out and "Kneser-Ney 3-gram" in out and "- muon: '" in out
+    # the same steps as train.py's own run of the config under config/gpt2.py
+    plain = run(data_root, tmp_path / "plain", *common, str(ablate.GPT2_CONFIG))
+    curve = saved["variants"]["gpt2"]["curve"]
+    assert [(h["iter"], h["val_loss"]) for h in plain["history"]] == [(s, loss) for s, _, loss in curve]
+    records = [json.loads(line) for line in open(tmp_path / "ablation" / "rotary" / "log.jsonl")]
+    assert [r["iter"] for r in records if r["kind"] == "eval"] == [0, 3, 6]
+
+
+def test_unknown_variant_is_named(data_root, tmp_path, capsys):  # noqa: F811
+    with pytest.raises(SystemExit):
+        ablate.main(args(data_root, tmp_path / "x", "--variants=gpt2,muonn"))
+    assert "muonn" in capsys.readouterr().err
+
+
+def test_gpt2_config_sets_every_recipe_key_to_gpt2_values():
+    """config/gpt2.py restores exactly what model.GPTConfig's defaults are (what old checkpoints
+    and nanoGPT's code assume), and names every key a CHANGE touches."""
+    from model import GPTConfig
+    recipe = ablate.gpt2_recipe()
+    changed = {k for change in ablate.CHANGES.values() for k in change}
+    assert changed <= set(recipe)
+    defaults = GPTConfig()
+    for key, value in recipe.items():
+        if hasattr(defaults, key):
+            assert getattr(defaults, key) == value, key
