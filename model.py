@@ -232,14 +232,17 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.backend = config.kernels  # of the loss; use_kernels() may set a concrete one
-        self.transformer = nn.ModuleDict(dict(
+        # registered in GPT-2's order (wte, wpe, drop, h, ln_f): initialisation draws from the
+        # random stream in this order, so GPT-2's recipe starts from the same weights as ever
+        positions = {"wpe": nn.Embedding(config.block_size, config.n_embd)
+                     if config.position == "learned" else None}
+        self.transformer = nn.ModuleDict({name: module for name, module in dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
+            **positions,
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, config.bias, config.kernels),
-        ))
-        if config.position == "learned":
-            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+        ).items() if module is not None})
         if config.value_embeddings:
             self.transformer.vte = nn.ModuleList([nn.Embedding(config.vocab_size, config.n_embd)
                                                   for _ in range(config.value_embeddings)])

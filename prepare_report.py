@@ -55,32 +55,36 @@ def _length_chart(stats, path):
     _save(fig, path)
 
 
-def _tokens_chart(meta, path):
-    names = list(meta["splits"]["train"]["source_ranges"])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    bottom = np.zeros(len(names))
-    for split in ("train", "val"):
-        values = np.array([np.diff(meta["splits"][split]["source_ranges"][n])[0] for n in names])
-        ax.bar(names, values, bottom=bottom, label=split)
-        bottom += values
-    ax.set_ylabel("tokens")
-    ax.set_title("Tokens per source")
+def _stacked_bars(labels, series, horizontal, axis_label, title, path):
+    """One bar per label, stacked from series {name: values per label}."""
+    size = (8, max(2.5, 0.35 * len(labels) + 1)) if horizontal else (6, 3.5)
+    fig, ax = plt.subplots(figsize=size)
+    base = np.zeros(len(labels))
+    for name, values in series.items():
+        values = np.asarray(values)
+        if horizontal:
+            ax.barh(labels, values, left=base, label=name)
+        else:
+            ax.bar(labels, values, bottom=base, label=name)
+        base += values
+    (ax.set_xlabel if horizontal else ax.set_ylabel)(axis_label)
+    ax.set_title(title)
     ax.legend()
     _save(fig, path)
+
+
+def _tokens_chart(meta, path):
+    names = list(meta["splits"]["train"]["source_ranges"])
+    series = {split: [np.diff(meta["splits"][split]["source_ranges"][n])[0] for n in names]
+              for split in ("train", "val")}
+    _stacked_bars(names, series, False, "tokens", "Tokens per source", path)
 
 
 def _drops_chart(stats, path):
     reasons = sorted({r for s in stats.values() for r in s["dropped"]})
-    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * len(reasons) + 1)))
-    left = np.zeros(len(reasons))
-    for name, s in stats.items():
-        values = np.array([s["dropped"].get(r, 0) for r in reasons])
-        ax.barh(reasons, values, left=left, label=name)
-        left += values
-    ax.set_xlabel("documents dropped")
-    ax.set_title("Documents dropped per filter and by dedup")
-    ax.legend()
-    _save(fig, path)
+    series = {name: [s["dropped"].get(r, 0) for r in reasons] for name, s in stats.items()}
+    _stacked_bars(reasons, series, True, "documents dropped", "Documents dropped per filter and by dedup",
+                  path)
 
 
 def _top_tokens(out, meta, tokenizer, n=30):

@@ -23,7 +23,6 @@ import math
 import os
 import resource
 import shutil
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -37,6 +36,7 @@ import atomic
 import checkpoint
 import configurator
 import cpu_memory
+import ranks
 import hardware
 import optim
 from batches import Batches
@@ -126,38 +126,6 @@ RESUME_MAY_CHANGE = {"out_dir", "init_from", "max_iters", "max_minutes", "eval_o
 MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
 
 
-def micro_steps_per_rank(accumulation, world, batch_size):
-    """Each rank's share of the accumulation micro-steps, or an error naming what would work."""
-    if accumulation % world == 0:
-        return accumulation // world
-    ranks = [n for n in range(1, accumulation + 1) if accumulation % n == 0]
-    sequences = accumulation * batch_size
-    same = [(a, sequences // a) for a in range(world, sequences + 1, world) if sequences % a == 0]
-    other = (f"keep the same {sequences} sequences per step on {world} ranks with "
-             f"--gradient_accumulation_steps={same[0][0]} --batch_size={same[0][1]}" if same else
-             f"set gradient_accumulation_steps to a multiple of {world} (no split keeps "
-             f"{sequences} sequences per step on {world} ranks)")
-    raise configurator.ConfigError(
-        f"gradient_accumulation_steps={accumulation} cannot be shared by {world} ranks: run on "
-        f"{', '.join(map(str, ranks))} ranks, or {other}")
-
-
-class StopRequest:
-    """SIGTERM/SIGINT set a flag; the loop saves last.pt at the end of the step and exits."""
-
-    def __init__(self):
-        self.signal = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.signal is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-        print(f"\n{self.signal}: saving a checkpoint at the end of this step, then stopping",
-              file=sys.stderr, flush=True)
-
-
 def main(argv=None):
     cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="train.py")
     try:
@@ -173,7 +141,7 @@ def train(cfg):
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return run_training(cfg, False, 0, 1, device)
     rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
-    micro_steps_per_rank(cfg["gradient_accumulation_steps"], world, cfg["batch_size"])  # fail early
+    ranks.micro_steps_per_rank(cfg["gradient_accumulation_steps"], world, cfg["batch_size"])  # early
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
@@ -280,7 +248,8 @@ def set_up(cfg, ddp, rank, world, device):
     master = rank == 0
     if device.type == "cpu" and cfg["keep_freed_memory"]:
         cpu_memory.keep_freed_memory()
-    micro_steps = micro_steps_per_rank(cfg["gradient_accumulation_steps"], world, cfg["batch_size"])
+    micro_steps = ranks.micro_steps_per_rank(cfg["gradient_accumulation_steps"], world,
+                                             cfg["batch_size"])
     dtype, dtype_reason = hardware.choose_dtype(cfg["dtype"], device)
     backend, backend_reason = hardware.choose_kernels(cfg["kernels"], device, dtype)
     hardware.check_compile(cfg["compile"], dtype, device)
@@ -471,19 +440,9 @@ def log_step(run, state, lr, loss, grad_norm, seconds):
                                 "tokens_per_s": tokens_per_s, "mfu": mfu, "memory_gb": memory_gb})
 
 
-def agree(run, *flags):
-    """Each flag, True on every rank if it is True on any (under DDP every rank must take the same
-    branch, or the next collective hangs)."""
-    if not run.ddp:
-        return flags
-    tensor = torch.tensor([float(f) for f in flags], device=run.device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tuple(bool(v) for v in tensor.tolist())
-
-
 def run_training(cfg, ddp, rank, world, device):
     run, state = set_up(cfg, ddp, rank, world, device)
-    stop = StopRequest()
+    stop = ranks.StopRequest()
     started = last_save = time.time()
     bad_steps, time_up = 0, False
     run.model.train()
@@ -521,11 +480,11 @@ def run_training(cfg, ddp, rank, world, device):
 
         # last.pt on schedule; SIGTERM/SIGINT or max_minutes end the run, on every rank at once
         over_time = bool(cfg["max_minutes"]) and time.time() - started > 60 * cfg["max_minutes"]
-        stopping, time_up = agree(run, stop.signal is not None, over_time)
+        stopping, time_up = ranks.agree(run.ddp, run.device, stop.signal is not None, over_time)
         due = ((cfg["checkpoint_interval"] and state.iter_num % cfg["checkpoint_interval"] == 0)
                or time.time() - last_save > 60 * cfg["checkpoint_minutes"])
         if not stopping:
-            (due,) = agree(run, due)
+            (due,) = ranks.agree(run.ddp, run.device, due)
         if due or stopping:
             write_last(run, state)
             last_save = time.time()

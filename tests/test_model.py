@@ -26,6 +26,17 @@ def clone_as(model, **overrides):
     return other
 
 
+def assert_same_forward_backward(model, reference, idx, targets):
+    """The same logits and loss, and the same gradient of every parameter, within fp32 tolerances."""
+    (logits, loss), (ref_logits, ref_loss) = model(idx, targets), reference(idx, targets)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    loss.backward()
+    ref_loss.backward()
+    for (name, p), p_ref in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_parameter_breakdown_and_mini_lm_size():
     model = tiny()
     counts = model.parameter_breakdown()
@@ -91,13 +102,7 @@ def test_triton_kernels_match_the_eager_model():
     idx = torch.randint(0, 61, (2, 16), device=DEVICE)
     targets = torch.randint(0, 61, (2, 16), device=DEVICE)
     targets[0, :3] = -100
-    (logits, loss), (ref_logits, ref_loss) = model(idx, targets), eager(idx, targets)
-    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
-    loss.backward()
-    ref_loss.backward()
-    for (name, p), p_ref in zip(model.named_parameters(), eager.parameters()):
-        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert_same_forward_backward(model, eager, idx, targets)
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "triton", "eager"])
@@ -229,15 +234,8 @@ def test_generate_restores_training_mode():
 def test_compile_on_cpu_matches_eager():
     model = tiny(torch.float32, attention="triton", kernels="torch")
     compiled = torch.compile(clone_as(model))
-    idx = torch.randint(0, 61, (2, 16))
-    targets = torch.randint(0, 61, (2, 16))
-    logits, loss = model(idx, targets)
-    c_logits, c_loss = compiled(idx, targets)
-    torch.testing.assert_close(c_logits, logits, atol=1e-5, rtol=1e-5)
-    loss.backward()
-    c_loss.backward()
-    for p, p_ref in zip(compiled.parameters(), model.parameters()):
-        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-5, rtol=1e-4)
+    assert_same_forward_backward(compiled, model, torch.randint(0, 61, (2, 16)),
+                                 torch.randint(0, 61, (2, 16)))
 
 
 def test_compile_fullgraph_with_triton_kernels():
@@ -245,15 +243,8 @@ def test_compile_fullgraph_with_triton_kernels():
     model = tiny(torch.float32, attention="triton", kernels="triton").to(DEVICE)
     reference = clone_as(model, kernels="torch")
     compiled = torch.compile(clone_as(model), fullgraph=True)
-    idx = torch.randint(0, 61, (2, 16), device=DEVICE)
-    targets = torch.randint(0, 61, (2, 16), device=DEVICE)
-    c_logits, c_loss = compiled(idx, targets)
-    logits, loss = reference(idx, targets)
-    torch.testing.assert_close(c_logits, logits, atol=1e-5, rtol=1e-5)
-    c_loss.backward()
-    loss.backward()
-    for p, p_ref in zip(compiled.parameters(), reference.parameters()):
-        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-5, rtol=1e-4)
+    assert_same_forward_backward(compiled, reference, torch.randint(0, 61, (2, 16), device=DEVICE),
+                                 torch.randint(0, 61, (2, 16), device=DEVICE))
 
 
 def test_attention_paths_agree_on_padded_batches_padding_rows_included():
@@ -273,3 +264,10 @@ def test_attention_paths_agree_on_padded_batches_padding_rows_included():
         assert torch.isfinite(outputs[name]).all(), name
     for name in ("sdpa", "triton"):
         torch.testing.assert_close(outputs[name], outputs["eager"], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_gpt2_recipe_registers_modules_in_gpt2_order():
+    """Initialisation draws from the random stream in module order: GPT-2's recipe must keep
+    wte, wpe, drop, h, ln_f so that a seed gives the same starting weights as it always has."""
+    names = [n for n, _ in tiny().named_children()] + [n for n, _ in tiny().transformer.named_children()]
+    assert names == ["transformer", "lm_head", "wte", "wpe", "drop", "h", "ln_f"]

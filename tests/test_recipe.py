@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from model import GPT, GPTConfig, KVCache
+from test_model import assert_same_forward_backward
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton kernels run
 TINY = dict(block_size=16, vocab_size=61, n_layer=4, n_head=2, n_embd=16, dropout=0.0)
@@ -100,14 +101,8 @@ def test_triton_kernels_with_the_options(options):
     logits through the fused cross-entropy: logits and gradients equal the PyTorch path."""
     reference = model_with(options, torch.float32, attention="eager", kernels="torch").to(DEVICE)
     model = model_with(options, torch.float32, attention="triton", kernels="triton").to(DEVICE)
-    idx = torch.randint(0, 61, (2, 16), device=DEVICE)
-    targets = torch.randint(0, 61, (2, 16), device=DEVICE)
-    (logits, loss), (ref_logits, ref_loss) = model(idx, targets), reference(idx, targets)
-    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
-    loss.backward()
-    ref_loss.backward()
-    for (name, p), p_ref in zip(model.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert_same_forward_backward(model, reference, torch.randint(0, 61, (2, 16), device=DEVICE),
+                                 torch.randint(0, 61, (2, 16), device=DEVICE))
 
 
 def test_zero_initialisation_and_untied_head():
@@ -164,14 +159,8 @@ def test_compile_fullgraph_with_every_option():
     model = model_with(small, torch.float32, attention="triton", kernels="triton").to(DEVICE)
     reference = model_with(small, torch.float32, attention="triton", kernels="torch").to(DEVICE)
     compiled = torch.compile(model, fullgraph=True)
-    idx = torch.randint(0, 61, (2, 16), device=DEVICE)
-    targets = torch.randint(0, 61, (2, 16), device=DEVICE)
-    (c_logits, c_loss), (logits, loss) = compiled(idx, targets), reference(idx, targets)
-    torch.testing.assert_close(c_logits, logits, atol=1e-5, rtol=1e-5)
-    c_loss.backward()
-    loss.backward()
-    for p, p_ref in zip(model.parameters(), reference.parameters()):
-        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-5, rtol=1e-4)
+    assert_same_forward_backward(compiled, reference, torch.randint(0, 61, (2, 16), device=DEVICE),
+                                 torch.randint(0, 61, (2, 16), device=DEVICE))
 
 
 def test_bad_options_are_named():

@@ -11,6 +11,7 @@ import torch
 
 import checkpoint
 import configurator
+import ranks
 import prepare
 import train
 from test_prepare import config as prepare_config
@@ -221,7 +222,7 @@ def test_bare_train_py_is_the_mini_lm_run():
 @pytest.mark.parametrize("world", [1, 2, 4, 8])
 def test_mini_lm_keeps_its_tokens_per_step_on_1_2_4_8_ranks(world):
     cfg = configurator.parse(train.SPEC, [])
-    micro = train.micro_steps_per_rank(cfg["gradient_accumulation_steps"], world, cfg["batch_size"])
+    micro = ranks.micro_steps_per_rank(cfg["gradient_accumulation_steps"], world, cfg["batch_size"])
     assert micro * world * cfg["batch_size"] * cfg["block_size"] == 131_072
 
 
@@ -233,7 +234,7 @@ def test_mini_lm_keeps_its_tokens_per_step_on_1_2_4_8_ranks(world):
 ])
 def test_ranks_that_cannot_share_the_accumulation_get_what_works(world, message):
     with pytest.raises(configurator.ConfigError) as info:
-        train.micro_steps_per_rank(8, world, 16)
+        ranks.micro_steps_per_rank(8, world, 16)
     assert message in str(info.value)
 
 
