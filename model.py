@@ -156,6 +156,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.dropout, self.layer = config.n_head, config.dropout, layer
         self.implementation, self.backend = config.attention, config.kernels
+        self.qk_norm = config.qk_norm
         if config.qk_norm:
             self.q_norm = LayerNorm(head_size, False, config.kernels)
             self.k_norm = LayerNorm(head_size, False, config.kernels)
@@ -170,7 +171,7 @@ class CausalSelfAttention(nn.Module):
         b, t, c = x.shape
         qkv = self.c_attn(x).view(b, t, 3, self.n_head, c // self.n_head)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (b, n_head, t, head_size)
-        if hasattr(self, "q_norm"):
+        if self.qk_norm:
             q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)

@@ -27,6 +27,8 @@ def make_optimizers(model, cfg, device_type):
     """A list of optimizers over all of the model's trainable parameters, each parameter in one."""
     if cfg["optimizer"] not in OPTIMIZERS:
         raise ValueError(f"optimizer={cfg['optimizer']!r} must be one of {OPTIMIZERS}")
+    if cfg["lr_schedule"] not in SCHEDULES:  # checked here, at set-up, not at the first step
+        raise ValueError(f"lr_schedule={cfg['lr_schedule']!r} must be one of {SCHEDULES}")
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     hidden = {name for name, p in params.items()
               if cfg["optimizer"] == "muon" and name.startswith("transformer.h.") and p.dim() == 2}
@@ -48,9 +50,8 @@ def make_optimizers(model, cfg, device_type):
 
 
 def scheduled_lr(it, cfg, peak, minimum):
-    """The learning rate at step it of a group whose rate peaks at peak and ends at minimum."""
-    if cfg["lr_schedule"] not in SCHEDULES:
-        raise ValueError(f"lr_schedule={cfg['lr_schedule']!r} must be one of {SCHEDULES}")
+    """The learning rate at step it of a group whose rate peaks at peak and ends at minimum
+    (lr_schedule checked by make_optimizers)."""
     if not cfg["decay_lr"]:
         return peak
     if it < cfg["warmup_iters"]:

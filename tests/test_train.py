@@ -318,3 +318,11 @@ def test_schedules_and_optimizer_groups():
     lr = optim.set_learning_rates([adamw, muon], 80, {**cfg, "lr_schedule": "wsd"})
     assert lr == adamw.param_groups[0]["lr"] == pytest.approx(5.5e-4)
     assert muon.param_groups[0]["lr"] == pytest.approx(cfg["muon_learning_rate"] * 0.55)
+
+
+def test_bad_optimizer_or_schedule_stops_at_set_up(data_root, tmp_path, capsys):
+    for bad, words in (("--optimizer=sgd", "optimizer='sgd'"), ("--lr_schedule=linear", "lr_schedule='linear'")):
+        with pytest.raises(SystemExit) as stop:
+            train.main(args(data_root, tmp_path / "bad", bad))
+        assert stop.value.code == 2 and words in capsys.readouterr().err
+        assert not (tmp_path / "bad" / "last.pt").exists()
