@@ -326,3 +326,33 @@ def test_bad_optimizer_or_schedule_stops_at_set_up(data_root, tmp_path, capsys):
             train.main(args(data_root, tmp_path / "bad", bad))
         assert stop.value.code == 2 and words in capsys.readouterr().err
         assert not (tmp_path / "bad" / "last.pt").exists()
+
+
+def test_muon_equals_torch_muon_and_orthogonalizes():
+    """optim.Muon in bfloat16 takes torch.optim.Muon's steps exactly; in float32 (the CPU choice)
+    it stays within bfloat16's rounding of them; and its update's singular values sit near 1."""
+    import optim
+    torch.manual_seed(0)
+    shapes = [(24, 8), (8, 24), (16, 16)]
+    start = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(3)]
+
+    def run(make):
+        params = [torch.nn.Parameter(w.clone()) for w in start]
+        opt = make(params)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            opt.step()
+        return params
+
+    reference = run(lambda ps: torch.optim.Muon(ps, lr=0.02, momentum=0.95, weight_decay=0.0,
+                                                adjust_lr_fn="original"))
+    ours_bf16 = run(lambda ps: optim.Muon(ps, lr=0.02, momentum=0.95, orthogonalize_dtype=torch.bfloat16))
+    ours_fp32 = run(lambda ps: optim.Muon(ps, lr=0.02, momentum=0.95, orthogonalize_dtype=torch.float32))
+    for ref, bf16, fp32, w in zip(reference, ours_bf16, ours_fp32, start):
+        assert torch.equal(ref, bf16)
+        moved = (ref - w).abs().max()
+        assert (fp32 - ref).abs().max() < 0.05 * moved  # bfloat16 keeps ~3 significant digits
+    singular = torch.linalg.svdvals(optim.orthogonalize(torch.randn(32, 12), torch.float64))
+    assert singular.min() > 0.6 and singular.max() < 1.3
