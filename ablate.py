@@ -2,9 +2,14 @@
 
     python ablate.py config/cpu_demo.py                            # every variant, the demo's steps
     python ablate.py config/cpu_demo.py --variants=gpt2,muon,all --max_iters=300
+    python ablate.py config/cpu_demo.py --variants=all,all-softcap,all-softcap-zero_init,default
 
 Every variant trains the given config with config/gpt2.py's recipe plus its change (CHANGES below;
-"all" has every change), on the same data with the same seed. The variants take their optimizer
+"all" has every change, "all-softcap" every change but softcap, "default" train.py's own recipe),
+on the same data with the same seed. GPT-2's recipe and each change alone over it take AdamW at
+gpt2_lr_ratio of the config's rates (the config's are for the combined recipe, whose AdamW holds only
+embeddings and gains, and GPT-2's recipe trains worse at them: BENCHMARKS.md); the combinations take the
+config's own. The variants take their optimizer
 steps in turns, one step each per round, so a machine whose speed drifts slows them all alike; only
 the steps are timed (train.train_step, the step train.py takes). Every eval_interval steps each is
 evaluated on the same batches (train.evaluate). At the end each is scored on the whole validation
@@ -48,8 +53,11 @@ VARIANTS = ["gpt2", *CHANGES, "all"]
 GPT2_CONFIG = Path(__file__).resolve().parent / "config" / "gpt2.py"
 SPEC = {
     **train.SPEC,
-    "variants": (",".join(VARIANTS), "comma-separated variants to train: gpt2, the CHANGES, all"),
+    "variants": (",".join(VARIANTS), "comma-separated variants to train: gpt2, the CHANGES, all, "
+                                     "all-<change>[-<change>...] (all but those), default"),
     "ngram_order": (3, "order of the Kneser-Ney baseline"),
+    "gpt2_lr_ratio": (0.25, "gpt2 and each change alone train at this fraction of learning_rate and "
+                            "min_lr (GPT-2's recipe needs a lower rate than the combined one; 1: same)"),
 }
 
 
@@ -58,15 +66,33 @@ def gpt2_recipe():
     return configurator.read_config_file(str(GPT2_CONFIG), list(train.SPEC))
 
 
+def variant_changes(name):
+    """The train.py keys variant `name` sets over GPT-2's recipe, or None for an unknown name."""
+    if name == "gpt2":
+        return {}
+    if name == "default":  # train.py's defaults for every recipe key
+        return {k: train.SPEC[k][0] for k in gpt2_recipe()}
+    if name in CHANGES:
+        return CHANGES[name]
+    left_out = name.split("-")[1:]
+    if name.split("-")[0] != "all" or not set(left_out) <= set(CHANGES):
+        return None
+    return {k: v for change, keys in CHANGES.items() if change not in left_out for k, v in keys.items()}
+
+
 def variant_configs(cfg, names):
-    """{variant: train.py config}: cfg under config/gpt2.py's recipe, plus the variant's change."""
-    unknown = set(names) - set(VARIANTS)
+    """{variant: train.py config}: cfg under config/gpt2.py's recipe, plus the variant's changes."""
+    changes = {name: variant_changes(name) for name in names}
+    unknown = [name for name, change in changes.items() if change is None]
     if unknown or not names:
-        raise configurator.ConfigError(f"unknown variant(s) {sorted(unknown)}: choose from {VARIANTS}")
+        raise configurator.ConfigError(f"unknown variant(s) {unknown}: choose from {VARIANTS}, "
+                                       f"default, or all-<change>[-<change>...]")
     base = {**{k: v for k, v in cfg.items() if k in train.SPEC}, **gpt2_recipe()}
-    every = {k: v for change in CHANGES.values() for k, v in change.items()}
-    return {name: {**base, **({} if name == "gpt2" else every if name == "all" else CHANGES[name]),
-                   "out_dir": str(Path(cfg["out_dir"]) / name)} for name in names}
+    ratio = cfg["gpt2_lr_ratio"]
+    gpt2_rates = dict(learning_rate=base["learning_rate"] * ratio, min_lr=base["min_lr"] * ratio)
+    return {name: {**base, **(gpt2_rates if name == "gpt2" or name in CHANGES else {}), **change,
+                   "out_dir": str(Path(cfg["out_dir"]) / name)}
+            for name, change in changes.items()}
 
 
 def train_in_turns(runs, cfg):

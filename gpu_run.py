@@ -50,7 +50,7 @@ SPEC = {
 # seconds each stage may take on the GPU; the training stage's share is computed from the rest
 STAGE_LIMITS = {"tests": 150, "kernels": 90, "eval": 100, "generation": 40}
 CARRIED = ("train.bin", "val.bin")  # compressed; meta.json and tokenizer.json travel as they are
-TINY = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=2",
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=2",
         "--max_iters=6", "--lr_decay_iters=6", "--warmup_iters=1", "--eval_interval=3",
         "--eval_iters=1", "--compile=False", "--sample_tokens=4"]
 

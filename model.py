@@ -2,11 +2,13 @@
 
     python model.py config/mini_lm.py        # parameter count and breakdown for a config
 
-Pre-LayerNorm transformer blocks (causal self-attention, then an MLP) and a final LayerNorm. By
-default GPT-2's recipe: learned position embeddings, GELU, an LM head tied to the token embedding,
-GPT-2 initialisation. GPTConfig's recipe options change one thing each: rotary positions, ReLU^2,
-QK-norm, zero-initialised output projections, an untied zero-initialised head, value embeddings and
-logit soft-capping (the changes of the modded-nanogpt speedrun records).
+Pre-LayerNorm transformer blocks (causal self-attention, then an MLP) and a final LayerNorm.
+GPTConfig's defaults are GPT-2's recipe (learned position embeddings, GELU, an LM head tied to the
+token embedding, GPT-2 initialisation), so checkpoints that predate the options load unchanged.
+Each recipe option changes one thing: rotary positions, ReLU^2, QK-norm, zero-initialised output
+projections, an untied zero-initialised head, value embeddings and logit soft-capping (the changes
+of the modded-nanogpt speedrun records). train.py's defaults turn on those that measured better
+(BENCHMARKS.md, "Recipe ablation").
 
 Kernels (kernels/): LayerNorm, the attention softmax (attention="triton") and the loss run as fused
 Triton kernels on CUDA and as PyTorch code elsewhere; `kernels` forces either ("triton" / "torch").
@@ -464,7 +466,9 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
 
 def main(argv=None):
     import configurator
-    spec = {f.name: (f.default, f"GPTConfig.{f.name}") for f in fields(GPTConfig)}
+    import train  # a config is a train.py config: keys it leaves out take train.py's defaults
+    spec = {f.name: (train.SPEC[f.name][0] if f.name in train.SPEC else f.default, f"GPTConfig.{f.name}")
+            for f in fields(GPTConfig)}
     cfg = configurator.parse_or_exit(spec, argv, description=__doc__, prog="model.py",
                                      ignore_unknown_in_files=True)
     try:

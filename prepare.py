@@ -62,7 +62,7 @@ SPEC = {
     "minhash_shingle_words": (5, "near-dup: words per shingle"),
     "docs_per_shard": (10_000, "curated documents per .jsonl.gz shard"),
     # tokenizer
-    "vocab_size": (32_000, "tokenizer vocabulary, including <|endoftext|>"),
+    "vocab_size": (8_192, "tokenizer vocabulary, including <|endoftext|> (mini_lm's config: 32,000)"),
     "tokenizer_sample_bytes": (20_000_000, "curated text sampled to train the tokenizer"),
     "tokenizer_pattern": (GPT4_SPLIT_PATTERN, "regex that pre-splits text before BPE"),
     # report

@@ -66,8 +66,8 @@ SPEC = {
     "mlflow_log": (False, "log to MLflow (pip install mlflow)"),
     # data and batches
     "batch_size": (16, "sequences per micro-step (per rank)"),
-    "batch_order": ("random", "'random' windows (with replacement) or 'epoch' (each non-overlapping "
-                              "window once per epoch, in a seeded order)"),
+    "batch_order": ("epoch", "'random' windows (with replacement) or 'epoch' (each non-overlapping "
+                             "window once per epoch, in a seeded order)"),
     "block_size": (1024, "tokens per sequence"),
     "gradient_accumulation_steps": (8, "micro-steps per optimizer step, shared between all ranks"),
     # model (see model.GPTConfig)
@@ -79,17 +79,18 @@ SPEC = {
     "attention": ("sdpa", "'sdpa', 'triton' or 'eager'"),
     "kernels": ("auto", "'auto' (Triton on GPUs of compute capability 8.0+), 'triton' or 'torch'"),
     "gradient_checkpointing": (False, "recompute activations in backward to save memory"),
-    # the recipe's model options (see model.GPTConfig); config/gpt2.py sets GPT-2's
-    "position": ("learned", "'learned' position embeddings or 'rotary' (RoPE)"),
-    "activation": ("gelu", "the MLP's: 'gelu' or 'relu2' (ReLU squared)"),
-    "qk_norm": (False, "LayerNorm on each head's queries and keys"),
-    "zero_init": (False, "attention and MLP output projections start at zero"),
+    # the recipe's model options (see model.GPTConfig): the defaults are the changes that measured
+    # better on the demo data (BENCHMARKS.md, "Recipe ablation"); config/gpt2.py sets GPT-2's
+    "position": ("rotary", "'learned' position embeddings or 'rotary' (RoPE)"),
+    "activation": ("relu2", "the MLP's: 'gelu' or 'relu2' (ReLU squared)"),
+    "qk_norm": (True, "LayerNorm on each head's queries and keys"),
+    "zero_init": (True, "attention and MLP output projections start at zero"),
     "tied_head": (True, "the LM head is the token embedding (False: its own, zero at start)"),
-    "value_embeddings": (0, "tables of token vectors added to the values of the first and last "
+    "value_embeddings": (1, "tables of token vectors added to the values of the first and last "
                             "that many layers"),
     "logit_softcap": (0.0, "logits -> cap * tanh(logits / cap) (0: off)"),
     # optimizer and schedule (optim.py)
-    "optimizer": ("adamw", "'adamw', or 'muon' (Muon on the blocks' matrices, AdamW on the rest)"),
+    "optimizer": ("muon", "'adamw', or 'muon' (Muon on the blocks' matrices, AdamW on the rest)"),
     "learning_rate": (1e-3, "AdamW's peak learning rate"),
     "muon_learning_rate": (0.02, "Muon's peak learning rate"),
     "muon_momentum": (0.95, "Muon's momentum"),
@@ -101,8 +102,8 @@ SPEC = {
     "beta2": (0.95, "AdamW beta2"),
     "grad_clip": (1.0, "clip the global gradient norm to this (0: no clipping)"),
     "decay_lr": (True, "decay the learning rate after warmup (else constant)"),
-    "lr_schedule": ("cosine", "'cosine' (decay from warmup to lr_decay_iters) or 'wsd' (constant, then "
-                              "linear decay over the last cooldown_fraction of lr_decay_iters)"),
+    "lr_schedule": ("wsd", "'cosine' (decay from warmup to lr_decay_iters) or 'wsd' (constant, then "
+                           "linear decay over the last cooldown_fraction of lr_decay_iters)"),
     "cooldown_fraction": (0.4, "wsd: the share of lr_decay_iters over which the rate decays"),
     "warmup_iters": (100, "linear warmup steps"),
     "lr_decay_iters": (2000, "step at which the decay reaches min_lr (usually max_iters)"),

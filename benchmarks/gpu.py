@@ -53,9 +53,9 @@ def bench_gpu(quick=False, parts=GPU_PARTS):
     if "kernels" in parts:
         section("Kernels against PyTorch (bf16 inputs)")
         bench_gpu_kernels(device, quick, timed)
-    config = mini_lm() if not quick else dict(mini_lm(), n_layer=1, block_size=32, vocab_size=300)
+    config = mini_lm() if not quick else dict(mini_lm(), n_layer=2, block_size=32, vocab_size=300)
     if "step" in parts:
-        section("Training step, mini_lm (48M), batch 16 x 1024, compiled, AdamW fused")
+        section("Training step, mini_lm (train.py's recipe), batch 16 x 1024, compiled")
         bench_gpu_step(device, quick, config, name)
     if "generation" in parts:
         section("Generation, batch 1, mini_lm size (random weights), 16-token prompt, KV cache")
@@ -182,8 +182,8 @@ def bench_gpu_generation(device, quick, config):
 
 
 def train_on_device(device, quick):
-    """train.py itself for a few steps (bf16, compile, fused AdamW, checkpoints), then --init_from=
-    resume for a few more: the training script's own log lines. Needs a prepared data/demo (run
+    """train.py itself for a few steps (bf16, compile, Muon + fused AdamW, checkpoints), then
+    --init_from=resume for a few more: the training script's own log lines. Needs a prepared data/demo (run
     prepare.py here and carry data/demo to the GPU machine, whose Python lacks datasketch)."""
     import subprocess
     import sys
@@ -195,7 +195,7 @@ def train_on_device(device, quick):
             "--eval_interval=10", "--eval_iters=5", "--log_interval=5", "--checkpoint_interval=10",
             "--sample_interval=20", f"--device={device}"]
     if quick:
-        args += ["--n_layer=1", "--n_embd=64", "--n_head=2", "--block_size=64", "--batch_size=2",
+        args += ["--n_layer=2", "--n_embd=64", "--n_head=2", "--block_size=64", "--batch_size=2",
                  "--gradient_accumulation_steps=1", "--compile=False"]
     with tempfile.TemporaryDirectory() as out:
         for extra in (["--max_iters=20"], ["--max_iters=25", "--init_from=resume"]):

@@ -1,7 +1,11 @@
-# mini_lm, the flagship run: 48.4M parameters with the 32k tokenizer, for the user's targets on one
-# GPU. These are also train.py's defaults, so `torchrun --nproc_per_node=4 train.py` runs it too
-# (tests/test_train.py keeps the two equal). Precision is picked per GPU: bf16 where it is native,
-# fp16 with a gradient scaler on a T4/V100 (the log says which and why).
+# mini_lm, the flagship run: 64.2M parameters (31.5M in the blocks, 16.4M each in the token and value
+# embeddings) with the 32k tokenizer, for the user's targets on one GPU. These are also train.py's
+# defaults, so `torchrun --nproc_per_node=4 train.py` runs it too (tests/test_train.py keeps the two
+# equal). Precision is picked per GPU: bf16 where it is native, fp16 with a gradient scaler on a
+# T4/V100 (the log says which and why). The recipe is train.py's
+# default (rotary, ReLU^2, QK-norm, zero-init projections, value embeddings, Muon + AdamW, wsd,
+# epoch order: what measured best on the demo data, BENCHMARKS.md "Recipe ablation"); GPT-2's
+# instead: python train.py config/mini_lm.py config/gpt2.py
 # Data first: python prepare.py config/prepare_mini_lm.py   (100M tokens)
 # Then:       python train.py config/mini_lm.py
 dataset = "mini_lm"

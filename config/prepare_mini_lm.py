@@ -3,6 +3,7 @@
 dataset = "mini_lm"
 target_tokens = 100_000_000
 val_fraction = 0.005
+vocab_size = 32_000  # the seed's tokenizer size, for config/mini_lm.py
 sources = [
     dict(kind="wiki_dump", name="wiki",
          url="https://dumps.wikimedia.org/simplewiki/latest/simplewiki-latest-pages-articles.xml.bz2",

@@ -6,6 +6,7 @@
 dataset = "offline"
 target_tokens = 1_000_000_000  # more than there is: keep everything that passes the filters
 val_fraction = 0.01
+vocab_size = 32_000  # the seed's tokenizer size, for config/mini_lm.py
 sources = [
     dict(kind="files", name="code", paths=["stdlib", "site-packages"], extensions=[".py"],
          exclude=["test/*", "*/test/*", "tests/*", "*/tests/*", "*/idle_test/*", "*/__pycache__/*"],

@@ -1,5 +1,6 @@
 """ablate.py: variants trained in turns; the gpt2 variant trains exactly as train.py does."""
 import json
+import re
 
 import pytest
 
@@ -18,7 +19,10 @@ def test_variants_in_turns_and_gpt2_equals_train_py(data_root, tmp_path, capsys)
     assert saved["variants"]["gpt2"]["changes"]["position"] == "learned"
     assert "| all |" in out and "Kneser-Ney 3-gram" in out and "- muon: '" in out
     # the same steps as train.py's own run of the config under config/gpt2.py
-    plain = run(data_root, tmp_path / "plain", *common, str(ablate.GPT2_CONFIG))
+    # (at gpt2_lr_ratio of the config's rates, as ablate.py trains GPT-2's recipe)
+    tiny = ablate.configurator.parse(ablate.train.SPEC, args(data_root, tmp_path / "plain"))
+    rates = [f"--{key}={tiny[key] * ablate.SPEC['gpt2_lr_ratio'][0]!r}" for key in ("learning_rate", "min_lr")]
+    plain = run(data_root, tmp_path / "plain", *common, str(ablate.GPT2_CONFIG), *rates)
     curve = saved["variants"]["gpt2"]["curve"]
     assert [(h["iter"], h["val_loss"]) for h in plain["history"]] == [(s, loss) for s, _, loss in curve]
     records = [json.loads(line) for line in open(tmp_path / "ablation" / "rotary" / "log.jsonl")]
@@ -42,3 +46,22 @@ def test_gpt2_config_sets_every_recipe_key_to_gpt2_values():
     for key, value in recipe.items():
         if hasattr(defaults, key):
             assert getattr(defaults, key) == value, key
+
+
+def test_leave_out_and_default_variants():
+    """all-<change>-<change> is every change but those; default is train.py's own recipe."""
+    import train
+    cfg = {"out_dir": "o", "learning_rate": 8e-3, "min_lr": 8e-4, "gpt2_lr_ratio": 0.25}
+    configs = ablate.variant_configs(cfg, ["all", "all-softcap-untied_head", "default"])
+    every, left = configs["all"], configs["all-softcap-untied_head"]
+    assert every["logit_softcap"] == 15.0 and not every["tied_head"]
+    assert left["logit_softcap"] == 0.0 and left["tied_head"]  # GPT-2's values for the two left out
+    assert {k: v for k, v in left.items() if k not in ("logit_softcap", "tied_head", "out_dir")} == \
+        {k: v for k, v in every.items() if k not in ("logit_softcap", "tied_head", "out_dir")}
+    assert all(configs["default"][k] == train.SPEC[k][0] for k in ablate.gpt2_recipe())
+    rates = ablate.variant_configs(cfg, ["gpt2", "rotary", "all", "all-muon", "default"])
+    assert [rates[n]["learning_rate"] for n in rates] == [2e-3, 2e-3, 8e-3, 8e-3, 8e-3]
+    assert [rates[n]["min_lr"] for n in rates] == [2e-4, 2e-4, 8e-4, 8e-4, 8e-4]
+    for bad in ("all-muonn", "none-softcap", "all+softcap"):
+        with pytest.raises(ablate.configurator.ConfigError, match=re.escape(bad)):
+            ablate.variant_configs(cfg, ["gpt2", bad])

@@ -25,7 +25,7 @@ from test_serve import LiveServer
 ROOT = Path(__file__).resolve().parent.parent
 # A tiny model and a short run; compile off because compiling on a 2-core CPU takes longer than
 # the whole test (tests/test_model.py covers compile). Space-separated, as a user types them.
-TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size",
+TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size",
         "2", "--max_iters", "6", "--lr_decay_iters", "6", "--warmup_iters", "1", "--eval_interval",
         "3", "--eval_iters", "1", "--sample_interval", "0", "--compile", "False", "--tensorboard",
         "False"]

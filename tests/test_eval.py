@@ -12,7 +12,7 @@ import torch
 import eval as evaluate_script
 import metrics
 from model import GPT, GPTConfig
-from test_train import SPEEDRUN, data_root, run  # noqa: F401  (fixture and helpers)
+from test_train import GPT2, SPEEDRUN, data_root, run  # noqa: F401  (fixture and helpers)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,7 +150,7 @@ def test_generation_metrics_known_answers():
     assert metrics.self_bleu(["same text here ok", "same text here ok"]) == pytest.approx(100.0)
 
 
-@pytest.mark.parametrize("recipe", [[], SPEEDRUN], ids=["gpt2", "speedrun"])
+@pytest.mark.parametrize("recipe", [GPT2, [], SPEEDRUN], ids=["gpt2", "default", "speedrun"])
 def test_eval_end_to_end_on_a_trained_tiny_model(data_root, tmp_path, recipe):  # noqa: F811
     run(data_root, tmp_path / "o", "--max_iters=30", "--eval_interval=10", *recipe)
     out = tmp_path / "eval"

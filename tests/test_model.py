@@ -42,10 +42,15 @@ def test_parameter_breakdown_and_mini_lm_size():
     counts = model.parameter_breakdown()
     assert counts["total"] == sum(p.numel() for p in model.parameters())  # tied weights counted once
     assert model.transformer.wte.weight is model.lm_head.weight
-    result = subprocess.run([sys.executable, "model.py", "config/mini_lm.py"], cwd=ROOT,
-                            capture_output=True, text=True, check=True)
-    total = float(result.stdout.split("total:")[1].split("M")[0])
-    assert 45 < total < 55, result.stdout
+    def breakdown(*configs):
+        result = subprocess.run([sys.executable, "model.py", *configs], cwd=ROOT,
+                                capture_output=True, text=True, check=True)
+        return {line.split(":")[0].strip(): float(line.split(":")[1].strip().rstrip("M"))
+                for line in result.stdout.splitlines()[1:]}
+    default, gpt2 = breakdown("config/mini_lm.py"), breakdown("config/mini_lm.py", "config/gpt2.py")
+    assert 45 < gpt2["total"] < 55 and gpt2["value embeddings"] == 0, gpt2  # the seed's ~50M
+    assert default["blocks"] == gpt2["blocks"] and default["position embedding"] == 0
+    assert default["value embeddings"] == default["token embedding"] == 16.38, default  # train.py's recipe
 
 
 def test_flops_per_token_counts_matmul_parameters_and_attention():

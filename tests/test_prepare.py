@@ -310,6 +310,7 @@ def test_shipped_prepare_configs_load():
     import configurator
     cfg = configurator.parse(prepare.SPEC, [str(ROOT / "config" / "prepare_mini_lm.py")])
     specs = sources.resolve_sources(cfg["sources"])
+    assert cfg["vocab_size"] == 32_000  # mini_lm keeps the seed's tokenizer; the demo's is smaller
     assert cfg["target_tokens"] == 100_000_000 and [s["kind"] for s in specs] == \
         ["wiki_dump", "wiki_offline", "files"]
     assert all(sources._root(p).is_dir() for p in specs[2]["paths"])

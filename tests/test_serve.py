@@ -11,7 +11,7 @@ import pytest
 
 import configurator
 import serve
-from test_train import SPEEDRUN, data_root, run  # noqa: F401  (fixture and helpers)
+from test_train import GPT2, SPEEDRUN, data_root, run  # noqa: F401  (fixture and helpers)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,8 +24,16 @@ def ckpt(data_root, tmp_path_factory):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
+def gpt2_ckpt(data_root, tmp_path_factory):  # noqa: F811
+    """A checkpoint of GPT-2's recipe (learned positions, GELU, AdamW), beside the default one."""
+    out = tmp_path_factory.mktemp("serve_gpt2_ckpt")
+    run(data_root, out, "--max_iters=30", *GPT2)
+    return out / "last.pt"
+
+
+@pytest.fixture(scope="module")
 def speedrun_ckpt(data_root, tmp_path_factory):  # noqa: F811
-    """A checkpoint of the other recipe: rotary positions, value embeddings, untied head ..."""
+    """A checkpoint with every recipe option: an untied head and soft-capped logits too."""
     out = tmp_path_factory.mktemp("serve_speedrun_ckpt")
     run(data_root, out, "--max_iters=30", *SPEEDRUN)
     return out / "last.pt"
@@ -216,13 +224,13 @@ def post(url, body, key="k", timeout=60):
         return r.read()
 
 
-@pytest.mark.parametrize("recipe", ["ckpt", "speedrun_ckpt"], ids=["gpt2", "speedrun"])
+@pytest.mark.parametrize("recipe", ["gpt2_ckpt", "ckpt", "speedrun_ckpt"], ids=["gpt2", "default", "speedrun"])
 def test_engine_batches_staggered_requests_like_separate_generation(recipe, request):
     """Requests joining and leaving the batch at different steps, with prompts of different lengths,
     get exactly what model.generate gives each alone (float64, greedy), with learned positions and
     with rotary ones (the engine re-aligns cached keys: their positions must stay each row's own)."""
     flask_app, model, tokenizer = make_app(request.getfixturevalue(recipe), "--dtype=float64")
-    assert model.config.position == ("rotary" if recipe == "speedrun_ckpt" else "learned")
+    assert model.config.position == ("learned" if recipe == "gpt2_ckpt" else "rotary")
     engine = flask_app.config["mini_lm_server"].engine
     prompts = [tokenizer.encode(t) for t in ("The river", "A", "def step_3(value, scale):", "The old")]
     params = [{"max_tokens": min(n, model.config.block_size - len(prompt)), "temperature": 0,

@@ -44,12 +44,14 @@ def assert_same_parameters(a, b, atol=0.0):
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
 
 
+GPT2 = [str(ROOT / "config" / "gpt2.py")]  # GPT-2's recipe; train.py's defaults are the other one
+# every recipe option on, including the two the defaults leave off (untied head, soft-cap)
 SPEEDRUN = ["--optimizer=muon", "--lr_schedule=wsd", "--batch_order=epoch", "--position=rotary",
             "--activation=relu2", "--qk_norm=True", "--zero_init=True", "--tied_head=False",
             "--value_embeddings=1", "--logit_softcap=15.0"]
 
 
-@pytest.mark.parametrize("recipe", [[], SPEEDRUN], ids=["gpt2", "speedrun"])
+@pytest.mark.parametrize("recipe", [GPT2, SPEEDRUN], ids=["gpt2", "speedrun"])
 def test_resume_continues_exactly(data_root, tmp_path, recipe):
     """12 steps straight == 6 steps, stop, resume, 6 more: same weights, optimizer states (Muon's
     momentum too), RNG and data (the epoch order's position too)."""
@@ -64,7 +66,7 @@ def test_resume_continues_exactly(data_root, tmp_path, recipe):
     by_step = {h["iter"]: h["val_loss"] for h in resumed["history"]}  # it also has step 6, the stop
     assert all(by_step[h["iter"]] == h["val_loss"] for h in straight["history"])
     assert straight["train_windows_drawn"] == resumed["train_windows_drawn"]
-    assert len(straight["optimizer"]) == (2 if recipe else 1)
+    assert len(straight["optimizer"]) == (2 if recipe is SPEEDRUN else 1)
     for saved, saved2 in zip(straight["optimizer"], resumed["optimizer"]):
         assert saved["state"].keys() == saved2["state"].keys() and saved["state"]
         for k in saved["state"]:
@@ -72,7 +74,7 @@ def test_resume_continues_exactly(data_root, tmp_path, recipe):
                 assert torch.equal(value, saved2["state"][k][name]), (k, name)
 
 
-@pytest.mark.parametrize("recipe", [[], SPEEDRUN], ids=["gpt2", "speedrun"])
+@pytest.mark.parametrize("recipe", [GPT2, SPEEDRUN], ids=["gpt2", "speedrun"])
 def test_ddp_equals_single_process_accumulation(data_root, tmp_path, recipe):
     """torchrun, 2 ranks (gloo), accumulation 2 overall (1 per rank) == one process accumulating 2."""
     common = ["--max_iters=4", "--lr_decay_iters=4", "--eval_interval=100", "--dropout=0.0",
@@ -269,7 +271,7 @@ def test_benchmarks_time_train_py_own_step(monkeypatch):
     calls = []
     real_step = train.train_step
     monkeypatch.setattr(train, "train_step", lambda run: calls.append(run) or real_step(run))
-    model = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, dropout=0.0, bias=False, vocab_size=300)
+    model = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.0, bias=False, vocab_size=300)
     step, tokens, _, run = training_step(model, batch=2, attention="eager")
     before = [p.detach().clone() for p in run.raw_model.parameters()]
     step()
