@@ -7,14 +7,14 @@
 Every variant trains the given config with config/gpt2.py's recipe plus its change (CHANGES below;
 "all" has every change, "all-softcap" every change but softcap, "default" train.py's own recipe),
 on the same data with the same seed. GPT-2's recipe and each change alone over it take AdamW at
-gpt2_lr_ratio of the config's rates (the config's are for the combined recipe, whose AdamW holds only
-embeddings and gains, and GPT-2's recipe trains worse at them: BENCHMARKS.md); the combinations take the
-config's own. The variants take their optimizer
-steps in turns, one step each per round, so a machine whose speed drifts slows them all alike; only
-the steps are timed (train.train_step, the step train.py takes). Every eval_interval steps each is
-evaluated on the same batches (train.evaluate). At the end each is scored on the whole validation
-split in bits per byte (as eval.py does), beside the Kneser-Ney baseline on the same tokens, and
-writes a text sample. Prints Markdown tables; writes out_dir/ablation.json and each variant's
+gpt2_lr_ratio of the config's rates (the config's are for the combined recipe, whose AdamW holds
+only embeddings and gains, and GPT-2's recipe trains worse at them: BENCHMARKS.md); the
+combinations take the config's own. The variants take their optimizer steps in turns, one step each
+per round, so a machine whose speed drifts slows them all alike; only the steps are timed
+(train.train_step, the step train.py takes). Every eval_interval steps each is evaluated on the
+same batches (train.evaluate). At the end each is scored on the whole validation split in bits per
+byte (as eval.py does), beside the Kneser-Ney baseline on the same tokens, and writes a text
+sample. Prints Markdown tables; writes out_dir/ablation.json and each variant's
 out_dir/<variant>/log.jsonl.
 """
 
@@ -90,6 +90,8 @@ def variant_configs(cfg, names):
                                        f"default, or all-<change>[-<change>...]")
     base = {**{k: v for k, v in cfg.items() if k in train.SPEC}, **gpt2_recipe()}
     ratio = cfg["gpt2_lr_ratio"]
+    if not ratio > 0:
+        raise configurator.ConfigError(f"gpt2_lr_ratio={ratio!r} must be above 0 (1: the config's rates)")
     gpt2_rates = dict(learning_rate=base["learning_rate"] * ratio, min_lr=base["min_lr"] * ratio)
     return {name: {**base, **(gpt2_rates if name == "gpt2" or name in CHANGES else {}), **change,
                    "out_dir": str(Path(cfg["out_dir"]) / name)}

@@ -183,8 +183,9 @@ def bench_gpu_generation(device, quick, config):
 
 def train_on_device(device, quick):
     """train.py itself for a few steps (bf16, compile, Muon + fused AdamW, checkpoints), then
-    --init_from=resume for a few more: the training script's own log lines. Needs a prepared data/demo (run
-    prepare.py here and carry data/demo to the GPU machine, whose Python lacks datasketch)."""
+    --init_from=resume for a few more: the training script's own log lines. Needs a prepared
+    data/demo (run prepare.py here and carry data/demo to the GPU machine, whose Python lacks
+    datasketch)."""
     import subprocess
     import sys
     import tempfile

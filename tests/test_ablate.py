@@ -65,3 +65,5 @@ def test_leave_out_and_default_variants():
     for bad in ("all-muonn", "none-softcap", "all+softcap"):
         with pytest.raises(ablate.configurator.ConfigError, match=re.escape(bad)):
             ablate.variant_configs(cfg, ["gpt2", bad])
+    with pytest.raises(ablate.configurator.ConfigError, match="gpt2_lr_ratio=0.0 must be above 0"):
+        ablate.variant_configs({**cfg, "gpt2_lr_ratio": 0.0}, ["gpt2"])
