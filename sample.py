@@ -1,0 +1,133 @@
+"""sample.py: continue a prompt with a trained checkpoint, in one command (as nanoGPT's sample.py).
+
+    python sample.py --out_dir=out --start="The river"
+    python sample.py --start=FILE:prompt.txt --num_samples=5 --max_new_tokens=300 --top_p=0.9
+    python sample.py --ckpt=out/last.pt --temperature=0 --num_samples=1       # greedy
+
+Each sample is printed as it is generated, after a line of dashes; the speed goes to stderr. Sample i
+is drawn with seed + i, so the same command prints the same samples again, and the first samples do
+not change when --num_samples grows. An empty --start begins a new document (the model sees the
+end-of-text token that separates documents in training). serve.py serves many clients at once;
+this is the one-shot command.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import checkpoint
+import configurator
+import hardware
+
+SPEC = {
+    "out_dir": ("out", "the run's folder: samples from <out_dir>/best.pt"),
+    "ckpt": ("", "a checkpoint file to use instead of <out_dir>/best.pt"),
+    "start": ("", "the prompt, or FILE:<path> to read it from a file; empty: a new document"),
+    "num_samples": (3, "how many samples to draw"),
+    "max_new_tokens": (200, "tokens generated per sample (an end-of-text token ends one sooner)"),
+    "temperature": (0.8, "0: greedy (always the likeliest token); higher: more varied"),
+    "top_k": (200, "sample from the k likeliest tokens only (0: all)"),
+    "top_p": (1.0, "sample from the smallest set of tokens whose probability reaches p (1: all)"),
+    "seed": (1337, "random seed; sample i uses seed + i"),
+    "device": ("auto", "'auto', 'cpu', 'cuda', 'cuda:1' ..."),
+    "dtype": ("float32", "weights in 'float32', 'bfloat16' or 'float16'"),
+    "compile": (False, "torch.compile the model's forward pass first (pays off on a GPU for long "
+                       "samples; the first sample includes the compilation)"),
+}
+
+
+def read_prompt(start):
+    """The prompt text: start itself, or the contents of the file that FILE:<path> names."""
+    if not start.startswith("FILE:"):
+        return start
+    path = Path(start[len("FILE:"):])
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else f"not UTF-8 text ({e.reason})"
+        raise configurator.ConfigError(f"start=FILE:{path}: cannot read the prompt file: {reason}") from None
+
+
+def check_settings(cfg):
+    """Refuse values that generate() would trip over later, naming the key."""
+    checks = [("num_samples", cfg["num_samples"] >= 1, "must be at least 1"),
+              ("max_new_tokens", cfg["max_new_tokens"] >= 1, "must be at least 1"),
+              ("temperature", cfg["temperature"] >= 0, "must be 0 (greedy) or positive"),
+              ("top_k", cfg["top_k"] >= 0, "must be 0 (all tokens) or positive"),
+              ("top_p", 0 < cfg["top_p"] <= 1, "must be in (0, 1]"),
+              ("dtype", cfg["dtype"] in hardware.DTYPES, f"must be one of {list(hardware.DTYPES)}")]
+    for key, ok, rule in checks:
+        if not ok:
+            raise configurator.ConfigError(f"{key}={cfg[key]!r} {rule}")
+
+
+def load(cfg):
+    """(model, tokenizer) on the chosen device, weights in the chosen dtype, maybe compiled."""
+    device = hardware.resolve_device(cfg["device"])
+    dtype = hardware.DTYPES[cfg["dtype"]]
+    model, tokenizer, _ = checkpoint.load_model(cfg["ckpt"] or Path(cfg["out_dir"]) / "best.pt", device)
+    hardware.choose_kernels(model.config.kernels, device, dtype)  # refuses what this GPU cannot run
+    hardware.check_compile(cfg["compile"], dtype, device)
+    model = model.to(dtype).optimize_for_decoding()
+    if cfg["compile"]:
+        # generate() calls the module, and the module calls its forward: compiling the forward
+        # compiles prefill and decoding. dynamic=True: the KV cache grows one token per step, and
+        # each length would otherwise be compiled anew.
+        model.forward = torch.compile(model.forward, dynamic=True)
+    return model, tokenizer
+
+
+def text_deltas(stream, tokenizer):
+    """(new text, tokens so far) after each step of one sample's token stream, holding back a UTF-8
+    character whose bytes have not all arrived yet (it would print as U+FFFD)."""
+    printed, text, count = 0, "", 0
+    for token_lists in stream:
+        count = len(token_lists[0])
+        text = tokenizer.decode(token_lists[0])
+        end = len(text)
+        while end > printed and text[end - 1] == "\ufffd":
+            end -= 1
+        if end > printed:
+            yield text[printed:end], count
+            printed = end
+    if len(text) > printed:  # still held back at the end: the model did write U+FFFD there
+        yield text[printed:], count
+
+
+def draw_samples(model, tokenizer, prompt, cfg):
+    """Print num_samples continuations of prompt, each as it is generated; returns their texts."""
+    prompt_ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
+    samples = []
+    for i in range(cfg["num_samples"]):
+        print("-" * 72 + "\n" + prompt, end="", flush=True)
+        t0, pieces, count = time.perf_counter(), [], 0
+        stream = model.generate_stream([prompt_ids], cfg["max_new_tokens"], cfg["temperature"],
+                                       cfg["top_k"] or None, cfg["top_p"],
+                                       stop_tokens=[tokenizer.eot_id], seed=cfg["seed"] + i)
+        for piece, count in text_deltas(stream, tokenizer):
+            print(piece, end="", flush=True)
+            pieces.append(piece)
+        seconds = time.perf_counter() - t0
+        print(flush=True)
+        print(f"[sample {i + 1}: {count} tokens in {seconds:.2f} s, {count / seconds:.1f} tokens/s]",
+              file=sys.stderr, flush=True)
+        samples.append("".join(pieces))
+    return samples
+
+
+def main(argv=None):
+    cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="sample.py")
+    try:
+        check_settings(cfg)
+        prompt = read_prompt(cfg["start"])
+        model, tokenizer = load(cfg)
+    except (configurator.ConfigError, checkpoint.CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return draw_samples(model, tokenizer, prompt, cfg)
+
+
+if __name__ == "__main__":
+    main()
