@@ -12,7 +12,8 @@
    each prompt (greedy unless temperature > 0) and the continuations are scored against the
    references with sacrebleu (corpus BLEU, chrF; signatures in the report) and rouge-score
    (ROUGE-1/2/L F1 with stemming), and on their own: distinct-1/2/3, self-BLEU, repetition,
-   coherence with the prompt and toxicity rate.
+   coherence with the prompt and toxicity rate. Every case goes to generations.jsonl, and the scored
+   texts to references.txt and hypotheses.txt, for sacrebleu's and rouge-score's own command lines.
 3. Report: the tables, learning curves from the checkpoint's history, samples, the model and configs;
    metrics also go to TensorBoard (<out_dir>/tb).
 """
@@ -97,28 +98,46 @@ def load_streams(cfg, tokenizer, ckpt):
 
 
 def generation_task(model, tokenizer, streams, cfg, device):
-    """Prompts, references and continuations (as text) for the held-out documents."""
+    """The held-out cases as text: (sources, prompts, references, continuations)."""
     block = model.config.block_size
     prompt_len = min(cfg["prompt_tokens"], block - 1)
-    cases = []
+    cases = []  # (source, prompt ids, reference ids)
     per_source = max(1, cfg["gen_documents"] // max(1, len(streams)))
-    for tokens in streams.values():
+    for source, tokens in streams.items():
         ends = np.flatnonzero(tokens == tokenizer.eot_id)
         starts = np.concatenate([[0], ends + 1])[:len(ends)]
         taken = 0
         for s, e in zip(starts, ends):
             if e - s >= prompt_len + cfg["reference_tokens"] and taken < per_source:
-                cases.append((tokens[s:s + prompt_len].tolist(),
+                cases.append((source, tokens[s:s + prompt_len].tolist(),
                               tokens[s + prompt_len:s + prompt_len + cfg["reference_tokens"]].tolist()))
                 taken += 1
     outputs = []
     for i in range(0, len(cases), cfg["batch_size"]):
-        prompts = [c[0] for c in cases[i:i + cfg["batch_size"]]]
+        prompts = [c[1] for c in cases[i:i + cfg["batch_size"]]]
         outputs += model.generate(prompts, cfg["reference_tokens"], temperature=cfg["temperature"],
                                   top_k=cfg["top_k"] or None, top_p=cfg["top_p"],
                                   seed=cfg["seed"] + i)
-    return ([tokenizer.decode(p) for p, _ in cases], [tokenizer.decode(r) for _, r in cases],
-            [tokenizer.decode(o) for o in outputs])
+    return ([c[0] for c in cases], [tokenizer.decode(c[1]) for c in cases],
+            [tokenizer.decode(c[2]) for c in cases], [tokenizer.decode(o) for o in outputs])
+
+
+def one_line(text):
+    """text with its line breaks as spaces. references.txt and hypotheses.txt hold one case per
+    line, as sacrebleu's and rouge-score's command lines read them, and eval.py scores these same
+    one-line texts, so those commands give its numbers exactly."""
+    return text.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
+
+
+def write_generations(out_dir, sources, prompts, references, hypotheses):
+    """generations.jsonl: every case as generated; references.txt and hypotheses.txt: the one-line
+    texts that were scored, line i of each being case i."""
+    cases = [{"source": s, "prompt": p, "reference": r, "hypothesis": h}
+             for s, p, r, h in zip(sources, prompts, references, hypotheses)]
+    atomic.write_text(out_dir / "generations.jsonl",
+                      "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in cases))
+    for name, texts in (("references.txt", references), ("hypotheses.txt", hypotheses)):
+        atomic.write_text(out_dir / name, "".join(one_line(t) + "\n" for t in texts))
 
 
 def score_generations(prompts, references, hypotheses):
@@ -181,8 +200,10 @@ def evaluate(cfg):
 
     likelihood, baselines = score_likelihood(model, tokenizer, streams, train, cfg, stride, device)
 
-    prompts, references, hypotheses = generation_task(model, tokenizer, streams, cfg, device)
-    generation = score_generations(prompts, references, hypotheses)
+    sources, prompts, references, hypotheses = generation_task(model, tokenizer, streams, cfg, device)
+    write_generations(out_dir, sources, prompts, references, hypotheses)
+    generation = score_generations(prompts, [one_line(r) for r in references],
+                                   [one_line(h) for h in hypotheses])
     samples = [{"prompt": p, "reference": r, "generated": h}
                for p, r, h in list(zip(prompts, references, hypotheses))[:5]]
     params = model.parameter_breakdown()
@@ -281,7 +302,15 @@ def write_report(out_dir, result, history):
             if key in g:
                 lines.append(f"| {key} | {g[key]:.4f} | {span} |")
         lines += [f"| {key} | not computed: {why} | |" for key, why in g["not_computed"].items()]
-        lines += ["", f"BLEU signature: `{g['bleu_signature']}`; chrF: `{g['chrf_signature']}`"]
+        lines += ["", f"BLEU signature: `{g['bleu_signature']}`; chrF: `{g['chrf_signature']}`", "",
+                  "Every case is in `generations.jsonl`; `references.txt` and `hypotheses.txt` hold "
+                  "the scored texts (line breaks as spaces), one case per line, for the scorers' own "
+                  "command lines:", "", "```",
+                  "sacrebleu references.txt -i hypotheses.txt -m bleu chrf -w 4",
+                  "python -m rouge_score.rouge --target_filepattern=references.txt "
+                  "--prediction_filepattern=hypotheses.txt --output_filename=rouge.csv "
+                  "--use_stemmer=true --noaggregate   # the mean of each column is the table's",
+                  "```"]
     if history:
         steps = [h["iter"] for h in history]
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))

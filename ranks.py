@@ -38,12 +38,23 @@ def agree(ddp, device, *flags):
 
 
 class StopRequest:
-    """SIGTERM/SIGINT set a flag; the loop saves last.pt at the end of the step and exits."""
+    """Inside `with StopRequest() as stop:`, SIGTERM/SIGINT set stop.signal, and the loop saves
+    last.pt at the end of the step and exits. The handlers found on entry come back on exit: a
+    process that goes on after training (ablate.py, a notebook, the tests) must die on SIGTERM
+    again, and so must the processes it forks later (multiprocessing.Pool.terminate stops its
+    workers with SIGTERM; workers that inherited this handler ignored it, and the pool's join
+    waited for them forever)."""
 
-    def __init__(self):
+    def __enter__(self):
         self.signal = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+        self.previous = {sig: signal.signal(sig, self._handle)
+                         for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc_info):
+        for sig, handler in self.previous.items():
+            # None: a handler installed outside Python, which cannot be put back; use the default
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
     def _handle(self, signum, frame):
         if self.signal is not None:  # a second Ctrl-C: stop now

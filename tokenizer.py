@@ -67,6 +67,9 @@ def count_chunks_parallel(texts, pattern=GPT4_SPLIT_PATTERN, workers=1, batch_ch
     with Pool(workers) as pool:
         for counts in pool.imap(_count_chunks_job, batches()):
             total.update(counts)
+        # let the workers finish and exit; leaving the block would otherwise stop them with SIGTERM
+        pool.close()
+        pool.join()
     return total
 
 

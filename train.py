@@ -443,56 +443,58 @@ def log_step(run, state, lr, loss, grad_norm, seconds):
 
 def run_training(cfg, ddp, rank, world, device):
     run, state = set_up(cfg, ddp, rank, world, device)
-    stop = ranks.StopRequest()
-    started = last_save = time.time()
-    bad_steps, time_up = 0, False
-    run.model.train()
-    while True:
-        # the learning rates of this step: linear warmup, then the schedule's decay to min_lr
-        lr = optim.set_learning_rates(run.optimizers, state.iter_num, cfg)
+    with ranks.StopRequest() as stop:
+        started = last_save = time.time()
+        bad_steps, time_up = 0, False
+        run.model.train()
+        while True:
+            # the learning rates of this step: linear warmup, then the schedule's decay to min_lr
+            lr = optim.set_learning_rates(run.optimizers, state.iter_num, cfg)
 
-        # evaluate every eval_interval steps and at the end (loss, best.pt, a text sample)
-        finished = cfg["eval_only"] or state.iter_num >= cfg["max_iters"] or time_up
-        if state.iter_num % cfg["eval_interval"] == 0 or finished:
-            state = evaluate_and_report(run, state, lr)
-        if finished:
-            if time_up and run.master:
-                print(f"stopped at step {state.iter_num}: max_minutes={cfg['max_minutes']} reached",
-                      flush=True)
-            break
+            # evaluate every eval_interval steps and at the end (loss, best.pt, a text sample)
+            finished = cfg["eval_only"] or state.iter_num >= cfg["max_iters"] or time_up
+            if state.iter_num % cfg["eval_interval"] == 0 or finished:
+                state = evaluate_and_report(run, state, lr)
+            if finished:
+                if time_up and run.master:
+                    print(f"stopped at step {state.iter_num}: max_minutes={cfg['max_minutes']} "
+                          "reached", flush=True)
+                break
 
-        # one optimizer step; a non-finite one is skipped, max_bad_steps of them in a row stop
-        t0 = time.time()
-        loss, grad_norm, finite = train_step(run)
-        bad_steps = 0 if finite or run.scaler.is_enabled() else bad_steps + 1
-        if bad_steps and run.master:
-            print(f"warning: step {state.iter_num} has a non-finite loss or gradient norm; skipped "
-                  f"({bad_steps} in a row)", file=sys.stderr)
-        if bad_steps >= cfg["max_bad_steps"]:
-            raise SystemExit(f"error: {bad_steps} consecutive non-finite steps at step "
-                             f"{state.iter_num}: lower learning_rate, use float32 or bfloat16, or "
-                             f"check the data; {run.out_dir}/last.pt holds the last good state")
-        state = replace(state, iter_num=state.iter_num + 1,
-                        tokens_seen=state.tokens_seen + run.tokens_per_step)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if run.master and state.iter_num % cfg["log_interval"] == 0:
-            log_step(run, state, lr, loss, grad_norm, time.time() - t0)
+            # one optimizer step; a non-finite one is skipped, max_bad_steps of them in a row stop
+            t0 = time.time()
+            loss, grad_norm, finite = train_step(run)
+            bad_steps = 0 if finite or run.scaler.is_enabled() else bad_steps + 1
+            if bad_steps and run.master:
+                print(f"warning: step {state.iter_num} has a non-finite loss or gradient norm; "
+                      f"skipped ({bad_steps} in a row)", file=sys.stderr)
+            if bad_steps >= cfg["max_bad_steps"]:
+                raise SystemExit(f"error: {bad_steps} consecutive non-finite steps at step "
+                                 f"{state.iter_num}: lower learning_rate, use float32 or bfloat16, "
+                                 f"or check the data; {run.out_dir}/last.pt holds the last good "
+                                 "state")
+            state = replace(state, iter_num=state.iter_num + 1,
+                            tokens_seen=state.tokens_seen + run.tokens_per_step)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if run.master and state.iter_num % cfg["log_interval"] == 0:
+                log_step(run, state, lr, loss, grad_norm, time.time() - t0)
 
-        # last.pt on schedule; SIGTERM/SIGINT or max_minutes end the run, on every rank at once
-        over_time = bool(cfg["max_minutes"]) and time.time() - started > 60 * cfg["max_minutes"]
-        stopping, time_up = ranks.agree(run.ddp, run.device, stop.signal is not None, over_time)
-        due = ((cfg["checkpoint_interval"] and state.iter_num % cfg["checkpoint_interval"] == 0)
-               or time.time() - last_save > 60 * cfg["checkpoint_minutes"])
-        if not stopping:
-            (due,) = ranks.agree(run.ddp, run.device, due)
-        if due or stopping:
-            write_last(run, state)
-            last_save = time.time()
-        if stopping:
-            if run.master:
-                print(f"stopped at step {state.iter_num}; resume with --init_from=resume", flush=True)
-            break
+            # last.pt on schedule; SIGTERM/SIGINT or max_minutes end the run, on every rank at once
+            over_time = bool(cfg["max_minutes"]) and time.time() - started > 60 * cfg["max_minutes"]
+            stopping, time_up = ranks.agree(run.ddp, run.device, stop.signal is not None, over_time)
+            due = ((cfg["checkpoint_interval"] and state.iter_num % cfg["checkpoint_interval"] == 0)
+                   or time.time() - last_save > 60 * cfg["checkpoint_minutes"])
+            if not stopping:
+                (due,) = ranks.agree(run.ddp, run.device, due)
+            if due or stopping:
+                write_last(run, state)
+                last_save = time.time()
+            if stopping:
+                if run.master:
+                    print(f"stopped at step {state.iter_num}; resume with --init_from=resume",
+                          flush=True)
+                break
 
     if not cfg["eval_only"] and stop.signal is None:
         write_last(run, state)

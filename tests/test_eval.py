@@ -1,7 +1,10 @@
 """eval.py and metrics.py: perplexity against independent computations and known answers, the
 n-gram baselines against a direct implementation, generation metrics, the report, bad inputs."""
+import csv
 import json
 import math
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -173,6 +176,63 @@ def test_eval_end_to_end_on_a_trained_tiny_model(data_root, tmp_path, recipe):  
     report = (out / "report.md").read_text()
     assert "## Baselines" in report and "learning_curves.png" in report
     assert (out / "learning_curves.png").exists() and list((out / "tb").iterdir())
+
+
+def rescore_with_the_scorers_command_lines(folder):
+    """BLEU, chrF and the mean ROUGE F1s of references.txt / hypotheses.txt in folder, by
+    sacrebleu's and rouge-score's own command lines."""
+    sacrebleu = Path(sys.executable).parent / "sacrebleu"
+    bleu, chrf = json.loads(subprocess.run(
+        [str(sacrebleu), "references.txt", "-i", "hypotheses.txt", "-m", "bleu", "chrf", "-w", "6",
+         "--format", "json"], cwd=folder, capture_output=True, text=True, check=True).stdout)
+    subprocess.run([sys.executable, "-m", "rouge_score.rouge", "--target_filepattern=references.txt",
+                    "--prediction_filepattern=hypotheses.txt", "--output_filename=rouge.csv",
+                    "--use_stemmer=true", "--noaggregate"], cwd=folder, capture_output=True, check=True)
+    with open(folder / "rouge.csv") as f:
+        rows = list(csv.DictReader(f))
+    rouge = {key: float(np.mean([float(r[f"{key}-F"]) for r in rows]))
+             for key in ("rouge1", "rouge2", "rougeL")}
+    return bleu["score"], chrf["score"], rouge, len(rows)
+
+
+def test_scored_texts_rescore_the_same_with_the_scorers_command_lines(tmp_path):
+    references = ["def step(value):\n    return value * 2\n", "The old river-\ncrossed the town.",
+                  "A caf\u00e9\r\nin the busy market", "one two three four five six"]
+    hypotheses = ["def step(value):\n    return value + 2", "The old river crossed a town.",
+                  "A caf\u00e9 in the market\r", ""]
+    evaluate_script.write_generations(tmp_path, ["code", "prose", "prose", "prose"],
+                                      ["p"] * 4, references, hypotheses)
+    expected = evaluate_script.score_generations(["p"] * 4, list(map(evaluate_script.one_line, references)),
+                                                 list(map(evaluate_script.one_line, hypotheses)))
+    bleu, chrf, rouge, rows = rescore_with_the_scorers_command_lines(tmp_path)
+    assert rows == 4 and expected["bleu"] > 10 and expected["rouge1"] > 0.3
+    assert bleu == pytest.approx(expected["bleu"], abs=1e-6)
+    assert chrf == pytest.approx(expected["chrf"], abs=1e-6)
+    for key, value in rouge.items():
+        assert value == pytest.approx(expected[key], abs=1e-6), key
+    cases = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
+    assert [c["reference"] for c in cases] == references  # texts as generated, line breaks and all
+    assert [c["hypothesis"] for c in cases] == hypotheses
+
+
+def test_eval_writes_every_generation_case(data_root, tmp_path):  # noqa: F811
+    run(data_root, tmp_path / "o", "--max_iters=20")
+    out = tmp_path / "eval"
+    result = evaluate_script.main([f"--ckpt={tmp_path / 'o' / 'last.pt'}", f"--out_dir={out}",
+                                   "--gen_documents=4", "--prompt_tokens=12", "--reference_tokens=24",
+                                   "--temperature=1.0", "--tensorboard=False"])
+    g = result["generation"]
+    cases = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert len(cases) == g["documents"] == 4 and {c["source"] for c in cases} == {"code", "prose"}
+    assert any("\n" in c["reference"] for c in cases)  # code: the one-line files flatten it
+    for name, key in (("references.txt", "reference"), ("hypotheses.txt", "hypothesis")):
+        lines = (out / name).read_text().split("\n")
+        assert lines[:-1] == [evaluate_script.one_line(c[key]) for c in cases] and lines[-1] == ""
+    bleu, chrf, rouge, _ = rescore_with_the_scorers_command_lines(out)
+    assert g["bleu"] > 0 and bleu == pytest.approx(g["bleu"], abs=1e-6)
+    assert chrf == pytest.approx(g["chrf"], abs=1e-6)
+    assert rouge["rougeL"] == pytest.approx(g["rougeL"], abs=1e-6)
+    assert "sacrebleu references.txt -i hypotheses.txt" in (out / "report.md").read_text()
 
 
 def test_eval_on_raw_text_files(data_root, tmp_path):  # noqa: F811

@@ -169,6 +169,16 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     assert obj["format_version"] == 1 and obj["step"] >= 0
 
 
+def test_training_puts_the_signal_handlers_back(data_root, tmp_path):
+    """train.main in a process that goes on (ablate.py, a notebook, these tests) leaves SIGTERM and
+    SIGINT as it found them. With its handler left behind, the processes forked later inherited it:
+    multiprocessing.Pool.terminate's SIGTERM no longer stopped a waiting worker, and the pool's join
+    hung the test suite (tokenizer.count_chunks_parallel, in a later test)."""
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    run(data_root, tmp_path, "--max_iters=2")
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
 def test_sigterm_saves_then_resume_finishes(data_root, tmp_path):
     out = tmp_path / "term"
     proc = subprocess.Popen([sys.executable, "train.py", *args(data_root, out, "--max_iters=100000",
