@@ -7,8 +7,14 @@ prompt's prefill, and a finished or cancelled one leaves at once.
 
     engine = Engine(model, max_batch=16)
     job = engine.submit([prompt_ids], params, eot_id)   # params: max_tokens, temperature, top_k,
-    for token_lists in job.stream():                    #         top_p, seed
+    for token_lists in job.stream():                    #   top_p, seed; logprobs (k), echo
         ...                                             # the new tokens of each sequence so far
+
+With params["logprobs"] = k (not None), every generated token is scored (job.token_scores), and
+with params["echo"] too, every prompt token after the first (job.prompt_scores, from the prefill):
+its log-probability under the model and the k likeliest tokens there, as OpenAI's legacy
+completions return them. These are the model's own probabilities, before temperature, top_k or
+top_p reshape the sampling distribution.
 
 Isolation: a sampling error ends only its own sequence (job.errors says why; the request's other
 sequences and every other request keep decoding), a prefill error only its own request (its stream
@@ -25,6 +31,18 @@ import torch
 from model import KVCache, left_pad, sample
 
 
+def score_tokens(logits, tokens, k):
+    """[(log-probability of token j under logits[j], [(id, log-probability)] of the k likeliest
+    tokens there)] for each j: rows of logits are the model's predictions where each token came."""
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    chosen = logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None])[:, 0].tolist()
+    if not k:
+        return [(c, []) for c in chosen]
+    top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
+    return [(c, list(zip(ids, values)))
+            for c, ids, values in zip(chosen, top.indices.tolist(), top.values.tolist())]
+
+
 class Job:
     """One request's sequences (prompts x n). The engine thread writes `updates`; the request's
     thread reads them through stream() and may set `cancelled` (the client went away)."""
@@ -34,6 +52,8 @@ class Job:
         self.tokens = [[] for _ in prompts]
         self.done = [params["max_tokens"] == 0] * len(prompts)
         self.errors = [None] * len(prompts)  # why a sequence ended early, when it failed
+        self.prompt_scores = [None] * len(prompts)    # with logprobs and echo: score_tokens(prompt)
+        self.token_scores = [[] for _ in prompts]     # with logprobs: one score per generated token
         self.updates = queue.Queue()
         self.cancelled = False  # set by the request's thread: client gone, or a stop string matched
         self.ended = False      # set by the engine once it sent the end (None) or an error
@@ -135,11 +155,23 @@ class Engine:
                 self.cancelled_sequences += sum(not d for d in job.done)
                 job.finish()
 
-    def _admit(self, job):
-        """Prefill the job's prompts together (left-padded), then merge them into the batch."""
+    def _prefill(self, job):
+        """Run the job's prompts together (left-padded): (their cache, their last logits). With
+        logprobs and echo, every prompt token after the first is scored from the same pass."""
         idx, pad = left_pad(job.prompts, self.device)
         cache = KVCache.for_model(self.model, len(job.prompts))
-        logits = self.model(idx, cache=cache, pad_lengths=pad, last_only=True)[0][:, -1]
+        score_prompts = job.params.get("echo") and job.params.get("logprobs") is not None
+        logits = self.model(idx, cache=cache, pad_lengths=pad, last_only=not score_prompts)[0]
+        if score_prompts:
+            width = idx.shape[1]
+            for i, prompt in enumerate(job.prompts):
+                job.prompt_scores[i] = score_tokens(logits[i, width - len(prompt):width - 1],
+                                                    prompt[1:], job.params["logprobs"])
+        return cache, logits[:, -1]
+
+    def _admit(self, job):
+        """Prefill the job's prompts, then merge them into the batch."""
+        cache, logits = self._prefill(job)
         new_rows = [(job, i, len(p)) for i, p in enumerate(job.prompts)]
         parts = [(cache, [(i, own) for i, (_, _, own) in enumerate(new_rows)])]
         if self.rows:
@@ -157,10 +189,12 @@ class Engine:
                 break
         while self.waiting and len(self.rows) + len(self.waiting[0].prompts) <= self.max_batch:
             job = self.waiting.popleft()
-            if job.cancelled or all(job.done):
-                job.finish()
-                continue
             try:
+                if all(job.done) and not job.cancelled and job.params.get("echo"):
+                    self._prefill(job)  # max_tokens 0: only the prompt's scores were asked for
+                if job.cancelled or all(job.done):
+                    job.finish()
+                    continue
                 self._admit(job)  # changes the batch only once the prefill succeeded
             except Exception as e:
                 job.finish(RuntimeError(f"prefill failed: {type(e).__name__}: {e}"))
@@ -181,6 +215,8 @@ class Engine:
             if token == job.eot_id:
                 job.done[index] = True
                 continue
+            if p.get("logprobs") is not None:
+                job.token_scores[index] += score_tokens(self.logits[i:i + 1], [token], p["logprobs"])
             job.tokens[index].append(token)
             if len(job.tokens[index]) >= p["max_tokens"]:
                 job.done[index] = True

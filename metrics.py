@@ -46,7 +46,8 @@ def sliding_window_nll(model, tokens, stride, batch_size=8, device="cpu"):
             same = [w for w in group if w[1] - w[0] == length]
             x = torch.from_numpy(np.stack([tokens[b:e] for b, e, _ in same])).to(device)
             y = torch.from_numpy(np.stack([tokens[b + 1:e + 1] for b, e, _ in same])).to(device)
-            logits = model(x)[0].float()
+            logits = model(x)[0]
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 up, fp64 kept
             token_nll = torch.logsumexp(logits, dim=-1) - logits.gather(-1, y[..., None])[..., 0]
             token_nll = token_nll.double().cpu().numpy()
             for (b, e, first), row in zip(same, token_nll):

@@ -6,22 +6,28 @@
          -d '{"prompt": "The river", "max_tokens": 32, "temperature": 0}'
 
 Endpoints:
-  POST /v1/completions  OpenAI-compatible completions (prompt as a string or a list, max_tokens or
-                        max_completion_tokens, temperature, top_p, top_k, stop, n, seed, stream with
-                        server-sent events and stream_options.include_usage); other fields are
-                        ignored and logged
+  POST /v1/completions  OpenAI-compatible completions (prompt as a string, a list of strings, token
+                        ids or lists of them; max_tokens or max_completion_tokens, temperature,
+                        top_p, top_k, stop, n, seed, stream with server-sent events and
+                        stream_options.include_usage; echo, and logprobs with the log-probability
+                        of every generated token, and of every prompt token with echo, as
+                        lm-evaluation-harness scores them); other fields are ignored and logged
   GET  /v1/models       the served model, as OpenAI clients and chat front-ends discover it
   POST /generate        {"prompt": "...", "max_tokens": 64, ...} -> {"text": ..., ...}
-  GET  /health          model name and size
+  POST /tokenize, POST /detokenize, GET /tokenizer_info
+                        the model's tokenizer, in vLLM's shapes (lm-evaluation-harness uses them)
+  GET  /health          model name, size and context length
   GET  /metrics         Prometheus text: requests by status, time to first token and request
                         latency histograms, token counters, tokens/s, active and waiting sequences
   GET  /                a page to type a prompt and watch the stream (static/playground.html)
 
 Requests are decoded together by the continuous-batching engine (engine.py); one request can never
 fail another, and a client that disconnects frees its batch rows at once. max_tokens is capped at
-block_size - 1 and a prompt keeps its last block_size - max_tokens tokens (usage says what was used).
-With --api_key (or MINI_LM_API_KEY), /v1/* and /generate need `Authorization: Bearer <key>`; CORS
-preflight requests (OPTIONS) never do. --port 0 picks a free port and prints it.
+block_size - 1 and a prompt keeps its last block_size - max_tokens tokens (usage says what was
+used), except that a prompt scored with echo and logprobs must fit whole (a 400 says so).
+With --api_key (or MINI_LM_API_KEY), /v1/*, /generate and the tokenizer endpoints need
+`Authorization: Bearer <key>`; CORS preflight requests (OPTIONS) never do. --port 0 picks a free
+port and prints it.
 """
 
 import concurrent.futures
@@ -39,9 +45,12 @@ import torch
 from flask import Flask, Response, jsonify, request
 
 import checkpoint
+import completions
+from completions import BadRequest
 import configurator
 import hardware
 from engine import Engine
+from tokenizer import EOT
 
 SPEC = {
     "ckpt": ("out/best.pt", "checkpoint to serve"),
@@ -60,17 +69,9 @@ SPEC = {
     "cors_origins": ("", "browser origins allowed to call the API: '*' for any, or a comma-separated "
                          "list such as 'http://localhost:3000'; empty: no CORS headers"),
 }
-# Request fields the completions endpoint reads; any other is ignored and logged once per name.
-KNOWN_FIELDS = {"model", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p",
-                "top_k", "n", "seed", "stream", "stream_options", "stop", "user"}
+PROTECTED = {"/generate", "/tokenize", "/detokenize", "/tokenizer_info"}  # with /v1/*: need the key
 PAGE = Path(__file__).resolve().parent / "static" / "playground.html"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-
-
-class BadRequest(ValueError):
-    def __init__(self, message, param=None, status=400):
-        super().__init__(message)
-        self.param, self.status = param, status
 
 
 class Metrics:
@@ -129,17 +130,6 @@ class Metrics:
             return "\n".join(out) + "\n"
 
 
-def _field(body, name, kind, default, check=None, message="has the wrong type"):
-    """body[name] if it has the right type and passes check, default if absent, else a 400."""
-    value = body.get(name)
-    if value is None:
-        return default
-    wrong_type = not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)
-    if wrong_type or (check and not check(value)):
-        raise BadRequest(f"'{name}' {message} (got {value!r})", name)
-    return value
-
-
 class Server:
     """The model, its tokenizer and the batching engine; turns requests into token streams."""
 
@@ -160,69 +150,34 @@ class Server:
             self.log.warning("ignoring request field(s) this server does not implement: %s",
                              ", ".join(map(repr, new)))
 
-    def parse(self, body, openai=True):
-        """(prompts, params, unknown field names) of a request body, or a BadRequest naming the
-        field. Every accepted value is safe to sample with (model.sample)."""
-        cfg = self.cfg
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object")
-        prompt = body.get("prompt", "")
-        prompts = prompt if isinstance(prompt, list) and openai else [prompt]
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise BadRequest("'prompt' must be a string" + (" or a list of strings" if openai else ""),
-                             "prompt")
-        limit = cfg["max_tokens_limit"]
-        in_range = (lambda v: 0 <= v <= limit, f"must be an integer in 0..{limit}")
-        max_tokens = _field(body, "max_tokens", int, None, *in_range)
-        max_completion = _field(body, "max_completion_tokens", int, None, *in_range)
-        if None not in (max_tokens, max_completion) and max_tokens != max_completion:
-            raise BadRequest("'max_completion_tokens' and 'max_tokens' differ: give one of them",
-                             "max_completion_tokens")
-        params = {
-            "max_tokens": next((v for v in (max_tokens, max_completion) if v is not None),
-                               16 if openai else 64),
-            "temperature": _field(body, "temperature", (int, float), 1.0,
-                                  lambda v: 0 <= v <= 2, "must be a number in 0..2"),
-            "top_p": _field(body, "top_p", (int, float), 1.0, lambda v: 0 < v <= 1,
-                            "must be a number in (0, 1]"),
-            "top_k": _field(body, "top_k", int, None, lambda v: v > 0, "must be a positive integer"),
-            "n": _field(body, "n", int, 1, lambda v: 1 <= v <= cfg["max_n"],
-                        f"must be an integer in 1..{cfg['max_n']}"),
-            "seed": _field(body, "seed", int, None, lambda v: -2**63 <= v < 2**64,
-                           "must be an integer in -2**63..2**64-1"),
-            "stream": _field(body, "stream", bool, False),
-        }
-        options = _field(body, "stream_options", dict, {}, message="must be an object")
-        params["include_usage"] = _field(options, "include_usage", bool, False)
-        if len(prompts) * params["n"] > cfg["max_batch"]:
-            raise BadRequest(f"'n' x prompts asks for {len(prompts) * params['n']} sequences; this "
-                             f"server decodes at most {cfg['max_batch']} per request", "n")
-        stop = body.get("stop")
-        stop = [stop] if isinstance(stop, str) else stop
-        if stop is not None and not (isinstance(stop, list) and len(stop) <= 4
-                                     and all(isinstance(s, str) and s for s in stop)):
-            raise BadRequest("'stop' must be a non-empty string or a list of at most 4", "stop")
-        params["stop"] = stop or []
-        for name, texts in (("prompt", prompts), ("stop", params["stop"])):
-            for text in texts:
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError as e:
-                    raise BadRequest(f"'{name}' is not valid Unicode: {e.reason} at position "
-                                     f"{e.start}", name) from None
-        return prompts, params, sorted(set(body) - KNOWN_FIELDS)
-
-    def encode(self, text, max_tokens):
-        """Prompt tokens, cut from the left so that prompt + max_tokens fits the context."""
-        ids = self.tokenizer.encode(text) or [self.tokenizer.eot_id]
-        return ids[-max(1, self.model.config.block_size - max_tokens):]
+    def encode(self, prompt, max_tokens, whole=False):
+        """Prompt tokens (a text is encoded, token ids are kept), cut from the left so that prompt +
+        max_tokens fits the context. whole: a prompt that does not fit is refused instead (its
+        tokens are being scored, and a cut would shift every score the client lines up)."""
+        ids = list(prompt) if isinstance(prompt, list) else self.tokenizer.encode(prompt)
+        ids = ids or [self.tokenizer.eot_id]
+        room = max(1, self.model.config.block_size - max_tokens)
+        if whole and len(ids) > room:
+            block = self.model.config.block_size
+            raise BadRequest(f"with 'echo' and 'logprobs' the whole prompt is scored, and its "
+                             f"{len(ids)} tokens + max_tokens {max_tokens} exceed this model's "
+                             f"context of {block} tokens: send at most {room} prompt tokens "
+                             f"(lm-evaluation-harness: max_length={block - 1})", "prompt")
+        return ids[-room:]
 
     def run(self, prompts, p, disconnected=None):
-        """Yield (index, text delta, finish_reason or None) for len(prompts) * n choices; finally
-        yields (None, usage dict, None). disconnected: a callable that says the client went away
-        (the request then ends and its batch rows are freed)."""
+        """Yield (index, text delta, finish_reason or None) for len(prompts) * n choices (with echo,
+        each choice's first delta is its prompt); finally yields (None, usage dict, the choices'
+        logprobs fields or None). disconnected: a callable that says the client went away (the
+        request then ends and its batch rows are freed)."""
         p = {**p, "max_tokens": min(p["max_tokens"], self.model.config.block_size - 1)}
-        encoded = [self.encode(text, p["max_tokens"]) for text in prompts for _ in range(p["n"])]
+        scored = p["echo"] and p["logprobs"] is not None
+        encoded = [self.encode(prompt, p["max_tokens"], whole=scored)
+                   for prompt in prompts for _ in range(p["n"])]
+        prompt_texts = [self.tokenizer.decode(ids) for ids in encoded]
+        if p["echo"]:
+            for i, text in enumerate(prompt_texts):
+                yield i, text, None
         stops, hold = p["stop"], max((len(s) for s in p["stop"]), default=1) - 1
         sent = [0] * len(encoded)
         finished = [None] * len(encoded)
@@ -233,7 +188,7 @@ class Server:
         stream = job.stream(disconnected)
         steps = 0
         try:
-            while p["max_tokens"] > 0:
+            while True:  # with max_tokens 0 the job ends at once (after the prefill, with echo)
                 new_tokens = next(stream, None)
                 if new_tokens is None:
                     break
@@ -277,9 +232,15 @@ class Server:
         completion = sum(generated)
         prompt_tokens = sum(len(e) for e in encoded[::p["n"]])
         self.metrics.count_tokens(prompt_tokens, completion, time.time() - t0)
+        logprobs = None
+        if p["logprobs"] is not None:
+            logprobs = [completions.logprobs_field(
+                self.tokenizer, encoded[i] if p["echo"] else [], job.prompt_scores[i],
+                job.tokens[i][:generated[i]], job.token_scores[i][:generated[i]],
+                text_end=len(prompt_texts[i]) + len(texts[i]),
+                offset=0 if p["echo"] else len(prompt_texts[i])) for i in range(len(encoded))]
         yield None, {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                     "total_tokens": prompt_tokens + completion}, None
-
+                     "total_tokens": prompt_tokens + completion}, logprobs
 
 def stream_events(server, prompts, p, meta, disconnected):
     """Server-sent events of one streamed completion: a chunk per text delta, then (with
@@ -343,7 +304,7 @@ def install_checks(app, server, cfg):
         if request.method == "OPTIONS":  # a CORS preflight carries no credentials
             return Response(status=204, headers=cors_headers(allowed_origins,
                                                              request.headers.get("Origin"), True))
-        if api_key and (request.path.startswith("/v1/") or request.path == "/generate"):
+        if api_key and (request.path.startswith("/v1/") or request.path in PROTECTED):
             if request.headers.get("Authorization", "") != f"Bearer {api_key}":
                 return error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
 
@@ -391,12 +352,13 @@ def create_app(model, tokenizer, cfg):
                   "owned_by": "mini-lm"}
 
     def parse_request(openai):
-        prompts, p, unknown = server.parse(parse_json(request), openai)
+        prompts, p, unknown = completions.parse_request(parse_json(request), cfg,
+                                                        model.config.vocab_size, openai)
         server.note_unknown_fields(unknown)
         return prompts, p, request.environ.get("waitress.client_disconnected")
 
     @app.post("/v1/completions")
-    def completions():
+    def complete():
         prompts, p, disconnected = parse_request(openai=True)
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                 "created": int(time.time()), "model": cfg["model_name"]}
@@ -404,22 +366,23 @@ def create_app(model, tokenizer, cfg):
             return Response(stream_events(server, prompts, p, meta, disconnected),
                             mimetype="text/event-stream",
                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        texts, reasons, usage = {}, {}, None
+        texts, reasons, usage, logprobs = {}, {}, None, None
         for index, delta, reason in server.run(prompts, p, disconnected):
             if index is None:
-                usage = delta
+                usage, logprobs = delta, reason
                 continue
             texts[index] = texts.get(index, "") + delta
             reasons[index] = reason or reasons.get(index)
-        choices = [{"text": texts[i], "index": i, "logprobs": None, "finish_reason": reasons[i]}
-                   for i in sorted(texts)]
+        choices = [{"text": texts[i], "index": i, "logprobs": logprobs[i] if logprobs else None,
+                    "finish_reason": reasons[i]} for i in sorted(texts)]
         return jsonify({**meta, "choices": choices, "usage": usage})
 
     @app.post("/generate")
     def generate():
         prompts, p, disconnected = parse_request(openai=False)
-        if p["n"] != 1 or p["stream"]:
-            raise BadRequest("/generate returns one completion; use /v1/completions for n or stream")
+        if p["n"] != 1 or p["stream"] or p["echo"] or p["logprobs"] is not None:
+            raise BadRequest("/generate returns one completion; use /v1/completions for n, stream, "
+                             "echo or logprobs")
         t0 = time.time()
         text, reason, usage = "", None, None
         for index, delta, finish in server.run(prompts, p, disconnected):
@@ -448,6 +411,35 @@ def create_app(model, tokenizer, cfg):
         return jsonify({"status": "ok", "model": cfg["model_name"],
                         "parameters": model.parameter_breakdown()["total"],
                         "block_size": model.config.block_size, "vocab_size": model.config.vocab_size})
+
+    # vLLM's tokenizer endpoints, through which lm-evaluation-harness (its `local-completions`
+    # model) counts context tokens with this model's own tokenizer: no export needed.
+    @app.get("/tokenizer_info")
+    def tokenizer_info():
+        return jsonify({"tokenizer_class": "mini-lm byte-level BPE", "eos_token": EOT,
+                        "bos_token": None, "pad_token": None,
+                        "model_max_length": model.config.block_size,
+                        "vocab_size": model.config.vocab_size})
+
+    @app.post("/tokenize")
+    def tokenize():
+        body = parse_json(request)
+        text = completions.field(body if isinstance(body, dict) else {}, "prompt", str, None)
+        if text is None:
+            raise BadRequest("'prompt' (a string) is required", "prompt")
+        completions.check_unicode("prompt", [text])
+        ids = tokenizer.encode_with_special_tokens(text)  # "<|endoftext|>" is the end-of-text id
+        return jsonify({"tokens": ids, "count": len(ids), "max_model_len": model.config.block_size})
+
+    @app.post("/detokenize")
+    def detokenize():
+        body = parse_json(request)
+        tokens = body.get("tokens") if isinstance(body, dict) else None
+        vocab = model.config.vocab_size
+        if not (isinstance(tokens, list) and all(isinstance(t, int) and not isinstance(t, bool)
+                                                 and 0 <= t < vocab for t in tokens)):
+            raise BadRequest(f"'tokens' must be a list of token ids in 0..{vocab - 1}", "tokens")
+        return jsonify({"prompt": tokenizer.decode(tokens)})
 
     @app.get("/metrics")
     def prometheus():

@@ -188,6 +188,10 @@ class Tokenizer:
         """Token ids of text; special-token strings inside text are encoded as plain text."""
         return self._encoding.encode_ordinary(text)
 
+    def encode_with_special_tokens(self, text):
+        """Token ids of text, where each special-token string (<|endoftext|>) becomes its id."""
+        return self._encoding.encode(text, allowed_special="all")
+
     def encode_batch(self, texts, workers=1):
         return self._encoding.encode_ordinary_batch(list(texts), num_threads=max(1, workers))
 

@@ -45,6 +45,7 @@ def hostile_value(rng):
         0.0, -0.0, 1e-300, 5e-324, 1e-45, 0.5, 0.9999999, 1.0000001, 2.0, 2.0000001, 1e308,
         "", "5", "x" * rng.randint(1, 3000), "é漢字🙂", "\x00\x01", "\ud800", "<|endoftext|>",
         [], [1, 2], ["a", "b"], [""] * rng.randint(1, 40), {}, {"include_usage": True},
+        [10**9], [-1], [[1, 2], [3]], [[]], [[1], "a"], [True, 2],
         {"a": {"b": [1]}}, [[["deep"]]],
     ])
 
@@ -71,6 +72,8 @@ def hostile_body(rng):
         body["stop"] = rng.choice(["\n", ["e", "a"], "🙂"])
     if rng.random() < 0.2:
         body["stream_options"] = {"include_usage": rng.random() < 0.5}
+    if rng.random() < 0.2:  # scoring, as lm-evaluation-harness asks for it
+        body.update(echo=True, logprobs=rng.choice([0, 1, 5]))
     for _ in range(rng.choice([0, 0, 1, 2, 3])):  # make some fields hostile
         body[rng.choice(FIELDS)] = hostile_value(rng)
     if rng.random() < 0.05:
@@ -82,9 +85,13 @@ def hostile_request(rng):
     """(method, path, body bytes, headers) of one hostile request."""
     json_headers = {"Content-Type": "application/json", **KEY}
     kind = rng.random()
-    if kind < 0.70:
+    if kind < 0.66:
         return "POST", rng.choice(["/v1/completions"] * 4 + ["/generate"]), \
             json.dumps(hostile_body(rng)).encode(), json_headers
+    if kind < 0.70:  # the tokenizer endpoints (lm-evaluation-harness's)
+        field = rng.choice(["prompt", "tokens"])
+        return "POST", rng.choice(["/tokenize", "/detokenize"]), \
+            json.dumps({field: hostile_value(rng)}).encode(), json_headers
     raw = rng.choice([
         b"", b"{", b'{"prompt": "x"', b"[" * 50_000 + b"]" * 50_000, b'{"prompt": NaN}',
         b'{"prompt": "x", "max_tokens": 1e999}', b'{"max_tokens": ' + b"9" * 5000 + b"}",
