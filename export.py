@@ -1,0 +1,183 @@
+"""export.py: a checkpoint of GPT-2's recipe as a Hugging Face transformers folder.
+
+    python export.py --ckpt=out/best.pt --out=out/hf
+    python -c "from transformers import AutoModelForCausalLM, AutoTokenizer; \\
+               m = AutoModelForCausalLM.from_pretrained('out/hf'); t = AutoTokenizer.from_pretrained('out/hf')"
+
+The folder holds config.json and model.safetensors (a GPT2LMHeadModel), generation_config.json,
+and tokenizer.json with tokenizer_config.json (a fast byte-level BPE tokenizer with the same ids,
+the same pre-tokenizing pattern and <|endoftext|> as its end-of-text token). Loading it needs
+transformers only, no code of this project and no trust_remote_code. The tests check that the
+logits equal model.py's, that the tokenizer gives the same ids, and that greedy generate() gives
+the same text.
+
+Only GPT-2's architecture has an exact counterpart: learned positions, GELU, no QK-norm, no value
+embeddings, no soft-cap (biases off export as zeros; an untied head exports untied). A checkpoint of
+train.py's default recipe uses rotary positions, ReLU², QK-norm and value embeddings, which no
+standard transformers architecture holds all of; it is refused, with the options named. transformers
+is needed here and in the tests, not to train, evaluate or serve.
+"""
+
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+import checkpoint
+import configurator
+from tokenizer import EOT
+
+SPEC = {
+    "ckpt": ("out/best.pt", "checkpoint to export"),
+    "out": ("out/hf", "folder to write (replaced if it exists)"),
+}
+# the recipe options GPT-2 has no counterpart for, with the value that GPT-2's architecture is
+GPT2_ARCHITECTURE = {"position": "learned", "activation": "gelu", "qk_norm": False,
+                     "value_embeddings": 0, "logit_softcap": 0.0}
+
+
+class ExportError(ValueError):
+    pass
+
+
+def check_exportable(model_args, path):
+    """Refuse a checkpoint whose architecture GPT2LMHeadModel cannot compute exactly."""
+    differ = {k: model_args.get(k, v) for k, v in GPT2_ARCHITECTURE.items() if model_args.get(k, v) != v}
+    if differ:
+        settings = ", ".join(f"{k}={v!r}" for k, v in differ.items())
+        raise ExportError(
+            f"{path} cannot be exported: {settings} has no counterpart in GPT-2's architecture "
+            "(transformers' GPT2LMHeadModel), and no standard transformers architecture computes "
+            "this combination exactly. Export a checkpoint trained with config/gpt2.py, or serve "
+            "this one with serve.py (its OpenAI-compatible API needs no export)")
+
+
+def byte_to_unicode():
+    """GPT-2's table from the 256 byte values to printable characters, which byte-level BPE
+    vocabularies (tokenizer.json's among them) spell their tokens with."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def recover_merges(tokens):
+    """The merge (left, right) that made each token after the 256 bytes. Tokens are in merge
+    order, so a token's merge is the split that byte-pair encoding with the earlier tokens only
+    reaches: merge its bytes, lowest rank first, until two parts are left."""
+    rank = {t: i for i, t in enumerate(tokens)}
+    merges = []
+    for token in tokens[256:]:
+        parts = [bytes([b]) for b in token]
+        while len(parts) > 2:
+            pairs = [(rank.get(a + b, len(tokens)), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+            best, i = min(pairs)
+            if best >= rank[token]:
+                raise ExportError(f"token {rank[token]} ({token!r}) is not a merge of earlier tokens")
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        merges.append(tuple(parts))
+    return merges
+
+
+def hf_tokenizer(tokenizer, block_size):
+    """A transformers fast tokenizer that encodes text to the same ids as tokenizer."""
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as FastTokenizer
+    from transformers import PreTrainedTokenizerFast
+    spell = byte_to_unicode()
+
+    def name(token):
+        return "".join(spell[b] for b in token)
+
+    vocab = {name(t): i for i, t in enumerate(tokenizer.tokens)}
+    merges = [(name(a), name(b)) for a, b in recover_merges(tokenizer.tokens)]
+    fast = FastTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    # the same two steps as tokenizer.py: split text with the pattern, then BPE on the bytes
+    fast.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(tokenizer.pattern), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    fast.decoder = decoders.ByteLevel()
+    for text, i in sorted(tokenizer.special_tokens.items(), key=lambda item: item[1]):
+        fast.add_special_tokens([AddedToken(text, special=True, normalized=False)])
+        if fast.token_to_id(text) != i:
+            raise ExportError(f"special token {text!r} got id {fast.token_to_id(text)}, not {i}")
+    # split_special_tokens: the text "<|endoftext|>" inside a document is plain text, as in
+    # tokenizer.encode (prepare.py puts the end-of-text id between documents, never in them)
+    return PreTrainedTokenizerFast(tokenizer_object=fast, eos_token=EOT, bos_token=EOT,
+                                   unk_token=None, model_max_length=block_size,
+                                   clean_up_tokenization_spaces=False, split_special_tokens=True)
+
+
+def hf_state_dict(state, n_layer, bias):
+    """model.py's weights under GPT2LMHeadModel's names. GPT-2's projections are Conv1D layers,
+    which store (in, out): the transpose of a Linear's weight. Missing biases are zeros."""
+    out = {"transformer.wte.weight": state["transformer.wte.weight"],
+           "transformer.wpe.weight": state["transformer.wpe.weight"],
+           "lm_head.weight": state["lm_head.weight"]}
+    layer_norms = [f"transformer.h.{i}.{ln}" for i in range(n_layer) for ln in ("ln_1", "ln_2")]
+    for ln in layer_norms + ["transformer.ln_f"]:
+        out[f"{ln}.weight"] = state[f"{ln}.weight"]
+        out[f"{ln}.bias"] = state[f"{ln}.bias"] if bias else torch.zeros_like(state[f"{ln}.weight"])
+    for i in range(n_layer):
+        for proj in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+            weight = state[f"transformer.h.{i}.{proj}.weight"]
+            out[f"transformer.h.{i}.{proj}.weight"] = weight.t().contiguous()
+            out[f"transformer.h.{i}.{proj}.bias"] = (state[f"transformer.h.{i}.{proj}.bias"] if bias
+                                                     else torch.zeros(weight.shape[0], dtype=weight.dtype))
+    return out
+
+
+def export(cfg):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    ckpt = checkpoint.load(cfg["ckpt"])
+    args = ckpt["model_args"]
+    check_exportable(args, cfg["ckpt"])
+    model, tokenizer, _ = checkpoint.load_model(cfg["ckpt"])
+    config = GPT2Config(
+        vocab_size=args["vocab_size"], n_positions=args["block_size"], n_embd=args["n_embd"],
+        n_layer=args["n_layer"], n_head=args["n_head"], n_inner=4 * args["n_embd"],
+        activation_function="gelu",  # exact GELU, as F.gelu in model.py (GPT-2's own is tanh's)
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
+        bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id,
+        tie_word_embeddings=args.get("tied_head", True))
+    hf_model = GPT2LMHeadModel(config)
+    missing, unexpected = hf_model.load_state_dict(
+        hf_state_dict(model.state_dict(), args["n_layer"], args.get("bias", True)), strict=False)
+    if unexpected or [k for k in missing if not k.endswith("attn.bias")]:
+        raise ExportError(f"weights do not line up with GPT2LMHeadModel: missing {missing}, "
+                          f"unexpected {unexpected}")
+    hf_model.generation_config.pad_token_id = tokenizer.eot_id
+    out = Path(cfg["out"])
+    tmp = out.with_name(f".{out.name}.tmp")  # written whole, then renamed into place
+    shutil.rmtree(tmp, ignore_errors=True)
+    hf_model.save_pretrained(tmp)
+    hf_tokenizer(tokenizer, args["block_size"]).save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def main(argv=None):
+    cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="export.py")
+    try:
+        out = export(cfg)
+    except ImportError as e:
+        print(f"error: export.py needs transformers ({e}); pip install transformers", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (ExportError, checkpoint.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"wrote {out}: load it with AutoModelForCausalLM.from_pretrained({str(out)!r}) and "
+          f"AutoTokenizer.from_pretrained({str(out)!r})")
+    return out
+
+
+if __name__ == "__main__":
+    main()

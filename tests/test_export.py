@@ -1,0 +1,106 @@
+"""export.py: a GPT-2-recipe checkpoint loads in Hugging Face transformers with no project code and
+computes the same logits, token ids and greedy text; other recipes are refused with the reason."""
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoint
+import export
+from test_train import GPT2, SPEEDRUN, data_root, run  # noqa: F401  (fixture and helpers)
+
+transformers = pytest.importorskip("transformers", reason="export.py's tests need transformers")
+
+
+@pytest.fixture(scope="module")
+def exported(data_root, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("export")
+    run(data_root, out / "run", "--max_iters=30", *GPT2)
+    export.main([f"--ckpt={out / 'run' / 'last.pt'}", f"--out={out / 'hf'}"])
+    model, tokenizer, _ = checkpoint.load_model(out / "run" / "last.pt")
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(out / "hf").eval()
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out / "hf")
+    return model, tokenizer, hf_model, hf_tokenizer, out
+
+
+def texts(data_root):  # noqa: F811
+    """Real text: the prepared corpus's own documents, code and prose, plus hard cases."""
+    import prepare
+    docs = [d["text"] for source in ("code", "prose")
+            for d in list(prepare.iter_curated(data_root / "tiny" / "curated", source))[:20]]
+    rng = random.Random(0)
+    alphabet = "aé漢🙂 \n\t'\"sllveremd0123.,;:-_()[]{}<>=+*/\\|!?#$%&@^~`\u00a0\u200b"
+    hard = ["", " ", "  leading spaces", "trailing  \n\n", "I'll've we're", "<|endoftext|> inside",
+            "\r\n\r\nwindows", "a" * 300, "x = 1_000_000 + 3.14e-10", "naïve café Ελληνικά русский"]
+    return docs + hard + ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 80)))
+                          for _ in range(100)]
+
+
+def test_the_folder_is_plain_transformers(exported):
+    *_, out = exported
+    files = {p.name for p in (out / "hf").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= files
+    assert not [f for f in files if f.endswith(".py")]  # nothing to trust_remote_code
+    config = json.loads((out / "hf" / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and config["architectures"] == ["GPT2LMHeadModel"]
+
+
+def test_logits_equal_on_random_ids_and_real_text(exported, data_root):  # noqa: F811
+    model, tokenizer, hf_model, _, _ = exported
+    block, vocab = model.config.block_size, model.config.vocab_size
+    torch.manual_seed(0)
+    batches = [torch.randint(0, vocab, (3, block)), torch.randint(0, vocab, (2, 7))]
+    real = [tokenizer.encode(t)[:block] for t in texts(data_root)[:10]]
+    batches += [torch.tensor([ids]) for ids in real if ids]
+    with torch.no_grad():
+        for idx in batches:
+            ours = model(idx)[0]
+            theirs = hf_model(idx).logits
+            torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+
+
+def test_the_tokenizer_gives_the_same_ids(exported, data_root):  # noqa: F811
+    _, tokenizer, _, hf_tokenizer, _ = exported
+    for text in texts(data_root):
+        ours = tokenizer.encode(text)
+        assert hf_tokenizer.encode(text, add_special_tokens=False) == ours, text[:80]
+        assert hf_tokenizer.decode(ours) == tokenizer.decode(ours)
+    assert hf_tokenizer.eos_token_id == tokenizer.eot_id
+    assert hf_tokenizer.convert_tokens_to_ids("<|endoftext|>") == tokenizer.eot_id
+
+
+def test_greedy_generate_gives_the_same_text(exported):
+    model, tokenizer, hf_model, hf_tokenizer, _ = exported
+    for prompt in ("The river", "def step_3(value, scale=3):", "A"):
+        # within the context: GPT-2's learned positions end there (model.py would slide on)
+        new = model.config.block_size - len(tokenizer.encode(prompt))
+        ours = model.generate([tokenizer.encode(prompt)], new, temperature=0,
+                              stop_tokens=[tokenizer.eot_id])[0]
+        ids = hf_tokenizer(prompt, return_tensors="pt").input_ids
+        theirs = hf_model.generate(ids, max_new_tokens=new, do_sample=False)[0, ids.shape[1]:].tolist()
+        if theirs and theirs[-1] == tokenizer.eot_id:
+            theirs = theirs[:-1]  # transformers keeps the end-of-text token it stopped at
+        assert theirs == ours, prompt
+        assert hf_tokenizer.decode(theirs) == tokenizer.decode(ours)
+
+
+@pytest.mark.parametrize("recipe, named", [([], "position='rotary'"),
+                                           (SPEEDRUN, "logit_softcap=15.0")], ids=["default", "speedrun"])
+def test_other_recipes_are_refused_with_the_reason(data_root, tmp_path, capsys, recipe, named):  # noqa: F811
+    run(data_root, tmp_path / "run", "--max_iters=2", *recipe)
+    with pytest.raises(SystemExit) as exit_:
+        export.main([f"--ckpt={tmp_path / 'run' / 'last.pt'}", f"--out={tmp_path / 'hf'}"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and named in err and "GPT2LMHeadModel" in err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_merges_are_recovered_from_the_merge_order():
+    tokens = [bytes([b]) for b in range(256)] + [b"ab", b"abc", b"bc", b"abcbc", b"cab"]
+    assert export.recover_merges(tokens) == [(b"a", b"b"), (b"ab", b"c"), (b"b", b"c"),
+                                             (b"abc", b"bc"), (b"c", b"ab")]
+    spell = export.byte_to_unicode()
+    assert len(set(spell.values())) == 256 and spell[ord("A")] == "A" and spell[ord(" ")] == "Ġ"
+    assert np.all([c.isprintable() for c in spell.values()])
