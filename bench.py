@@ -7,9 +7,10 @@
     python bench.py train              # train.py itself: tokens/s and peak memory per setting
     python bench.py eval               # tokens/s of eval.py's perplexity pass
     python bench.py serve              # serve.py: one stream, 8 concurrent clients, latency
+    python bench.py harness --ckpt=out/best.pt --lm_eval=lm_eval   # lm-evaluation-harness via serve.py
     python bench.py all                # model, then gpu when CUDA is present (--gpu forces it)
 
-Each suite lives in benchmarks/ (data_pipeline.py, cpu.py, scripts.py, gpu.py); training steps are
+Each suite lives in benchmarks/ (data_pipeline.py, cpu.py, scripts.py, gpu.py, harness.py); training steps are
 train.py's own (benchmarks/common.py). Figures are wall-clock on whatever machine runs them; the
 machine is printed with them.
 """
@@ -17,12 +18,14 @@ machine is printed with them.
 import sys
 import types
 
-SUITES = ("prepare", "model", "train", "eval", "serve", "gpu", "all")
+SUITES = ("prepare", "model", "train", "eval", "serve", "harness", "gpu", "all")
 SPEC = {
     "gpu": (False, "all: run the GPU suite too"),
     "hf": (False, "prepare: compare with HF tokenizers"),
     "quick": (False, "model/gpu/train/eval/serve: tiny shapes and few steps, to check the script runs"),
     "parts": ("tests,kernels,step,generation,train", "gpu: the parts to run, comma-separated"),
+    "ckpt": ("out/best.pt", "harness: the checkpoint to score"),
+    "lm_eval": ("lm_eval", "harness: the lm_eval command (pip install lm-eval, in any venv)"),
 }
 
 
@@ -47,7 +50,7 @@ def main(argv=None):
         raise SystemExit(2) from None
     # the suites import the project's modules inside their functions: the GPU machine lacks some
     # of the data pipeline's packages, and the CPU suite sets TRITON_INTERPRET before kernels/ loads
-    from benchmarks import cpu, data_pipeline, gpu, scripts
+    from benchmarks import cpu, data_pipeline, gpu, harness, scripts
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if suite == "prepare":
         data_pipeline.bench_prepare(args)
@@ -59,6 +62,8 @@ def main(argv=None):
         scripts.bench_eval(args.quick)
     elif suite == "serve":
         scripts.bench_serve(args.quick)
+    elif suite == "harness":
+        harness.bench_harness(args.ckpt, args.lm_eval)
     elif suite == "gpu":
         gpu.bench_gpu(args.quick, parts)
     else:

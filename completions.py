@@ -117,7 +117,7 @@ def logprobs_field(tokenizer, prompt, prompt_scores, tokens, token_scores, text_
     the log-probability of each (None for the first prompt token: nothing predicts it), the
     likeliest alternatives at each, and where each starts in prompt + completion text (the
     offset of the first). Tokens that start at or after text_end (cut by a stop string) are
-    left out."""
+    left out; an end-of-text token that ended the choice is kept, last."""
     ids = list(prompt) + list(tokens)
     scores = ([None] + (prompt_scores or []) if prompt else []) + list(token_scores)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -125,7 +125,9 @@ def logprobs_field(tokenizer, prompt, prompt_scores, tokens, token_scores, text_
     for token in ids:
         offsets.append(offset)
         offset += len(decoder.decode(tokenizer.decode_bytes([token])))
-    keep = [j for j, start in enumerate(offsets) if start < text_end or j < len(prompt)]
+    last_is_eot = bool(tokens) and tokens[-1] == tokenizer.eot_id
+    keep = [j for j, start in enumerate(offsets)
+            if start < text_end or j < len(prompt) or (last_is_eot and j == len(ids) - 1)]
     name = tokenizer.token_str
     return {"tokens": [name(ids[j]) for j in keep],
             "token_logprobs": [None if scores[j] is None else scores[j][0] for j in keep],

@@ -53,7 +53,8 @@ class Job:
         self.done = [params["max_tokens"] == 0] * len(prompts)
         self.errors = [None] * len(prompts)  # why a sequence ended early, when it failed
         self.prompt_scores = [None] * len(prompts)    # with logprobs and echo: score_tokens(prompt)
-        self.token_scores = [[] for _ in prompts]     # with logprobs: one score per generated token
+        self.token_scores = [[] for _ in prompts]     # with logprobs: one per generated token, and
+                                                      # one for an end-of-text token that ended it
         self.updates = queue.Queue()
         self.cancelled = False  # set by the request's thread: client gone, or a stop string matched
         self.ended = False      # set by the engine once it sent the end (None) or an error
@@ -212,11 +213,11 @@ class Engine:
                 job.errors[index] = f"sampling failed: {type(e).__name__}: {e}"
                 job.done[index] = True
                 continue
+            if p.get("logprobs") is not None:  # the end-of-text token too, as vLLM and OpenAI
+                job.token_scores[index] += score_tokens(self.logits[i:i + 1], [token], p["logprobs"])
             if token == job.eot_id:
                 job.done[index] = True
                 continue
-            if p.get("logprobs") is not None:
-                job.token_scores[index] += score_tokens(self.logits[i:i + 1], [token], p["logprobs"])
             job.tokens[index].append(token)
             if len(job.tokens[index]) >= p["max_tokens"]:
                 job.done[index] = True

@@ -183,6 +183,7 @@ class Server:
         finished = [None] * len(encoded)
         texts = [""] * len(encoded)
         generated = [0] * len(encoded)
+        ended_by_eot = [False] * len(encoded)
         t0, first = time.time(), None
         job = self.engine.submit(encoded, p, self.tokenizer.eot_id)
         stream = job.stream(disconnected)
@@ -209,7 +210,7 @@ class Server:
                     elif cut >= 0:
                         text, finished[i] = text[:cut], "stop"
                     elif len(tokens) < steps:  # the end-of-text token ended it
-                        finished[i] = "stop"
+                        finished[i], ended_by_eot[i] = "stop", True
                     elif done_now:
                         finished[i] = "length"
                     texts[i] = text
@@ -234,9 +235,13 @@ class Server:
         self.metrics.count_tokens(prompt_tokens, completion, time.time() - t0)
         logprobs = None
         if p["logprobs"] is not None:
+            # a sequence that the end-of-text token ended lists that token last, as vLLM does
+            # (lm-evaluation-harness drops the last entry, taking it for the generated one)
+            eot = [[self.tokenizer.eot_id] if ended_by_eot[i] else [] for i in range(len(encoded))]
             logprobs = [completions.logprobs_field(
                 self.tokenizer, encoded[i] if p["echo"] else [], job.prompt_scores[i],
-                job.tokens[i][:generated[i]], job.token_scores[i][:generated[i]],
+                job.tokens[i][:generated[i]] + eot[i],
+                job.token_scores[i][:generated[i] + len(eot[i])],
                 text_end=len(prompt_texts[i]) + len(texts[i]),
                 offset=0 if p["echo"] else len(prompt_texts[i])) for i in range(len(encoded))]
         yield None, {"prompt_tokens": prompt_tokens, "completion_tokens": completion,

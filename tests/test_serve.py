@@ -582,3 +582,30 @@ def test_tokenizer_endpoints(app, ckpt):
     assert keyed.get("/tokenizer_info").status_code == 401
     assert keyed.post("/tokenize", json={"prompt": "a"},
                       headers={"Authorization": "Bearer secret"}).status_code == 200
+
+
+def test_an_end_of_text_token_that_ends_a_choice_is_listed_last(app):
+    """As vLLM does, and as lm-evaluation-harness counts on: with echo and max_tokens 1 it drops the
+    last logprobs entry, taking it for the generated token, even when that token ended the text.
+    The tiny model has not learnt where texts end, so sampling at temperature 2 draws the
+    end-of-text token now and then: the first seed that ends a choice with it is used."""
+    flask_app, model, tokenizer = app
+    client = flask_app.test_client()
+    body = {"prompt": "The", "max_tokens": 20, "n": 8, "temperature": 2.0, "logprobs": 2, "echo": True}
+    ended = None
+    for seed in range(40):
+        out = client.post("/v1/completions", json={**body, "seed": seed}).get_json()
+        ended = next((c for c in out["choices"] if c["finish_reason"] == "stop"), None)
+        if ended:
+            break
+    assert ended, "premise: some seed ends a choice with the end-of-text token"
+    lp, prompt = ended["logprobs"], tokenizer.encode("The")
+    assert lp["tokens"][-1] == "<|endoftext|>" and lp["tokens"].count("<|endoftext|>") == 1
+    assert lp["text_offset"][-1] == len(ended["text"])  # it starts where the text ends
+    assert lp["token_logprobs"][-1] < 0 and len(lp["top_logprobs"][-1]) == 2
+    # every generated token has its entry, and each ended choice one more
+    n_ended = sum(c["finish_reason"] == "stop" for c in out["choices"])
+    assert sum(len(c["logprobs"]["tokens"]) - len(prompt) for c in out["choices"]) == \
+        out["usage"]["completion_tokens"] + n_ended
+    others = [c for c in out["choices"] if c["finish_reason"] == "length"]
+    assert all(c["logprobs"]["tokens"][-1] != "<|endoftext|>" for c in others)
