@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test clean
+.PHONY: setup browser demo test clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
@@ -17,7 +17,15 @@ demo: setup
 	$(BIN)/python train.py config/cpu_demo.py
 	$(BIN)/python eval.py --ckpt out/best.pt
 
-test: setup
+# Headless Chromium for tests/test_playground.py, from Debian's packages where apt-get works (as root);
+# elsewhere that test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	  (apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1)) || \
+	  echo "note: could not install chromium and chromium-driver; the browser test will be skipped"
+
+test: setup browser
 	$(BIN)/python -m pytest -q tests
 
 clean:

@@ -66,6 +66,8 @@ SPEC = {
     "threads": (8, "waitress worker threads (concurrent requests)"),
     "max_batch": (16, "sequences decoded together at most (and per request); more requests wait "
                       "their turn"),
+    "max_waiting": (64, "requests that may wait for a place in the batch; more are answered 503 "
+                        "(busy, with Retry-After) instead of queueing without end"),
     "cors_origins": ("", "browser origins allowed to call the API: '*' for any, or a comma-separated "
                          "list such as 'http://localhost:3000'; empty: no CORS headers"),
 }
@@ -293,8 +295,12 @@ def parse_json(request):
 def error(status, message, param=None):
     """An OpenAI-style JSON error response."""
     kind = {401: "authentication_error", 404: "not_found", 405: "method_not_allowed",
-            413: "request_too_large", 500: "server_error"}.get(status, "invalid_request_error")
-    return jsonify({"error": {"message": message, "type": kind, "param": param}}), status
+            413: "request_too_large", 500: "server_error", 503: "server_busy"}.get(
+                status, "invalid_request_error")
+    response = jsonify({"error": {"message": message, "type": kind, "param": param}})
+    if status == 503:
+        response.headers["Retry-After"] = "1"
+    return response, status
 
 
 def install_checks(app, server, cfg):
@@ -359,6 +365,10 @@ def create_app(model, tokenizer, cfg):
     def parse_request(openai):
         prompts, p, unknown = completions.parse_request(parse_json(request), cfg,
                                                         model.config.vocab_size, openai)
+        waiting = server.engine.waiting_requests()
+        if waiting >= cfg["max_waiting"]:  # shed load: a client can retry, a queue only grows
+            raise BadRequest(f"the server is busy: {waiting} requests wait for a place in the batch "
+                             "already; try again shortly", status=503)
         server.note_unknown_fields(unknown)
         return prompts, p, request.environ.get("waitress.client_disconnected")
 
@@ -459,6 +469,9 @@ def create_app(model, tokenizer, cfg):
 
 def load(cfg):
     device = hardware.resolve_device(cfg["device"])
+    if cfg["max_waiting"] < 1 or cfg["max_batch"] < 1:
+        raise configurator.ConfigError(f"max_waiting={cfg['max_waiting']} and max_batch="
+                                       f"{cfg['max_batch']} must be at least 1")
     if cfg["dtype"] not in ("float32", "bfloat16", "float64"):
         raise configurator.ConfigError(f"dtype={cfg['dtype']!r} must be 'float32', 'bfloat16' or "
                                        "'float64'")
