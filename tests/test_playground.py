@@ -4,7 +4,6 @@ server's refusals (401, 400, 503 when busy) into words. Needs Debian's chromium 
 chromium-driver (`make test` installs them where it can) and selenium; skipped, saying which is
 missing, elsewhere."""
 import json
-import os
 import shutil
 import threading
 import time
@@ -12,9 +11,9 @@ import urllib.request
 
 import pytest
 
-from test_serve import LiveServer
+from test_serve import LiveServer, ckpt  # noqa: F401  (a checkpoint trained for 30 steps)
 from test_serve_hostile import long_ckpt, send  # noqa: F401  (a model that never stops early)
-from test_train import data_root, run  # noqa: F401  (fixture and helpers)
+from test_train import data_root  # noqa: F401  (the fixture ckpt needs)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -24,16 +23,6 @@ if not (CHROMIUM and CHROMEDRIVER):
                 "chromium-driver; `make test` tries)", allow_module_level=True)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-SCREENSHOT = os.environ.get("PLAYGROUND_SCREENSHOT")  # where to keep a picture of the page, if set
-
-
-@pytest.fixture(scope="module")
-def ckpt(data_root, tmp_path_factory):  # noqa: F811
-    out = tmp_path_factory.mktemp("playground_ckpt")
-    run(data_root, out, "--max_iters=30")
-    return out / "last.pt"
-
 
 @pytest.fixture(scope="module")
 def browser():
@@ -97,8 +86,6 @@ def test_generate_streams_and_errors_are_put_in_words(browser, ckpt, tmp_path):
             {"prompt": "The old town", "max_tokens": 12, "temperature": 0, "top_p": 0.95}).encode(),
             {"Content-Type": "application/json", "Authorization": "Bearer secret"})[1])
         assert text == expected["choices"][0]["text"] and text  # the streamed pieces, all of them
-        if SCREENSHOT:
-            browser.save_screenshot(SCREENSHOT)
     finally:
         server.stop()
 
