@@ -47,7 +47,8 @@ def check_exportable(model_args, path):
     if differ:
         settings = ", ".join(f"{k}={v!r}" for k, v in differ.items())
         raise ExportError(
-            f"{path} cannot be exported: {settings} has no counterpart in GPT-2's architecture "
+            f"{path} cannot be exported: {settings} {'has' if len(differ) == 1 else 'have'} no "
+            "counterpart in GPT-2's architecture "
             "(transformers' GPT2LMHeadModel), and no standard transformers architecture computes "
             "this combination exactly. Export a checkpoint trained with config/gpt2.py, or serve "
             "this one with serve.py (its OpenAI-compatible API needs no export)")
