@@ -244,6 +244,11 @@ def score_likelihood(model, tokenizer, streams, train, cfg, stride, device):
         if train is not None:
             all_nll["unigram"].append(unigram[tokens[1:]])
             all_nll["kneser_ney"].append(kn.nll(tokens))
+        # this source's tokens under each baseline: the same bytes as the model's row
+        row["baselines"] = {name: {"perplexity": metrics.perplexity(parts[-1]),
+                                   "bits_per_byte": float(np.sum(parts[-1]) / math.log(2)
+                                                          / max(1, row["bytes"]))}
+                            for name, parts in all_nll.items() if name != "model" and parts}
         rows[source] = row
         print(f"{source}: {len(nll):,} tokens, perplexity {row['perplexity']:.2f}, "
               f"bits per byte {row['bits_per_byte']:.3f}", flush=True)
@@ -280,7 +285,9 @@ def write_report(out_dir, result, history):
              f"Evaluated on {result['evaluated_on']}; sliding window stride {result['stride']}.", "",
              "## Likelihood", "", "| | tokens | perplexity | bits per byte |", "|---|---:|---:|---:|"]
     for source, row in result["likelihood"]["per_source"].items():
-        lines.append(f"| {source} | {row['tokens']:,} | {row['perplexity']:.2f} | {row['bits_per_byte']:.3f} |")
+        beside = ", ".join(f"{name} {b['bits_per_byte']:.3f}" for name, b in row["baselines"].items())
+        lines.append(f"| {source} | {row['tokens']:,} | {row['perplexity']:.2f} | "
+                     f"{row['bits_per_byte']:.3f} (baselines: {beside}) |")
     overall = result["likelihood"]["overall"]
     lines += [f"| **all** | {overall['tokens']:,} | {overall['perplexity']:.2f} | "
               f"{overall['bits_per_byte']:.3f} |", "",

@@ -172,6 +172,12 @@ def test_eval_end_to_end_on_a_trained_tiny_model(data_root, tmp_path, recipe):  
             row["loss"] * row["tokens"] / math.log(2) / n_bytes), name
     assert saved["baselines"]["model"]["bits_per_byte"] == pytest.approx(
         saved["likelihood"]["overall"]["bits_per_byte"])
+    # per source, each baseline on that source's bytes; together they make the overall figure
+    rows = saved["likelihood"]["per_source"].values()
+    for name in ("uniform", "unigram", "kneser_ney"):
+        assert sum(r["baselines"][name]["bits_per_byte"] * r["bytes"] for r in rows) == pytest.approx(
+            saved["baselines"][name]["bits_per_byte"] * n_bytes), name
+    assert all(r["baselines"]["uniform"]["perplexity"] == pytest.approx(300) for r in rows)
     assert saved["generation"]["documents"] == 4 and 0 <= saved["generation"]["bleu"] <= 100
     report = (out / "report.md").read_text()
     assert "## Baselines" in report and "learning_curves.png" in report
