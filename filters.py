@@ -14,6 +14,8 @@ import re
 import unicodedata
 from collections import Counter
 
+import regex
+
 # ------------------------------------------------------------------------------------------- cleaning
 
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # keeps \t and \n
@@ -23,7 +25,17 @@ TRAILING_SPACE = re.compile(r"[ \t]+\n")
 PROSE_BLANK_LINES = re.compile(r"\n{3,}")  # at most one empty line in prose
 CODE_BLANK_LINES = re.compile(r"\n{4,}")   # at most two in code (PEP 8 spacing)
 
-EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+# An address: local part, @, dotted domain. The plain pattern, `\b[A-Za-z0-9._%+-]+@...`, is tried
+# again at every word boundary inside a run of local-part characters and rescans the rest of the
+# run each time: quadratic in the run's length (a 64 KB line of "1+1+..." took seconds). This one
+# is tried only where such a run starts (the lookbehind) or where the previous match ended (\G),
+# at the first word boundary from there, which is where the plain pattern's first try starts:
+# that very place, or past the characters before it that are all word or all non-word ones
+# (group 1, put back by the replacement: a run after "ü" has no boundary at its start).
+# Each run is read a bounded number of times, and what is replaced is what the plain pattern
+# replaces (tests/test_filters.py). \G needs the regex package (re has no \G).
+EMAIL = regex.compile(r"(?:(?<![A-Za-z0-9._%+-])|\G)(?:\b|([.%+-]+|[A-Za-z0-9_]+)\b)"
+                      r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])")
 IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])")
 SECRETS = re.compile("|".join([
@@ -54,7 +66,7 @@ def _redact_ip(match, counts):
 
 def redact_pii(text, counts):
     """Replace emails, public IP addresses and key-like secrets; add what was replaced to counts."""
-    text, n = EMAIL.subn("<EMAIL>", text)
+    text, n = EMAIL.subn(r"\1<EMAIL>", text)
     counts["emails"] += n
     for pattern in (IPV4, IPV6):
         text = pattern.sub(lambda m: _redact_ip(m, counts), text)

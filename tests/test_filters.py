@@ -1,4 +1,6 @@
 """Each quality rule keeps a good document and drops a crafted bad one; cleaning and PII redaction."""
+import random
+import re
 from collections import Counter
 
 import pytest
@@ -182,3 +184,21 @@ def test_every_threshold_is_declared_by_the_rule_that_reads_it():
                                          else set())
         assert read == declared, rule.__name__
     assert set(filters.SETTINGS) <= set(prepare.SPEC)
+
+
+def test_email_redaction_replaces_what_the_plain_pattern_does():
+    """filters.EMAIL starts a match only where a run of local-part characters starts (linear time);
+    on any text it replaces exactly what the plain pattern, which retries at every word boundary
+    (quadratic on long runs), replaces."""
+    plain = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+    pieces = ["a", "B", "1", ".", "_", "%", "+", "-", "@", "é", " ", "\n", ".com", "x@y.org", "@ab.cd",
+              "-n@", "..", "+1", "(", ")", "_.", "._", "ü"]
+    rng = random.Random(0)
+    cases = ["-foo@bar.com", "+x.y@a-b.co.uk", "é.a@b.com", "éa@b.com", "a@b@c.com", "...@x.com",
+             "mail x@y.org.", "-_a@x.com", "_.-b@c.de", "--é@x.com"]
+    cases += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 25))) for _ in range(20000)]
+    for text in cases:
+        counts = Counter()
+        expected = plain.subn("<EMAIL>", text)
+        assert filters.redact_pii(text, counts) == expected[0] or "<IP_ADDRESS>" in text, text
+        assert counts["emails"] == expected[1], text
