@@ -44,8 +44,12 @@ SECRETS = re.compile("|".join([
     r"\bsk-(?:proj-)?[A-Za-z0-9_-]{20,}\b",                    # OpenAI-style secret keys
     r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b",                       # Slack tokens
     r"\bAIza[0-9A-Za-z_-]{35}\b",                              # Google API keys
-    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
 ]))
+# A PEM private key, BEGIN line to END line. Searched only in the text up to the last END line: a
+# BEGIN with no END after it made the lazy scan run to the end of the text once per BEGIN
+# (quadratic in a text of many BEGIN lines); before the last END, every BEGIN finds its END.
+PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----")
+PRIVATE_KEY_END = re.compile(r"-----END [A-Z ]*PRIVATE KEY-----")
 # `password = "..."`, `api_key: '...'`: only the quoted value is replaced.
 SECRET_ASSIGNMENT = re.compile(
     r"""(?i)\b((?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token|password|passwd)"""
@@ -64,12 +68,26 @@ def _redact_ip(match, counts):
     return "<IP_ADDRESS>"
 
 
+def _redact_private_keys(text):
+    """(text with each PEM private key replaced by <SECRET>, how many)."""
+    end = text.rfind("-----END ")
+    while end >= 0 and not PRIVATE_KEY_END.match(text, end):
+        end = text.rfind("-----END ", 0, end)
+    if end < 0:
+        return text, 0
+    cut = PRIVATE_KEY_END.match(text, end).end()
+    head, n = PRIVATE_KEY.subn("<SECRET>", text[:cut])
+    return head + text[cut:], n
+
+
 def redact_pii(text, counts):
     """Replace emails, public IP addresses and key-like secrets; add what was replaced to counts."""
     text, n = EMAIL.subn(r"\1<EMAIL>", text)
     counts["emails"] += n
     for pattern in (IPV4, IPV6):
         text = pattern.sub(lambda m: _redact_ip(m, counts), text)
+    text, n = _redact_private_keys(text)  # first: a key block is one secret, whatever it holds
+    counts["secrets"] += n
     text, n = SECRETS.subn("<SECRET>", text)
     counts["secrets"] += n
     text, n = SECRET_ASSIGNMENT.subn(r"\1<SECRET>\3", text)

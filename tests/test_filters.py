@@ -173,6 +173,24 @@ def test_pii_redaction():
     assert filters.redact_pii(f"x {begin}\nMIIEow\nabc\n{end} y", Counter()) == "x <SECRET> y"
 
 
+def test_private_keys_begin_to_end_as_the_plain_pattern_finds_them():
+    """Only the text up to the last END line is searched (a BEGIN with no END after it made the lazy
+    pattern scan to the end once per BEGIN); the blocks replaced are the plain pattern's."""
+    import re
+    plain = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----")
+    begin, end = "-----BEGIN RSA PRIVATE KEY-----", "-----END EC PRIVATE KEY-----"
+    pieces = [begin, end, "-----END ", "-----END X KEY-----", "MIIE\n", "abc", " ", "-----BEGIN "]
+    rng = random.Random(1)
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        counts = Counter()
+        expected, n = plain.subn("<SECRET>", text)
+        assert filters.redact_pii(text, counts) == expected, text
+        assert counts["secrets"] == n, text
+    many = begin * 2000 + "tail"  # no END at all: nothing to replace, and nothing rescanned
+    assert filters.redact_pii(many, Counter()) == many
+
+
 def test_every_threshold_is_declared_by_the_rule_that_reads_it():
     """Each rule's @thresholds names the config keys its source reads (duplicate_ngrams also reads
     repetition_min_words, declared once with top_ngrams), and prepare.py's settings hold them all."""
