@@ -2,6 +2,7 @@
 
     python bench.py prepare            # data pipeline on the offline default corpus (run prepare.py first)
     python bench.py prepare --hf       # also HF `tokenizers` BPE side by side (pip install tokenizers)
+    python bench.py cleaning           # clean + filters: the corpus against 1 MB worst cases, MB/s
     python bench.py model              # CPU: training step tokens/s, loss memory, generation tokens/s
     python bench.py gpu                # CUDA: kernel tests, kernel GB/s, memory, bf16 training + MFU
     python bench.py train              # train.py itself: tokens/s and peak memory per setting
@@ -18,7 +19,7 @@ machine is printed with them.
 import sys
 import types
 
-SUITES = ("prepare", "model", "train", "eval", "serve", "harness", "gpu", "all")
+SUITES = ("prepare", "cleaning", "model", "train", "eval", "serve", "harness", "gpu", "all")
 SPEC = {
     "gpu": (False, "all: run the GPU suite too"),
     "hf": (False, "prepare: compare with HF tokenizers"),
@@ -54,6 +55,8 @@ def main(argv=None):
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if suite == "prepare":
         data_pipeline.bench_prepare(args)
+    elif suite == "cleaning":
+        data_pipeline.bench_cleaning(args)
     elif suite == "model":
         cpu.bench_model_cpu(args.quick)
     elif suite == "train":

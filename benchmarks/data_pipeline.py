@@ -155,3 +155,52 @@ def time_encoding(specs, data):
         dt = time.perf_counter() - t0
         print(f"| tiktoken encode, {threads} thread(s) | {dt:.2f} s | {corpus_bytes / dt / 1e6:.1f} MB/s"
               f" | {n_tokens:,} tokens, {corpus_bytes / n_tokens:.2f} bytes/token |", flush=True)
+
+
+# Machine-written text of the kinds that made a cleaning pattern quadratic (a match retried at
+# every position of a long run, rescanning the rest each time), and deep or huge documents.
+WORST_CASES = {
+    "a line of 1+1+1...": lambda n: "1+" * (n // 2),
+    "a dotted chain a.b.c...": lambda n: "a." * (n // 2),
+    "a hyphen run": lambda n: "-" * n,
+    "a@a@a@...": lambda n: "a@" * (n // 2),
+    "1.1.1.1... (IP-like)": lambda n: "1." * (n // 2),
+    "1:1:1:... (IPv6-like)": lambda n: "1:" * (n // 2),
+    "_a_a_a... (word and punctuation)": lambda n: "_a" * (n // 2),
+    "one word": lambda n: "a" * n,
+    "deep nesting (((...)))": lambda n: "(" * (n // 2) + ")" * (n // 2),
+    "PEM BEGIN lines, no END": lambda n: "-----BEGIN RSA PRIVATE KEY-----\n" * (n // 32),
+    "password = '... repeated": lambda n: "password = '" * (n // 12),
+    "sk- sk- sk- ...": lambda n: "sk- " * (n // 4),
+    "short lines a\\n": lambda n: "a\n" * (n // 2),
+    "prose repeated to size": lambda n: ("The river crossed the old town near the market. " * (n // 49 + 1))[:n],
+}
+
+
+def bench_cleaning(args, size=1_000_000):
+    """Clean + quality filters (what each curate worker runs) on the offline corpus's documents,
+    then on one document of each worst case above, as code and as prose. A worst case far slower
+    than the corpus per MB is a step that is not linear in a document's length."""
+    import curate
+    import filters
+    import prepare
+    import sources
+    cfg = {key: default for key, (default, _) in prepare.SPEC.items()}
+    items = [item for spec in sources.resolve_sources(cfg["sources"])
+             for item in sources.iter_source(spec, lambda *a: None)]
+    filters.toxicity_scores(["load the classifier before timing"])
+    print(f"machine: {machine()}\n\n| input | time | rate | note |\n|---|---:|---:|---|")
+    t0 = time.perf_counter()
+    for batch in curate.batched(items, 128):
+        cleaned = [filters.clean(raw, doc_type, pii=True) for _, doc_type, raw in batch]
+        filters.filter_batch(cleaned, [d for _, d, _ in batch], cfg)
+    row("the offline corpus (data/demo's sources)", time.perf_counter() - t0, len(items),
+        sum(len(r) for _, _, r in items), "1 process")
+    for name, make in WORST_CASES.items():
+        text = make(size)
+        for doc_type in ("code", "prose"):
+            t0 = time.perf_counter()
+            cleaned = filters.clean(text.encode(), doc_type, pii=True)
+            verdict = filters.filter_batch([cleaned], [doc_type], cfg)[0]
+            row(f"{name}, {size / 1e6:.0f} MB as {doc_type}", time.perf_counter() - t0, chars=len(text),
+                note=f"dropped by {verdict[0]}" if verdict else "kept")
