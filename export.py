@@ -156,6 +156,8 @@ def export(cfg):
                           f"unexpected {unexpected}")
     hf_model.generation_config.pad_token_id = tokenizer.eot_id
     out = Path(cfg["out"])
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"out={out} is a file, not a folder: name a folder to write")
     tmp = out.with_name(f".{out.name}.tmp")  # written whole, then renamed into place
     shutil.rmtree(tmp, ignore_errors=True)
     hf_model.save_pretrained(tmp)

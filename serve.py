@@ -237,17 +237,22 @@ class Server:
         self.metrics.count_tokens(prompt_tokens, completion, time.time() - t0)
         logprobs = None
         if p["logprobs"] is not None:
-            # a sequence that the end-of-text token ended lists that token last, as vLLM does
-            # (lm-evaluation-harness drops the last entry, taking it for the generated one)
-            eot = [[self.tokenizer.eot_id] if ended_by_eot[i] else [] for i in range(len(encoded))]
-            logprobs = [completions.logprobs_field(
-                self.tokenizer, encoded[i] if p["echo"] else [], job.prompt_scores[i],
-                job.tokens[i][:generated[i]] + eot[i],
-                job.token_scores[i][:generated[i] + len(eot[i])],
-                text_end=len(prompt_texts[i]) + len(texts[i]),
-                offset=0 if p["echo"] else len(prompt_texts[i])) for i in range(len(encoded))]
+            logprobs = [self.choice_logprobs(job, i, encoded[i] if p["echo"] else [],
+                                             generated[i], ended_by_eot[i], prompt_texts[i], texts[i])
+                        for i in range(len(encoded))]
         yield None, {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                      "total_tokens": prompt_tokens + completion}, logprobs
+
+    def choice_logprobs(self, job, i, echoed, generated, ended_by_eot, prompt_text, text):
+        """The logprobs field of choice i: the echoed prompt tokens, the generated tokens the
+        choice's text holds, and the end-of-text token last when it ended the choice, as vLLM
+        does (lm-evaluation-harness drops the last entry, taking it for the generated one)."""
+        eot = [self.tokenizer.eot_id] if ended_by_eot else []
+        return completions.logprobs_field(
+            self.tokenizer, echoed, job.prompt_scores[i], job.tokens[i][:generated] + eot,
+            job.token_scores[i][:generated + len(eot)], text_end=len(prompt_text) + len(text),
+            offset=0 if echoed else len(prompt_text))
+
 
 def stream_events(server, prompts, p, meta, disconnected):
     """Server-sent events of one streamed completion: a chunk per text delta, then (with
@@ -350,6 +355,37 @@ def install_checks(app, server, cfg):
         return error(500, f"internal error: {type(e).__name__}")
 
 
+def add_tokenizer_endpoints(app, model, tokenizer):
+    """vLLM's tokenizer endpoints, through which lm-evaluation-harness (its `local-completions`
+    model) counts context tokens with this model's own tokenizer: no export needed."""
+    @app.get("/tokenizer_info")
+    def tokenizer_info():
+        return jsonify({"tokenizer_class": "mini-lm byte-level BPE", "eos_token": EOT,
+                        "bos_token": None, "pad_token": None,
+                        "model_max_length": model.config.block_size,
+                        "vocab_size": model.config.vocab_size})
+
+    @app.post("/tokenize")
+    def tokenize():
+        body = parse_json(request)
+        text = completions.field(body if isinstance(body, dict) else {}, "prompt", str, None)
+        if text is None:
+            raise BadRequest("'prompt' (a string) is required", "prompt")
+        completions.check_unicode("prompt", [text])
+        ids = tokenizer.encode_with_special_tokens(text)  # "<|endoftext|>" is the end-of-text id
+        return jsonify({"tokens": ids, "count": len(ids), "max_model_len": model.config.block_size})
+
+    @app.post("/detokenize")
+    def detokenize():
+        body = parse_json(request)
+        tokens = body.get("tokens") if isinstance(body, dict) else None
+        vocab = model.config.vocab_size
+        if not (isinstance(tokens, list) and all(isinstance(t, int) and not isinstance(t, bool)
+                                                 and 0 <= t < vocab for t in tokens)):
+            raise BadRequest(f"'tokens' must be a list of token ids in 0..{vocab - 1}", "tokens")
+        return jsonify({"prompt": tokenizer.decode(tokens)})
+
+
 def create_app(model, tokenizer, cfg):
     """The Flask app: the checks above, then one function per endpoint."""
     server = Server(model, tokenizer, cfg)
@@ -358,6 +394,7 @@ def create_app(model, tokenizer, cfg):
     app.config["MAX_CONTENT_LENGTH"] = cfg["max_body_bytes"]
     app.config["mini_lm_server"] = server
     install_checks(app, server, cfg)
+    add_tokenizer_endpoints(app, model, tokenizer)
     page = PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", html.escape(cfg["model_name"]))
     model_card = {"id": cfg["model_name"], "object": "model", "created": int(time.time()),
                   "owned_by": "mini-lm"}
@@ -426,35 +463,6 @@ def create_app(model, tokenizer, cfg):
         return jsonify({"status": "ok", "model": cfg["model_name"],
                         "parameters": model.parameter_breakdown()["total"],
                         "block_size": model.config.block_size, "vocab_size": model.config.vocab_size})
-
-    # vLLM's tokenizer endpoints, through which lm-evaluation-harness (its `local-completions`
-    # model) counts context tokens with this model's own tokenizer: no export needed.
-    @app.get("/tokenizer_info")
-    def tokenizer_info():
-        return jsonify({"tokenizer_class": "mini-lm byte-level BPE", "eos_token": EOT,
-                        "bos_token": None, "pad_token": None,
-                        "model_max_length": model.config.block_size,
-                        "vocab_size": model.config.vocab_size})
-
-    @app.post("/tokenize")
-    def tokenize():
-        body = parse_json(request)
-        text = completions.field(body if isinstance(body, dict) else {}, "prompt", str, None)
-        if text is None:
-            raise BadRequest("'prompt' (a string) is required", "prompt")
-        completions.check_unicode("prompt", [text])
-        ids = tokenizer.encode_with_special_tokens(text)  # "<|endoftext|>" is the end-of-text id
-        return jsonify({"tokens": ids, "count": len(ids), "max_model_len": model.config.block_size})
-
-    @app.post("/detokenize")
-    def detokenize():
-        body = parse_json(request)
-        tokens = body.get("tokens") if isinstance(body, dict) else None
-        vocab = model.config.vocab_size
-        if not (isinstance(tokens, list) and all(isinstance(t, int) and not isinstance(t, bool)
-                                                 and 0 <= t < vocab for t in tokens)):
-            raise BadRequest(f"'tokens' must be a list of token ids in 0..{vocab - 1}", "tokens")
-        return jsonify({"prompt": tokenizer.decode(tokens)})
 
     @app.get("/metrics")
     def prometheus():

@@ -149,7 +149,12 @@ def run_harness(lm_eval, ckpt, block_size, task_dir, out_dir):
 
 
 def bench_harness(ckpt, lm_eval, n_docs=50, n_cases=100):
+    import shutil
+
     import checkpoint
+    if not shutil.which(lm_eval):
+        raise SystemExit(f"lm_eval={lm_eval!r} is not a command here: pip install 'lm-eval[api]' "
+                         "(in any venv) and pass --lm_eval=/path/to/that/venv/bin/lm_eval")
     model, tokenizer, saved = checkpoint.load_model(ckpt)
     block = model.config.block_size
     docs = heldout_documents(tokenizer, saved)

@@ -97,6 +97,15 @@ def test_other_recipes_are_refused_with_the_reason(data_root, tmp_path, capsys, 
     assert not (tmp_path / "hf").exists()
 
 
+def test_an_out_path_that_is_a_file_is_refused(exported, tmp_path, capsys):
+    *_, out = exported
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    with pytest.raises(SystemExit):
+        export.main([f"--ckpt={out / 'run' / 'last.pt'}", f"--out={taken}"])
+    assert "is a file, not a folder" in capsys.readouterr().err and taken.read_text() == "mine"
+
+
 def test_merges_are_recovered_from_the_merge_order():
     tokens = [bytes([b]) for b in range(256)] + [b"ab", b"abc", b"bc", b"abcbc", b"cab"]
     assert export.recover_merges(tokens) == [(b"a", b"b"), (b"ab", b"c"), (b"b", b"c"),
