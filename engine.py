@@ -52,7 +52,8 @@ class Job:
         self.tokens = [[] for _ in prompts]
         self.done = [params["max_tokens"] == 0] * len(prompts)
         self.errors = [None] * len(prompts)  # why a sequence ended early, when it failed
-        self.prompt_scores = [None] * len(prompts)    # with logprobs and echo: score_tokens(prompt)
+        self.score_prompts = bool(params.get("echo")) and params.get("logprobs") is not None
+        self.prompt_scores = [None] * len(prompts)    # with score_prompts: score_tokens(prompt)
         self.token_scores = [[] for _ in prompts]     # with logprobs: one per generated token, and
                                                       # one for an end-of-text token that ended it
         self.updates = queue.Queue()
@@ -161,9 +162,8 @@ class Engine:
         logprobs and echo, every prompt token after the first is scored from the same pass."""
         idx, pad = left_pad(job.prompts, self.device)
         cache = KVCache.for_model(self.model, len(job.prompts))
-        score_prompts = job.params.get("echo") and job.params.get("logprobs") is not None
-        logits = self.model(idx, cache=cache, pad_lengths=pad, last_only=not score_prompts)[0]
-        if score_prompts:
+        logits = self.model(idx, cache=cache, pad_lengths=pad, last_only=not job.score_prompts)[0]
+        if job.score_prompts:
             width = idx.shape[1]
             for i, prompt in enumerate(job.prompts):
                 job.prompt_scores[i] = score_tokens(logits[i, width - len(prompt):width - 1],
@@ -191,7 +191,7 @@ class Engine:
         while self.waiting and len(self.rows) + len(self.waiting[0].prompts) <= self.max_batch:
             job = self.waiting.popleft()
             try:
-                if all(job.done) and not job.cancelled and job.params.get("echo"):
+                if all(job.done) and not job.cancelled and job.score_prompts:
                     self._prefill(job)  # max_tokens 0: only the prompt's scores were asked for
                 if job.cancelled or all(job.done):
                     job.finish()
