@@ -57,6 +57,14 @@ def process_batch(items):
     for _, doc_type, raw in items:
         counts = Counter()
         result = {"raw_chars": len(raw), "counts": counts, "dropped": None}
+        too_large = filters.too_large(raw, cfg)
+        if too_large:
+            head = raw[:400]
+            result.update(dropped="too_large", reason=too_large,
+                          snippet=head.decode("utf-8", "replace") if isinstance(head, bytes) else head)
+            results.append(result)
+            texts.append("")
+            continue
         try:
             text = filters.clean(raw, doc_type, pii=cfg["redact_pii"], counts=counts)
             if isinstance(raw, bytes):

@@ -165,6 +165,31 @@ def test_filters_dedup_and_bad_inputs_are_counted(prepared):
     assert "Jaccard" in report  # an example of a dropped near-duplicate, with its reason
 
 
+def test_documents_past_max_raw_chars_are_dropped_before_cleaning(corpus, tmp_path, monkeypatch):
+    """The size guard: a raw document longer than max_raw_chars is counted as too_large, with its
+    size in the reason, and never reaches clean() (whose time grows with the document)."""
+    import curate
+    import filters
+    cleaned_sizes = []
+    real_clean = filters.clean
+
+    def clean(raw, *args, **kwargs):
+        cleaned_sizes.append(len(raw))
+        return real_clean(raw, *args, **kwargs)
+
+    monkeypatch.setattr(filters, "clean", clean)
+    cfg = config(corpus, tmp_path, max_raw_chars=50_000)  # one_line.py holds 60,009 bytes
+    stats = curate.curate(cfg, sources.resolve_sources(cfg["sources"]), tmp_path)
+    assert stats["code"]["dropped"]["too_large"] == 1
+    assert "max_line_length" not in stats["code"]["dropped"]  # it was that rule's drop before
+    example, = stats["code"]["examples"]["too_large"]
+    assert example["id"] == "code/one_line.py"
+    assert example["reason"] == "60,009 raw bytes > max_raw_chars=50,000"
+    assert example["snippet"].startswith("DATA = 'abab")
+    assert cleaned_sizes and max(cleaned_sizes) <= 50_000
+    assert stats["code"]["docs_kept"] == 31 and stats["prose"]["dropped"].get("too_large", 0) == 0
+
+
 def test_same_config_gives_byte_identical_outputs_whatever_the_workers(corpus, prepared, tmp_path):
     other = prepare.run(config(corpus, tmp_path, workers=2))
     files = sorted(p.relative_to(prepared) for p in prepared.rglob("*")
