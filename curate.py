@@ -14,10 +14,10 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
 from tqdm import tqdm
 
 import atomic
+import dedup
 import filters
 import prepare_report
 import sources as sources_mod
@@ -41,13 +41,6 @@ _worker_cfg = None
 def _init_worker(cfg):
     global _worker_cfg
     _worker_cfg = cfg
-
-
-def shingles(text, n):
-    words = text.lower().split()
-    if len(words) <= n:
-        return {" ".join(words)}
-    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
 def process_batch(items):
@@ -76,16 +69,14 @@ def process_batch(items):
         texts.append(text)
     alive = [i for i, r in enumerate(results) if r["dropped"] is None]
     verdicts = filters.filter_batch([texts[i] for i in alive], [items[i][1] for i in alive], cfg)
+    kept = []
     for i, failed in zip(alive, verdicts):
-        r, text = results[i], texts[i]
         if failed:
-            r.update(dropped=failed[0], reason=failed[1], snippet=text[:400])
-            continue
-        normalised = " ".join(text.lower().split())
-        minhash = MinHash(num_perm=cfg["minhash_num_perm"], seed=1, scheme="affine32")
-        minhash.update_batch([s.encode("utf-8") for s in shingles(text, cfg["minhash_shingle_words"])])
-        r.update(text=text, exact_key=hashlib.sha1(normalised.encode("utf-8")).digest(),
-                 minhash=minhash.hashvalues)
+            results[i].update(dropped=failed[0], reason=failed[1], snippet=texts[i][:400])
+        else:
+            kept.append(i)
+    for i, keys in zip(kept, dedup.dedup_keys([texts[i] for i in kept], cfg)):
+        results[i].update(text=texts[i], **keys)
     return results
 
 
@@ -139,7 +130,7 @@ def _histogram(lengths):
     return np.histogram(lengths, bins=prepare_report.LENGTH_BINS + [10 ** 9])[0].tolist()
 
 
-def curate_source(cfg, spec, folder, process, dedup, byte_limit):
+def curate_source(cfg, spec, folder, process, deduplicator, byte_limit):
     """Collect, clean, filter and dedup one source into its shards; returns its statistics."""
     name = spec["name"]
     s = {"docs_in": 0, "docs_kept": 0, "chars_in": 0, "chars_kept": 0, "dropped": Counter(),
@@ -164,7 +155,7 @@ def curate_source(cfg, spec, folder, process, dedup, byte_limit):
             s["cleaning"].update(r["counts"])
             lengths_in.append(r["raw_chars"])
             dropped = (r["dropped"], r.get("reason")) if r["dropped"] else \
-                dedup.check(f"{name}/{doc_id}", r)
+                deduplicator.check(f"{name}/{doc_id}", r)
             if dropped:
                 rule, reason = dropped
                 s["dropped"][rule] += 1
@@ -196,37 +187,13 @@ def curate_source(cfg, spec, folder, process, dedup, byte_limit):
     return s
 
 
-class Deduplicator:
-    """Exact (hash of normalised text) and near-duplicate (MinHash LSH) checks against every document
-    kept so far, across all sources."""
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.exact_seen = set()
-        self.lsh = MinHashLSH(threshold=cfg["minhash_threshold"], num_perm=cfg["minhash_num_perm"])
-
-    def check(self, key, result):
-        """(rule, reason) if the processed document duplicates a kept one; else remember it, None."""
-        if self.cfg["dedup_exact"]:
-            if result["exact_key"] in self.exact_seen:
-                return "exact_duplicate", "same normalised text as an earlier document"
-            self.exact_seen.add(result["exact_key"])
-        minhash = MinHash(num_perm=self.cfg["minhash_num_perm"], seed=1, scheme="affine32",
-                          hashvalues=result["minhash"])
-        similar = self.lsh.query(minhash)
-        if similar:
-            return "near_duplicate", f"Jaccard >= ~{self.cfg['minhash_threshold']} with {min(similar)}"
-        self.lsh.insert(key, minhash)
-        return None
-
-
 def curate(cfg, source_specs, out):
     """Stages 1-5: stream every source through clean, filter and dedup into curated/ shards."""
     tmp = out / "curated.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     total_weight = sum(s["weight"] for s in source_specs)
-    dedup = Deduplicator(cfg)
+    deduplicator = dedup.Deduplicator(cfg)
     pool = Pool(cfg["workers"], _init_worker, (cfg,)) if cfg["workers"] > 1 else None
     _init_worker(cfg)
 
@@ -242,7 +209,7 @@ def curate(cfg, source_specs, out):
             if cfg["collect_bytes_per_token"] > 0:
                 byte_limit = (spec["weight"] / total_weight * cfg["target_tokens"]
                               * cfg["collect_bytes_per_token"])
-            stats[spec["name"]] = curate_source(cfg, spec, tmp, process, dedup, byte_limit)
+            stats[spec["name"]] = curate_source(cfg, spec, tmp, process, deduplicator, byte_limit)
     finally:
         if pool:
             pool.close()

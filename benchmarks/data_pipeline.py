@@ -80,17 +80,16 @@ def time_filters(items, raw_chars, cfg):
     print("|  where clean + filter time goes (all documents, each rule alone) | | | "
           + ", ".join(f"{k} {v:.1f} s" for k, v in top if v >= 0.1) + " |")
 
-    from datasketch import MinHash, MinHashLSH
-    lsh = MinHashLSH(threshold=cfg["minhash_threshold"], num_perm=cfg["minhash_num_perm"])
+    import dedup
+    deduplicator = dedup.Deduplicator(cfg)
     t0 = time.perf_counter()
-    for i, text in enumerate(texts):
-        m = MinHash(num_perm=cfg["minhash_num_perm"], seed=1, scheme="affine32")
-        m.update_batch([s.encode() for s in curate.shingles(text, cfg["minhash_shingle_words"])])
-        if not lsh.query(m):
-            lsh.insert(str(i), m)
-    t_minhash = time.perf_counter() - t0
-    row("MinHash signatures + LSH query/insert", t_minhash, len(texts), sum(map(len, texts)),
-        f"{cfg['minhash_num_perm']} perms, {cfg['minhash_shingle_words']}-word shingles, 1 process")
+    for batch_start in range(0, len(texts), 128):
+        batch = texts[batch_start:batch_start + 128]
+        for i, keys in enumerate(dedup.dedup_keys(batch, cfg), batch_start):
+            deduplicator.check(str(i), keys)
+    row("near-dedup: MinHash signatures + LSH", time.perf_counter() - t0, len(texts),
+        sum(map(len, texts)), f"{cfg['minhash_num_perm']} perms, {cfg['minhash_shingle_words']}-word "
+        "shingles, 1 process (`bench.py dedup` breaks it down)")
 
 
 def time_curate_stage(cfg, specs, data, n_items, raw_chars):
@@ -204,3 +203,91 @@ def bench_cleaning(args, size=1_000_000):
             verdict = filters.filter_batch([cleaned], [doc_type], cfg)[0]
             row(f"{name}, {size / 1e6:.0f} MB as {doc_type}", time.perf_counter() - t0, chars=len(text),
                 note=f"dropped by {verdict[0]}" if verdict else "kept")
+
+
+def _datasketch_near_dedup(texts, cfg):
+    """The reference: datasketch's MinHash (SHA-1 of each shingle string) and MinHashLSH, as
+    curate.py did before dedup.py; returns the indices of the documents it drops."""
+    from datasketch import MinHash, MinHashLSH
+    lsh = MinHashLSH(threshold=cfg["minhash_threshold"], num_perm=cfg["minhash_num_perm"])
+    n, dropped = cfg["minhash_shingle_words"], []
+    for i, text in enumerate(texts):
+        words = text.lower().split()
+        shingles = {" ".join(words[j:j + n]) for j in range(max(1, len(words) - n + 1))}
+        minhash = MinHash(num_perm=cfg["minhash_num_perm"], seed=1, scheme="affine32")
+        minhash.update_batch([s.encode("utf-8") for s in shingles])
+        if lsh.query(minhash):
+            dropped.append(i)
+        else:
+            lsh.insert(i, minhash)
+    return dropped
+
+
+def _signature_task(args):
+    texts, cfg = args
+    import dedup
+    return dedup.dedup_keys(texts, cfg)
+
+
+def bench_dedup(args):
+    """Near-dedup over data/demo's curated documents, where the time goes: normalising, shingle
+    hashes, permutations, LSH; one process, then signatures in two worker processes with the LSH in
+    the main one (as curate.py runs it); beside datasketch's own MinHash + MinHashLSH."""
+    from multiprocessing import Pool
+
+    import curate
+    import dedup
+    import prepare
+    cfg = {key: default for key, (default, _) in prepare.SPEC.items()}
+    folder = Path(cfg["data_root"]) / cfg["dataset"] / "curated"
+    names = sorted({p.name.rsplit("-", 1)[0] for p in folder.glob("*.jsonl.gz")})
+    if not names:
+        raise SystemExit(f"run `python prepare.py` first: {folder} holds no curated shards")
+    texts = [doc["text"] for name in names for doc in curate.iter_curated(folder, name)]
+    batches = [texts[i:i + 128] for i in range(0, len(texts), 128)]
+    chars, perms, n = sum(map(len, texts)), cfg["minhash_num_perm"], cfg["minhash_shingle_words"]
+    print(f"machine: {machine()}\n{len(texts):,} documents, {chars / 1e6:.1f} M characters "
+          f"({', '.join(names)}), {perms} permutations, {n}-word shingles, batches of 128\n")
+    print("| step | time | rate | note |\n|---|---:|---:|---|")
+    t0 = time.perf_counter()
+    normalised = [[dedup.normalise(t) for t in batch] for batch in batches]
+    row("normalise (lower, split, join)", time.perf_counter() - t0, len(texts), chars, "1 process")
+    t0 = time.perf_counter()
+    for batch in normalised:
+        dedup.shingle_hashes([t for t in batch if t], n)
+    row("shingle hashes (prefix sums)", time.perf_counter() - t0, len(texts), chars, "1 process")
+    t0 = time.perf_counter()
+    rows = [dedup.signatures(batch, perms, n) for batch in normalised]
+    row("signatures (shingle hashes + permutations)", time.perf_counter() - t0, len(texts), chars,
+        "1 process")
+    t0 = time.perf_counter()
+    keys = [{"exact_key": dedup.exact_key(t), "bands": dedup.band_keys(r, *dedup.lsh_shape(
+        cfg["minhash_threshold"], perms))} for batch, sig in zip(normalised, rows)
+        for t, r in zip(batch, sig)]
+    row("exact keys + band keys", time.perf_counter() - t0, len(texts), chars, "1 process")
+    t0 = time.perf_counter()
+    deduplicator = dedup.Deduplicator(cfg)
+    ours = [i for i, k in enumerate(keys) if deduplicator.check(i, k)]
+    row("LSH index: query + insert", time.perf_counter() - t0, len(texts), chars, "1 process")
+    t0 = time.perf_counter()
+    deduplicator = dedup.Deduplicator(cfg)
+    for batch_start, batch in zip(range(0, len(texts), 128), batches):
+        for i, k in enumerate(dedup.dedup_keys(batch, cfg), batch_start):
+            deduplicator.check(i, k)
+    row("**near-dedup, all steps (dedup.py)**", time.perf_counter() - t0, len(texts), chars,
+        "1 process")
+    with Pool(2) as pool:
+        pool.map(_signature_task, [(batches[0], cfg)] * 2)  # workers started and imported first
+        t0 = time.perf_counter()
+        deduplicator = dedup.Deduplicator(cfg)
+        for batch_start, results in zip(range(0, len(texts), 128),
+                                        pool.imap(_signature_task, [(b, cfg) for b in batches])):
+            for i, k in enumerate(results, batch_start):
+                deduplicator.check(i, k)
+        row("**near-dedup, all steps (dedup.py)**", time.perf_counter() - t0, len(texts), chars,
+            "signatures in 2 worker processes, LSH in the main one")
+    t0 = time.perf_counter()
+    reference = _datasketch_near_dedup(texts, cfg)
+    row("near-dedup with datasketch's MinHash + MinHashLSH", time.perf_counter() - t0, len(texts),
+        chars, "1 process (SHA-1 per shingle)")
+    print(f"\ndocuments dropped as near-duplicates: dedup.py {len(ours)}, datasketch {len(reference)}")
