@@ -47,7 +47,7 @@ def process_batch(items):
     """Clean and filter (doc_id, doc_type, raw) items; for kept documents also compute dedup keys."""
     cfg = _worker_cfg
     results, texts = [], []
-    for _, doc_type, raw in items:
+    for _, doc_type, raw, *_ in items:
         counts = Counter()
         result = {"raw_chars": len(raw), "counts": counts, "dropped": None}
         too_large = filters.too_large(raw, cfg)
@@ -135,11 +135,13 @@ def curate_source(cfg, spec, folder, process, deduplicator, byte_limit):
     name = spec["name"]
     s = {"docs_in": 0, "docs_kept": 0, "chars_in": 0, "chars_kept": 0, "dropped": Counter(),
          "skipped": Counter(), "cleaning": Counter(), "examples": defaultdict(list),
-         "limit_reached": False}
+         "skipped_examples": defaultdict(list), "limit_reached": False}
     lengths_in, lengths_kept, kept_bytes = [], [], 0
 
     def warn(kind, message):
         s["skipped"][kind] += 1
+        if message and len(s["skipped_examples"][kind]) < cfg["report_examples"]:
+            s["skipped_examples"][kind].append(message)
         if message and s["skipped"][kind] <= 20:
             log(f"warning [{name}]: {message}")
         elif message and s["skipped"][kind] == 21:
@@ -149,7 +151,7 @@ def curate_source(cfg, spec, folder, process, deduplicator, byte_limit):
     writer = ShardWriter(folder, name, cfg["docs_per_shard"])
     bar = tqdm(desc=f"curate {name}", unit="doc", disable=None, file=sys.stderr)
     for batch in batched(documents, 128 * max(1, cfg["workers"])):
-        for (doc_id, doc_type, _), r in zip(batch, process(batch)):
+        for (doc_id, doc_type, _, *meta), r in zip(batch, process(batch)):
             s["docs_in"] += 1
             s["chars_in"] += r["raw_chars"]
             s["cleaning"].update(r["counts"])
@@ -163,7 +165,8 @@ def curate_source(cfg, spec, folder, process, deduplicator, byte_limit):
                     snippet = r["snippet"] if "snippet" in r else r["text"][:400]
                     s["examples"][rule].append({"id": doc_id, "reason": reason, "snippet": snippet})
                 continue
-            writer.write({"id": doc_id, "source": name, "doc_type": doc_type, "text": r["text"]})
+            writer.write({"id": doc_id, "source": name, "doc_type": doc_type, "text": r["text"],
+                          **({"meta": meta[0]} if meta and meta[0] else {})})
             s["docs_kept"] += 1
             s["chars_kept"] += len(r["text"])
             lengths_kept.append(len(r["text"]))

@@ -153,6 +153,9 @@ def write_report(out, cfg, stats, meta, tokenizer):
         lines += ["", "Skipped while collecting: " + "; ".join(
             f"{name}: " + ", ".join(f"{k} {v}" for k, v in sorted(sk.items()))
             for name, sk in skipped.items())]
+        for name, s in stats.items():
+            for kind, messages in sorted(s.get("skipped_examples", {}).items()):
+                lines += [f"- {name}, {kind}: " + "; ".join(f"`{m}`" for m in messages)]
 
     names = list(stats)
     lines += ["", "## Filters and dedup", "",

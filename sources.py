@@ -15,6 +15,13 @@ Kinds (fields beyond kind, name and weight):
                 download), cache_dir, max_pages
 - hf:           dataset, config=None, split="train", text_field="text", doc_type="prose", max_docs
                 (streams from the Hugging Face hub; needs network and `pip install datasets`)
+- git:          repos (URLs or paths git can clone), languages=["python"] (repos.LANGUAGES),
+                licenses=repos.PERMISSIVE (SPDX ids kept), branch=None, cache_dir, max_file_bytes,
+                clone_timeout (repos.py: license detection, vendored/generated/minified rules)
+
+A source may yield (doc_id, doc_type, raw, metadata) instead, where it knows more about a document
+(the git source: repository, path, commit, license, language); the metadata dict goes into the
+curated record as "meta".
 
 Bad items (unreadable, binary, too large, malformed lines) are reported through `warn(kind, message)`
 and skipped; the message names the file and position.
@@ -33,6 +40,7 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import repos
 import wikitext
 
 CODE_EXTENSIONS = {".py", ".pyi", ".c", ".h", ".cc", ".cpp", ".hpp", ".rs", ".go", ".java", ".js",
@@ -49,8 +57,10 @@ FIELDS = {
                   "cache_dir": "data/downloads", "max_pages": None},
     "hf": {"dataset": None, "config": None, "split": "train", "text_field": "text",
            "doc_type": "prose", "max_docs": None},
+    "git": {"repos": None, "languages": ["python"], "licenses": repos.PERMISSIVE, "branch": None,
+            "cache_dir": "data/repos", "max_file_bytes": 1_000_000, "clone_timeout": 600},
 }
-REQUIRED = {"files": ["paths"], "jsonl": ["paths"], "hf": ["dataset"]}
+REQUIRED = {"files": ["paths"], "jsonl": ["paths"], "hf": ["dataset"], "git": ["repos"]}
 
 
 class SourceError(ValueError):
@@ -83,6 +93,10 @@ def resolve_sources(sources):
             raise SourceError(f"{where}: weight must be a positive number (got {full['weight']!r})")
         if full.get("doc_type", "prose") not in ("prose", "code"):
             raise SourceError(f"{where}: doc_type must be 'prose' or 'code'")
+        unknown_languages = set(full.get("languages") or []) - set(repos.LANGUAGES)
+        if kind == "git" and unknown_languages:
+            raise SourceError(f"{where} (git): unknown language(s) {sorted(unknown_languages)}; "
+                              f"known: {sorted(repos.LANGUAGES)}")
         if full["name"] in names:
             raise SourceError(f"{where}: source name {full['name']!r} is used twice; give each a name=")
         names.add(full["name"])
@@ -330,4 +344,4 @@ def iter_hf(spec, warn):
 
 
 COLLECTORS = {"files": iter_files, "jsonl": iter_jsonl, "wiki_offline": iter_wiki_offline,
-              "wiki_dump": iter_wiki_dump, "hf": iter_hf}
+              "wiki_dump": iter_wiki_dump, "hf": iter_hf, "git": repos.iter_git}
