@@ -15,6 +15,9 @@ Kinds (fields beyond kind, name and weight):
                 download), cache_dir, max_pages
 - hf:           dataset, config=None, split="train", text_field="text", doc_type="prose", max_docs
                 (streams from the Hugging Face hub; needs network and `pip install datasets`)
+- warc:         paths and/or urls of WARC / WARC.gz files (urls downloaded to cache_dir, resumable),
+                extractor="resiliparse" or "trafilatura", max_page_bytes (web.py: HTML responses
+                only, charset detection, main text; url, date, charset and language as metadata)
 - git:          repos (URLs or paths git can clone), languages=["python"] (repos.LANGUAGES),
                 licenses=repos.PERMISSIVE (SPDX ids kept), branch=None, cache_dir, max_file_bytes,
                 clone_timeout (repos.py: license detection, vendored/generated/minified rules)
@@ -41,6 +44,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import repos
+import web
 import wikitext
 
 CODE_EXTENSIONS = {".py", ".pyi", ".c", ".h", ".cc", ".cpp", ".hpp", ".rs", ".go", ".java", ".js",
@@ -57,6 +61,8 @@ FIELDS = {
                   "cache_dir": "data/downloads", "max_pages": None},
     "hf": {"dataset": None, "config": None, "split": "train", "text_field": "text",
            "doc_type": "prose", "max_docs": None},
+    "warc": {"paths": None, "urls": None, "cache_dir": "data/downloads", "extractor": "resiliparse",
+             "max_page_bytes": 2_000_000},
     "git": {"repos": None, "languages": ["python"], "licenses": repos.PERMISSIVE, "branch": None,
             "cache_dir": "data/repos", "max_file_bytes": 1_000_000, "clone_timeout": 600},
 }
@@ -87,6 +93,11 @@ def resolve_sources(sources):
         for field in REQUIRED.get(kind, []):
             if not full[field]:
                 raise SourceError(f"{where} ({kind}): field '{field}' is required")
+        if kind == "warc" and not (full["paths"] or full["urls"]):
+            raise SourceError(f"{where} (warc): give paths= (local WARC files) or urls= (or both)")
+        if full.get("extractor", "resiliparse") not in ("resiliparse", "trafilatura"):
+            raise SourceError(f"{where}: extractor must be 'resiliparse' or 'trafilatura' "
+                              f"(got {full['extractor']!r})")
         if kind == "wiki_dump" and bool(full["path"]) == bool(full["url"]):
             raise SourceError(f"{where} (wiki_dump): give exactly one of path= or url=")
         if not isinstance(full["weight"], (int, float)) or full["weight"] <= 0:
@@ -344,4 +355,4 @@ def iter_hf(spec, warn):
 
 
 COLLECTORS = {"files": iter_files, "jsonl": iter_jsonl, "wiki_offline": iter_wiki_offline,
-              "wiki_dump": iter_wiki_dump, "hf": iter_hf, "git": repos.iter_git}
+              "wiki_dump": iter_wiki_dump, "hf": iter_hf, "git": repos.iter_git, "warc": web.iter_warc}

@@ -291,3 +291,49 @@ def bench_dedup(args):
     row("near-dedup with datasketch's MinHash + MinHashLSH", time.perf_counter() - t0, len(texts),
         chars, "1 process (SHA-1 per shingle)")
     print(f"\ndocuments dropped as near-duplicates: dedup.py {len(ours)}, datasketch {len(reference)}")
+
+
+def bench_warc(args, pages=3000):
+    """The warc source on a WARC.gz written from the offline corpus's Wikipedia summaries, each
+    wrapped in a news site's boilerplate (benchmarks/warc_files.py): reading alone, each extractor
+    alone, and the whole source per extractor; plus how much boilerplate each lets through."""
+    import tempfile
+
+    import sources
+    import web
+    from benchmarks import warc_files
+    spec = sources.resolve_sources([dict(kind="wiki_offline")])[0]
+    articles = [(doc_id, text) for doc_id, _, text in sources.iter_source(spec, lambda *a: None)
+                if len(text) > 400][:pages]
+    html = [warc_files.html_page(doc_id.split(":", 1)[1], text.split("\n"), lang=doc_id[:2])
+            for doc_id, text in articles]
+    folder = Path(tempfile.mkdtemp())
+    path = folder / "bench.warc.gz"
+    warc_files.write_warc(path, [warc_files.response(f"http://example.org/{i}", h.encode())
+                                 for i, h in enumerate(html)])
+    html_bytes = sum(len(h.encode()) for h in html)
+    print(f"machine: {machine()}\n{len(html):,} pages, {html_bytes / 1e6:.1f} MB of HTML, "
+          f"{path.stat().st_size / 1e6:.1f} MB gzipped WARC\n")
+    print("| step | time | rate | note |\n|---|---:|---:|---|")
+    t0 = time.perf_counter()
+    bodies = [body for _, body in web._responses(path, lambda *a: None)]
+    row("read the WARC.gz (fastwarc, HTTP parsed)", time.perf_counter() - t0, len(bodies), html_bytes)
+    t0 = time.perf_counter()
+    decoded = [web.decode_html(body, "utf-8")[0] for body in bodies]
+    row("decode (charset from the header)", time.perf_counter() - t0, len(bodies), html_bytes)
+    for extractor in web.EXTRACTORS:
+        t0 = time.perf_counter()
+        texts = [web.extract_text(h, extractor) for h in decoded]
+        seconds = time.perf_counter() - t0
+        leaked = sum(any(b in t for b in ("Cookie settings", "Ten tricks", "All rights reserved",
+                                          "Weather")) for t in texts)
+        kept = sum(sum(len(p) for p in a.split("\n") if p in t) for (_, a), t in zip(articles, texts))
+        row(f"extract alone: {extractor}", seconds, len(texts), html_bytes,
+            f"boilerplate in {100 * leaked / len(texts):.1f}% of pages; "
+            f"{100 * kept / sum(len(a) for _, a in articles):.1f}% of article text kept verbatim")
+    for extractor in web.EXTRACTORS:
+        source = sources.resolve_sources([dict(kind="warc", paths=[str(path)], extractor=extractor)])[0]
+        t0 = time.perf_counter()
+        n = sum(1 for _ in sources.iter_source(source, lambda *a: None))
+        row(f"the warc source, all steps: {extractor}", time.perf_counter() - t0, n, html_bytes,
+            "read + decode + extract + language")

@@ -1,0 +1,166 @@
+"""Web text: the `warc` source (WARC / WARC.gz files, Common Crawl's format) and the page-to-text step
+it shares with the `web` source: HTTP status and content type checked, the charset found, the main
+text extracted with a maintained extractor.
+
+    dict(kind="warc", name="crawl", paths=["CC-MAIN-...warc.gz"], extractor="resiliparse")
+
+A WARC file holds many records; only HTTP responses are read (requests, metadata and the like are
+not pages). For each response, in order, a page is skipped and counted when:
+  http_status   the status is not 200
+  not_html      the Content-Type is not text/html or application/xhtml+xml
+  too_large     the body is longer than max_page_bytes
+  no_text       the extractor finds no main text (navigation-only pages, empty bodies)
+  broken_record the WARC record cannot be parsed or is cut short (reading starts again at the next
+                record: the next gzip member, or the next "WARC/1." line of an uncompressed file)
+The charset is the HTTP header's if Python knows it, else the page's <meta charset>, else uchardet's
+guess (resiliparse's detect_encoding); bytes it cannot decode become U+FFFD. Each document keeps
+{"url", "date", "charset", "language", "language_rank"} as metadata (page_metadata).
+
+Two extractors (`extractor`): "resiliparse" (its main-content heuristics, in C++) and "trafilatura"
+(more careful boilerplate removal, in Python). `python bench.py warc` measures both.
+"""
+
+import codecs
+import re
+from pathlib import Path
+
+HTML_TYPES = {"text/html", "application/xhtml+xml"}
+META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
+EXTRACTORS = ("resiliparse", "trafilatura")
+
+
+def known_charset(name):
+    """The codec name Python knows for a charset label, else None."""
+    try:
+        return codecs.lookup(name).name if name else None
+    except LookupError:
+        return None
+
+
+def decode_html(body, header_charset=None):
+    """(text, charset used): the HTTP header's charset, else <meta charset>, else uchardet's guess."""
+    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+    charset = known_charset(header_charset)
+    if charset is None:
+        meta = META_CHARSET.search(body[:4096])
+        charset = known_charset(meta.group(1).decode("ascii")) if meta else None
+    if charset is None:
+        charset = known_charset(detect_encoding(body, from_html_meta=False)) or "utf-8"
+    return bytes_to_str(body, charset, errors="replace", fallback_encodings=()), charset
+
+
+def extract_text(html, extractor):
+    """The main text of one HTML page ("" when there is none): paragraphs kept, boilerplate gone."""
+    if extractor == "resiliparse":
+        from resiliparse.extract.html2text import extract_plain_text
+        return extract_plain_text(html, main_content=True, preserve_formatting=True,
+                                  list_bullets=True, alt_texts=False).strip()
+    import trafilatura
+    return (trafilatura.extract(html, include_comments=False, include_tables=False,
+                                deduplicate=False) or "").strip()
+
+
+def page_text(url, status, content_type, header_charset, body, spec, warn):
+    """(text, charset) of an HTTP response that passes the checks above, else None (counted)."""
+    if status != 200:
+        warn("http_status", f"{url}: HTTP {status}, skipped")
+        return None
+    mime = (content_type or "").split(";")[0].strip().lower()
+    if mime not in HTML_TYPES:
+        warn("not_html", f"{url}: Content-Type {mime or 'missing'}, skipped")
+        return None
+    if len(body) > spec["max_page_bytes"]:
+        warn("too_large", f"{url}: {len(body):,} bytes > max_page_bytes={spec['max_page_bytes']:,}, "
+                          "skipped")
+        return None
+    html, charset = decode_html(body, header_charset)
+    text = extract_text(html, spec["extractor"])
+    if not text:
+        warn("no_text", f"{url}: the {spec['extractor']} extractor found no main text, skipped")
+        return None
+    return text, charset
+
+
+def page_metadata(url, date, charset, text):
+    """The document's metadata; language from resiliparse's linear-time detector (rank: distance to
+    the closest language profile, lower is surer). The prose filter's own py3langid check, which
+    decides what is kept, runs later in the curate workers."""
+    from resiliparse.parse.lang import detect_fast
+    language, rank = detect_fast(text[:4000])
+    return {"url": url, "date": date, "charset": charset, "language": language, "language_rank": rank}
+
+
+def _warc_paths(spec):
+    import sources
+    paths = [Path(p) for p in spec["paths"] or []]
+    for url in spec["urls"] or []:
+        name = url.rstrip("/").rsplit("/", 1)[-1] or "crawl.warc.gz"
+        paths.append(sources.download(url, Path(spec["cache_dir"]) / name))
+    for path in paths:
+        if not path.exists():
+            raise sources.SourceError(f"source {spec['name']!r}: WARC file {path} does not exist")
+    return paths
+
+
+class _BrokenRecord(Exception):
+    pass
+
+
+def _next_record_start(stream, position, marker):
+    """The file offset of the next marker (a gzip member's magic, or b"WARC/1.") after position."""
+    stream.seek(position)
+    carry = b""
+    while True:
+        block = stream.read(1 << 20)
+        if not block:
+            return None
+        found = (carry + block).find(marker)
+        if found >= 0:
+            return position - len(carry) + found
+        position += len(block)
+        carry = block[-len(marker) + 1:]
+
+
+def _responses(path, warn):
+    """(record, body) for every readable HTTP response in one WARC file. A broken record (bad
+    headers, a block shorter than its Content-Length, a gzip member that does not inflate) is
+    counted, and reading starts again at the next record: the next gzip member in a .gz file (each
+    record is one), the next "WARC/1." line otherwise."""
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+    with open(path, "rb") as stream:
+        marker = b"\x1f\x8b\x08" if stream.read(2) == b"\x1f\x8b" else b"WARC/1."
+        start = 0
+        while start is not None:
+            stream.seek(start)
+            current, yielded = start, False  # the record being read, and whether it was good
+            try:
+                for record in ArchiveIterator(stream, record_types=WarcRecordType.response,
+                                              parse_http=True):
+                    current, yielded = start + record.stream_pos, False
+                    body = record.reader.read()
+                    if len(body) < record.content_length:
+                        raise _BrokenRecord(f"{len(body):,} of {record.content_length:,} bytes")
+                    yielded = True
+                    yield record, body
+                return
+            except (OSError, ValueError, _BrokenRecord) as e:
+                # a failure while looking for the next record belongs to the record after `current`
+                broken = _next_record_start(stream, current + 1, marker) if yielded else current
+                start = None if broken is None else _next_record_start(stream, broken + 1, marker)
+                where = f"byte {broken:,}" if broken is not None else f"some byte after {current:,}"
+                then = f"reading again at byte {start:,}" if start is not None else "nothing after it"
+                warn("broken_record", f"{path}: the record at {where} is broken ({e}); {then}")
+
+
+def iter_warc(spec, warn):
+    """(url, "prose", text, metadata) for the HTML responses of every WARC file of the source."""
+    for path in _warc_paths(spec):
+        for record, body in _responses(path, warn):
+            url = record.headers.get("WARC-Target-URI", "")
+            status = record.http_headers.status_code if record.http_headers else None
+            page = page_text(url, status, record.http_content_type, record.http_charset, body,
+                             spec, warn)
+            if page:
+                text, charset = page
+                yield url, "prose", text, page_metadata(url, record.headers.get("WARC-Date", ""),
+                                                        charset, text)
