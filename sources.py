@@ -18,6 +18,9 @@ Kinds (fields beyond kind, name and weight):
 - warc:         paths and/or urls of WARC / WARC.gz files (urls downloaded to cache_dir, resumable),
                 extractor="resiliparse" or "trafilatura", max_page_bytes (web.py: HTML responses
                 only, charset detection, main text; url, date, charset and language as metadata)
+- web:          urls and/or sitemaps, cache_dir, extractor, max_page_bytes, user_agent,
+                delay_seconds (per host), timeout, retries, backoff_seconds (crawl.py: robots.txt,
+                rate limit, retries, an on-disk cache; pages become text as in warc)
 - git:          repos (URLs or paths git can clone), languages=["python"] (repos.LANGUAGES),
                 licenses=repos.PERMISSIVE (SPDX ids kept), branch=None, cache_dir, max_file_bytes,
                 clone_timeout (repos.py: license detection, vendored/generated/minified rules)
@@ -43,6 +46,7 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import crawl
 import repos
 import web
 import wikitext
@@ -63,6 +67,9 @@ FIELDS = {
            "doc_type": "prose", "max_docs": None},
     "warc": {"paths": None, "urls": None, "cache_dir": "data/downloads", "extractor": "resiliparse",
              "max_page_bytes": 2_000_000},
+    "web": {"urls": None, "sitemaps": None, "cache_dir": "data/web_cache", "extractor": "resiliparse",
+            "max_page_bytes": 2_000_000, "user_agent": "mini-lm/1.0 (corpus builder; obeys robots.txt)",
+            "delay_seconds": 1.0, "timeout": 20.0, "retries": 3, "backoff_seconds": 1.0},
     "git": {"repos": None, "languages": ["python"], "licenses": repos.PERMISSIVE, "branch": None,
             "cache_dir": "data/repos", "max_file_bytes": 1_000_000, "clone_timeout": 600},
 }
@@ -93,6 +100,10 @@ def resolve_sources(sources):
         for field in REQUIRED.get(kind, []):
             if not full[field]:
                 raise SourceError(f"{where} ({kind}): field '{field}' is required")
+        if kind == "web" and not (full["urls"] or full["sitemaps"]):
+            raise SourceError(f"{where} (web): give urls= (pages) or sitemaps= (or both)")
+        if kind == "web" and (full["retries"] < 1 or full["timeout"] <= 0 or full["delay_seconds"] < 0):
+            raise SourceError(f"{where} (web): retries must be >= 1, timeout > 0, delay_seconds >= 0")
         if kind == "warc" and not (full["paths"] or full["urls"]):
             raise SourceError(f"{where} (warc): give paths= (local WARC files) or urls= (or both)")
         if full.get("extractor", "resiliparse") not in ("resiliparse", "trafilatura"):
@@ -355,4 +366,5 @@ def iter_hf(spec, warn):
 
 
 COLLECTORS = {"files": iter_files, "jsonl": iter_jsonl, "wiki_offline": iter_wiki_offline,
-              "wiki_dump": iter_wiki_dump, "hf": iter_hf, "git": repos.iter_git, "warc": web.iter_warc}
+              "wiki_dump": iter_wiki_dump, "hf": iter_hf, "git": repos.iter_git, "warc": web.iter_warc,
+              "web": crawl.iter_web}

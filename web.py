@@ -12,8 +12,8 @@ not pages). For each response, in order, a page is skipped and counted when:
   no_text       the extractor finds no main text (navigation-only pages, empty bodies)
   broken_record the WARC record cannot be parsed or is cut short (reading starts again at the next
                 record: the next gzip member, or the next "WARC/1." line of an uncompressed file)
-The charset is the HTTP header's if Python knows it, else the page's <meta charset>, else uchardet's
-guess (resiliparse's detect_encoding); bytes it cannot decode become U+FFFD. Each document keeps
+The charset is the first of the HTTP header's, the page's <meta charset> and uchardet's guess that
+decodes the page without error (decode_html); if none does, bad bytes become U+FFFD. Each document keeps
 {"url", "date", "charset", "language", "language_rank"} as metadata (page_metadata).
 
 Two extractors (`extractor`): "resiliparse" (its main-content heuristics, in C++) and "trafilatura"
@@ -38,15 +38,22 @@ def known_charset(name):
 
 
 def decode_html(body, header_charset=None):
-    """(text, charset used): the HTTP header's charset, else <meta charset>, else uchardet's guess."""
-    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
-    charset = known_charset(header_charset)
-    if charset is None:
-        meta = META_CHARSET.search(body[:4096])
-        charset = known_charset(meta.group(1).decode("ascii")) if meta else None
-    if charset is None:
-        charset = known_charset(detect_encoding(body, from_html_meta=False)) or "utf-8"
-    return bytes_to_str(body, charset, errors="replace", fallback_encodings=()), charset
+    """(text, charset used). Candidates in order: the HTTP header's charset, the page's <meta
+    charset>, uchardet's guess (resiliparse); the first that decodes the bytes without error wins
+    (a page that declares UTF-8 but holds Latin-1 is read as what it holds). When none does, the
+    first candidate decodes with U+FFFD for the bad bytes."""
+    from resiliparse.parse.encoding import detect_encoding
+    meta = META_CHARSET.search(body[:4096])
+    candidates = [known_charset(header_charset),
+                  known_charset(meta.group(1).decode("ascii")) if meta else None,
+                  known_charset(detect_encoding(body, from_html_meta=False)), "utf-8"]
+    candidates = list(dict.fromkeys(c for c in candidates if c))
+    for charset in candidates:
+        try:
+            return body.decode(charset), charset
+        except UnicodeDecodeError:
+            continue
+    return body.decode(candidates[0], errors="replace"), candidates[0]
 
 
 def extract_text(html, extractor):
