@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 import atomic
+import cluster
 import dedup
 import filters
 import prepare_report
@@ -130,13 +131,41 @@ def _histogram(lengths):
     return np.histogram(lengths, bins=prepare_report.LENGTH_BINS + [10 ** 9])[0].tolist()
 
 
-def curate_source(cfg, spec, folder, process, deduplicator, byte_limit):
-    """Collect, clean, filter and dedup one source into its shards; returns its statistics."""
+def tally_document(s, cfg, name, item, r, deduplicator, writer):
+    """Count one processed document into the source's statistics s; dedup it and write it if it is
+    kept. Returns the UTF-8 bytes it added to the curated shards (0 when dropped)."""
+    doc_id, doc_type, _, *meta = item
+    s["docs_in"] += 1
+    s["chars_in"] += r["raw_chars"]
+    s["cleaning"].update(r["counts"])
+    s["lengths_in"].append(r["raw_chars"])
+    dropped = (r["dropped"], r.get("reason")) if r["dropped"] else \
+        deduplicator.check(f"{name}/{doc_id}", r)
+    if dropped:
+        rule, reason = dropped
+        s["dropped"][rule] += 1
+        if len(s["examples"][rule]) < cfg["report_examples"]:
+            snippet = r["snippet"] if "snippet" in r else r["text"][:400]
+            s["examples"][rule].append({"id": doc_id, "reason": reason, "snippet": snippet})
+        return 0
+    writer.write({"id": doc_id, "source": name, "doc_type": doc_type, "text": r["text"],
+                  **({"meta": meta[0]} if meta and meta[0] else {})})
+    s["docs_kept"] += 1
+    s["chars_kept"] += len(r["text"])
+    s["lengths_kept"].append(len(r["text"]))
+    return len(r["text"].encode("utf-8"))
+
+
+def curate_source(cfg, spec, folder, process, deduplicator, byte_limit, batch_docs):
+    """Collect, clean, filter and dedup one source into its shards; returns its statistics. The
+    source stops right after the document that brings its curated bytes to byte_limit, whatever
+    the batch size, so every worker count (and a Ray cluster) writes the same shards."""
     name = spec["name"]
     s = {"docs_in": 0, "docs_kept": 0, "chars_in": 0, "chars_kept": 0, "dropped": Counter(),
          "skipped": Counter(), "cleaning": Counter(), "examples": defaultdict(list),
-         "skipped_examples": defaultdict(list), "limit_reached": False}
-    lengths_in, lengths_kept, kept_bytes = [], [], 0
+         "skipped_examples": defaultdict(list), "limit_reached": False, "lengths_in": [],
+         "lengths_kept": []}
+    kept_bytes = 0
 
     def warn(kind, message):
         s["skipped"][kind] += 1
@@ -150,27 +179,11 @@ def curate_source(cfg, spec, folder, process, deduplicator, byte_limit):
     documents = sources_mod.iter_source(spec, warn)
     writer = ShardWriter(folder, name, cfg["docs_per_shard"])
     bar = tqdm(desc=f"curate {name}", unit="doc", disable=None, file=sys.stderr)
-    for batch in batched(documents, 128 * max(1, cfg["workers"])):
-        for (doc_id, doc_type, _, *meta), r in zip(batch, process(batch)):
-            s["docs_in"] += 1
-            s["chars_in"] += r["raw_chars"]
-            s["cleaning"].update(r["counts"])
-            lengths_in.append(r["raw_chars"])
-            dropped = (r["dropped"], r.get("reason")) if r["dropped"] else \
-                deduplicator.check(f"{name}/{doc_id}", r)
-            if dropped:
-                rule, reason = dropped
-                s["dropped"][rule] += 1
-                if len(s["examples"][rule]) < cfg["report_examples"]:
-                    snippet = r["snippet"] if "snippet" in r else r["text"][:400]
-                    s["examples"][rule].append({"id": doc_id, "reason": reason, "snippet": snippet})
-                continue
-            writer.write({"id": doc_id, "source": name, "doc_type": doc_type, "text": r["text"],
-                          **({"meta": meta[0]} if meta and meta[0] else {})})
-            s["docs_kept"] += 1
-            s["chars_kept"] += len(r["text"])
-            lengths_kept.append(len(r["text"]))
-            kept_bytes += len(r["text"].encode("utf-8"))
+    for batch in batched(documents, batch_docs):
+        for item, r in zip(batch, process(batch)):
+            kept_bytes += tally_document(s, cfg, name, item, r, deduplicator, writer)
+            if kept_bytes >= byte_limit:
+                break
         bar.update(len(batch))
         if kept_bytes >= byte_limit:
             s["limit_reached"] = True
@@ -181,8 +194,8 @@ def curate_source(cfg, spec, folder, process, deduplicator, byte_limit):
     writer.close()
     if hasattr(documents, "close"):
         documents.close()
-    s["length_histogram_in"] = _histogram(lengths_in)
-    s["length_histogram_kept"] = _histogram(lengths_kept)
+    s["length_histogram_in"] = _histogram(s.pop("lengths_in"))
+    s["length_histogram_kept"] = _histogram(s.pop("lengths_kept"))
     if s["docs_kept"] == 0:
         raise SystemExit(f"error: source {name!r} kept no documents out of {s['docs_in']} "
                          f"(dropped: {dict(s['dropped'])}, skipped: {dict(s['skipped'])}); "
@@ -191,18 +204,24 @@ def curate_source(cfg, spec, folder, process, deduplicator, byte_limit):
 
 
 def curate(cfg, source_specs, out):
-    """Stages 1-5: stream every source through clean, filter and dedup into curated/ shards."""
+    """Stages 1-5: stream every source through clean, filter and dedup into curated/ shards. The
+    per-batch work runs in worker processes, or as Ray tasks when ray_address is set (cluster.py)."""
     tmp = out / "curated.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     total_weight = sum(s["weight"] for s in source_specs)
     deduplicator = dedup.Deduplicator(cfg)
-    pool = Pool(cfg["workers"], _init_worker, (cfg,)) if cfg["workers"] > 1 else None
+    on_ray = bool(cfg["ray_address"])
+    width = cluster.connect(cfg["ray_address"]) if on_ray else max(1, cfg["workers"])
+    pool = Pool(width, _init_worker, (cfg,)) if width > 1 and not on_ray else None
     _init_worker(cfg)
 
     def process(batch):  # 128 documents per task: the toxicity classifier has a cost per call
         tasks = list(batched(batch, 128))
-        results = pool.map(process_batch, tasks) if pool else map(process_batch, tasks)
+        if on_ray:
+            results = cluster.curate_batches(cfg, tasks)
+        else:
+            results = pool.map(process_batch, tasks) if pool else map(process_batch, tasks)
         return [r for rs in results for r in rs]
 
     stats = {}
@@ -212,7 +231,8 @@ def curate(cfg, source_specs, out):
             if cfg["collect_bytes_per_token"] > 0:
                 byte_limit = (spec["weight"] / total_weight * cfg["target_tokens"]
                               * cfg["collect_bytes_per_token"])
-            stats[spec["name"]] = curate_source(cfg, spec, tmp, process, deduplicator, byte_limit)
+            stats[spec["name"]] = curate_source(cfg, spec, tmp, process, deduplicator, byte_limit,
+                                                128 * width)
     finally:
         if pool:
             pool.close()

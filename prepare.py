@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 import atomic
+import cluster
 import configurator
 from curate import batched, curate, fraction_of, iter_curated, log
 import filters
@@ -44,6 +45,8 @@ SPEC = {
                 "list of source dicts (see sources.py); weight = share of the token budget"),
     "workers": (os.cpu_count() or 1, "processes for cleaning/filtering/MinHash, threads for encoding"),
     "force": (False, "redo every stage even if its outputs are up to date"),
+    "ray_address": ("", "run the curate and encode stages as Ray tasks: 'auto' or 'host:port' (a "
+                        "running cluster), 'local' (Ray on this machine); empty = no Ray (cluster.py)"),
     # budget
     "target_tokens": (4_000_000, "tokens to write (train + val): about what the offline default corpus "
                                  "holds; 100_000_000 for mini_lm"),
@@ -78,7 +81,7 @@ STAGE_KEYS = {
     "encode": ["target_tokens", "val_fraction"],
     "report": [],
 }
-NON_OUTPUT_KEYS = {"dataset", "data_root", "workers", "force"}
+NON_OUTPUT_KEYS = {"dataset", "data_root", "workers", "force", "ray_address"}
 STAGE_OUTPUTS = {"curate": ["curated/stats.json"], "tokenizer": ["tokenizer.json"],
                  "encode": ["train.bin", "val.bin", "meta.json"], "report": ["report.md"]}
 
@@ -212,8 +215,10 @@ def encode(cfg, source_specs, out, tokenizer, stats):
         files = {split: open(tmp / f"{name}.{split}", "wb") for split in ("train", "val")}
         bar = tqdm(desc=f"encode {name}", unit="doc", disable=None, file=sys.stderr)
         for batch in batched(iter_curated(out / "curated", name), 1024):
-            for doc, ids in zip(batch, tokenizer.encode_batch([d["text"] for d in batch],
-                                                              cfg["workers"])):
+            texts = [d["text"] for d in batch]
+            encoded = (cluster.encode_texts(tokenizer, texts, cluster.connect(cfg["ray_address"]))
+                       if cfg["ray_address"] else tokenizer.encode_batch(texts, cfg["workers"]))
+            for doc, ids in zip(batch, encoded):
                 ids.append(tokenizer.eot_id)
                 split = "val" if fraction_of(f"{name}/{doc['id']}") < cfg["val_fraction"] else "train"
                 np.asarray(ids, dtype=dtype).tofile(files[split])
@@ -311,7 +316,8 @@ def main(argv=None):
     cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="prepare.py")
     try:
         run(cfg)
-    except (configurator.ConfigError, sources_mod.SourceError, sources_mod.DownloadError) as e:
+    except (configurator.ConfigError, sources_mod.SourceError, sources_mod.DownloadError,
+            cluster.RayUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -1,0 +1,94 @@
+"""prepare.py on a Ray cluster (optional; `ray_address=...`): the curate stage's per-batch work
+(cleaning, quality filters, MinHash signatures and LSH band keys) and the encode stage's
+tokenization run as Ray tasks, while the driver keeps what must be global and ordered.
+
+    python prepare.py config/prepare_web_mix.py --ray_address=auto     # a running cluster
+    python prepare.py --ray_address=local                              # Ray on this machine only
+
+How the outputs stay byte-identical to a one-machine run of the same config:
+- the driver reads the sources and cuts them into batches of 128 documents ("input shards"), as
+  the one-machine run does; each batch is one Ray task, and the results are taken in submission
+  order, whichever task finishes first;
+- near-dedup stays global: tasks compute each document's signature and LSH band keys in parallel
+  (pure functions of the text), and the driver checks them against one index (dedup.Deduplicator)
+  in document order, exactly as the one-machine run does; the index is a dict per band, a few
+  hundred bytes per kept document;
+- encoding: each task tokenizes a slice of a 1,024-document batch, and the driver writes the ids in
+  order.
+A task whose worker dies is resubmitted by Ray (max_retries), so a killed worker's batch is redone.
+Every node needs the project's requirements installed; the project's code travels with the job
+(runtime_env working_dir, data/ and out/ left behind).
+"""
+
+import functools
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+# For the recovery test: the first task that finds this file missing creates it and kills its own
+# worker process, as a node failure would.
+FAULT_ENV = "MINI_LM_RAY_FAULT"
+
+
+class RayUnavailable(RuntimeError):
+    pass
+
+
+def connect(address):
+    """Join the cluster at address ("auto", "host:port", "ray://...") or start Ray on this machine
+    ("local"); returns the cluster's CPU count."""
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailable("ray_address is set but Ray is not installed: pip install ray") from None
+    if not ray.is_initialized():
+        ray.init(address=None if address == "local" else address, log_to_driver=False,
+                 include_dashboard=False if address == "local" else None,
+                 runtime_env={"working_dir": str(ROOT),
+                              "excludes": ["data/", "out/", ".venv/", ".git/", "notebooks/", "docs/"]})
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _maybe_fail():
+    marker = os.environ.get(FAULT_ENV)
+    if marker and not os.path.exists(marker):
+        Path(marker).write_text(str(os.getpid()))
+        os._exit(1)
+
+
+def _curate_task(cfg, items):
+    import curate
+    _maybe_fail()
+    curate._init_worker(cfg)
+    return curate.process_batch(items)
+
+
+def _encode_task(tokenizer, texts):
+    _maybe_fail()
+    return tokenizer.encode_batch(texts, 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _remote(fn):
+    import ray
+    return ray.remote(max_retries=3)(fn)
+
+
+def ordered_map(fn, shared, tasks):
+    """[fn(shared, task) for task in tasks], each call a Ray task; shared is sent to the object store
+    once. Results come back in the order of tasks."""
+    import ray
+    shared_ref = ray.put(shared)
+    return ray.get([_remote(fn).remote(shared_ref, task) for task in tasks])
+
+
+def curate_batches(cfg, tasks):
+    """curate.process_batch over each task (a list of documents), on the cluster."""
+    return ordered_map(_curate_task, cfg, tasks)
+
+
+def encode_texts(tokenizer, texts, width):
+    """tokenizer.encode_batch(texts) with the texts split into `width` slices, one task each."""
+    size = max(1, -(-len(texts) // width))
+    slices = [texts[i:i + size] for i in range(0, len(texts), size)]
+    return [ids for part in ordered_map(_encode_task, tokenizer, slices) for ids in part]

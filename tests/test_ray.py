@@ -1,0 +1,64 @@
+"""prepare.py on a local Ray cluster started on 127.0.0.1: the same bytes as the one-machine run,
+with one worker killed mid-run (its batch is redone)."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cluster
+import prepare
+from test_prepare import config, make_corpus
+
+ray = pytest.importorskip("ray")
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A one-node cluster on 127.0.0.1 (2 CPUs) whose workers kill themselves once (FAULT_ENV)."""
+    marker = tmp_path_factory.mktemp("fault") / "killed"
+    port = free_port()
+    env = {**os.environ, cluster.FAULT_ENV: str(marker), "RAY_USAGE_STATS_ENABLED": "0"}
+    started = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                              "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield f"127.0.0.1:{port}", marker
+    finally:
+        ray.shutdown()
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def output_files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "timings.json"}
+
+
+def test_ray_run_is_byte_identical_and_survives_a_killed_worker(ray_cluster, tmp_path):
+    address, marker = ray_cluster
+    (tmp_path / "corpus").mkdir()
+    corpus = make_corpus(tmp_path / "corpus")
+    one_machine = prepare.run(config(corpus, tmp_path / "local", workers=1))
+    on_ray = prepare.run(config(corpus, tmp_path / "ray", ray_address=address))
+    assert marker.exists(), "no worker was killed: the fault was not injected"
+    local, remote = output_files(one_machine), output_files(on_ray)
+    assert sorted(local) == sorted(remote)
+    for name in local:
+        assert local[name] == remote[name], name
+    assert ray.cluster_resources().get("CPU") == 2.0
+
+
+def test_ray_address_without_ray_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(cluster.RayUnavailable, match="pip install ray"):
+        cluster.connect("auto")
