@@ -5,6 +5,7 @@
     python bench.py cleaning           # clean + filters: the corpus against 1 MB worst cases, MB/s
     python bench.py dedup              # near-dedup on data/demo's curated documents, step by step
     python bench.py warc               # the warc source: reading, each extractor, pages/s and MB/s
+    python bench.py ray                # the curate stage: worker processes against Ray, per worker
     python bench.py model              # CPU: training step tokens/s, loss memory, generation tokens/s
     python bench.py gpu                # CUDA: kernel tests, kernel GB/s, memory, bf16 training + MFU
     python bench.py train              # train.py itself: tokens/s and peak memory per setting
@@ -21,7 +22,7 @@ machine is printed with them.
 import sys
 import types
 
-SUITES = ("prepare", "cleaning", "dedup", "warc", "model", "train", "eval", "serve", "harness", "gpu", "all")
+SUITES = ("prepare", "cleaning", "dedup", "warc", "ray", "model", "train", "eval", "serve", "harness", "gpu", "all")
 SPEC = {
     "gpu": (False, "all: run the GPU suite too"),
     "hf": (False, "prepare: compare with HF tokenizers"),
@@ -63,6 +64,8 @@ def main(argv=None):
         data_pipeline.bench_dedup(args)
     elif suite == "warc":
         data_pipeline.bench_warc(args)
+    elif suite == "ray":
+        data_pipeline.bench_ray(args)
     elif suite == "model":
         cpu.bench_model_cpu(args.quick)
     elif suite == "train":

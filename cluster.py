@@ -34,16 +34,18 @@ class RayUnavailable(RuntimeError):
     pass
 
 
-def connect(address):
+def connect(address, local_cpus=None):
     """Join the cluster at address ("auto", "host:port", "ray://...") or start Ray on this machine
-    ("local"); returns the cluster's CPU count."""
+    ("local", with local_cpus CPUs: all by default); returns the cluster's CPU count."""
     try:
         import ray
     except ImportError:
         raise RayUnavailable("ray_address is set but Ray is not installed: pip install ray") from None
     if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, log_to_driver=False,
-                 include_dashboard=False if address == "local" else None,
+        local = address == "local"
+        ray.init(address=None if local else address, num_cpus=local_cpus if local else None,
+                 log_to_driver=False,
+                 include_dashboard=False if local else None,
                  runtime_env={"working_dir": str(ROOT),
                               "excludes": ["data/", "out/", ".venv/", ".git/", "notebooks/", "docs/"]})
     return max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -337,3 +337,33 @@ def bench_warc(args, pages=3000):
         n = sum(1 for _ in sources.iter_source(source, lambda *a: None))
         row(f"the warc source, all steps: {extractor}", time.perf_counter() - t0, n, html_bytes,
             "read + decode + extract + language")
+
+
+def bench_ray(args):
+    """The curate stage on the offline default corpus: worker processes on this machine, then Ray
+    started on this machine with 1 and 2 CPUs (cluster.py's path), docs/s per worker."""
+    import ray
+
+    import cluster
+    import curate
+    import prepare
+    import sources
+    cfg = {key: default for key, (default, _) in prepare.SPEC.items()}
+    specs = sources.resolve_sources(cfg["sources"])
+    raw = sum(len(r) for spec in specs for _, _, r, *_ in sources.iter_source(spec, lambda *a: None))
+    out = Path(cfg["data_root"]) / "bench_ray"
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {machine()}\n\n| curate stage | time | rate | per worker |\n|---|---:|---:|---:|")
+    for label, workers, address in (("worker processes", 1, ""), ("worker processes", 2, ""),
+                                    ("Ray on this machine", 1, "local"),
+                                    ("Ray on this machine", 2, "local")):
+        if address:
+            cluster.connect(address, local_cpus=workers)
+        t0 = time.perf_counter()
+        stats = curate.curate({**cfg, "workers": workers, "ray_address": address}, specs, out)
+        seconds = time.perf_counter() - t0
+        docs = sum(s["docs_in"] for s in stats.values())
+        print(f"| {label}, {workers} | {seconds:.1f} s | {docs / seconds:,.0f} docs/s, "
+              f"{raw / seconds / 1e6:.2f} MB/s | {docs / seconds / workers:,.0f} docs/s |", flush=True)
+        if address:
+            ray.shutdown()
