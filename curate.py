@@ -131,6 +131,10 @@ def _histogram(lengths):
     return np.histogram(lengths, bins=prepare_report.LENGTH_BINS + [10 ** 9])[0].tolist()
 
 
+META_COUNTED = ("repo", "license", "language")  # kept documents counted by these metadata fields
+NAMED_IN_FULL = {"license_unknown", "license_not_allowed", "clone_failed"}  # every one in the report
+
+
 def tally_document(s, cfg, name, item, r, deduplicator, writer):
     """Count one processed document into the source's statistics s; dedup it and write it if it is
     kept. Returns the UTF-8 bytes it added to the curated shards (0 when dropped)."""
@@ -150,6 +154,9 @@ def tally_document(s, cfg, name, item, r, deduplicator, writer):
         return 0
     writer.write({"id": doc_id, "source": name, "doc_type": doc_type, "text": r["text"],
                   **({"meta": meta[0]} if meta and meta[0] else {})})
+    for key in META_COUNTED:
+        if meta and meta[0] and key in meta[0]:
+            s["kept_by"][key][str(meta[0][key])] += 1
     s["docs_kept"] += 1
     s["chars_kept"] += len(r["text"])
     s["lengths_kept"].append(len(r["text"]))
@@ -164,12 +171,13 @@ def curate_source(cfg, spec, folder, process, deduplicator, byte_limit, batch_do
     s = {"docs_in": 0, "docs_kept": 0, "chars_in": 0, "chars_kept": 0, "dropped": Counter(),
          "skipped": Counter(), "cleaning": Counter(), "examples": defaultdict(list),
          "skipped_examples": defaultdict(list), "limit_reached": False, "lengths_in": [],
-         "lengths_kept": []}
+         "lengths_kept": [], "kept_by": defaultdict(Counter)}
     kept_bytes = 0
 
     def warn(kind, message):
         s["skipped"][kind] += 1
-        if message and len(s["skipped_examples"][kind]) < cfg["report_examples"]:
+        if message and (kind in NAMED_IN_FULL
+                        or len(s["skipped_examples"][kind]) < cfg["report_examples"]):
             s["skipped_examples"][kind].append(message)
         if message and s["skipped"][kind] <= 20:
             log(f"warning [{name}]: {message}")

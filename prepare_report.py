@@ -156,6 +156,14 @@ def write_report(out, cfg, stats, meta, tokenizer):
         for name, s in stats.items():
             for kind, messages in sorted(s.get("skipped_examples", {}).items()):
                 lines += [f"- {name}, {kind}: " + "; ".join(f"`{m}`" for m in messages)]
+    kept_by = [(name, key, counts) for name, s in stats.items()
+               for key, counts in sorted(s.get("kept_by", {}).items()) if counts]
+    if kept_by:
+        lines += ["", "Kept documents by their metadata (the 20 most frequent values):", ""]
+        for name, key, counts in kept_by:
+            frequent = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:20]
+            lines.append(f"- {name}, {key}: " + ", ".join(f"`{v}` {n:,}" for v, n in frequent)
+                         + (f" (+{len(counts) - 20:,} more)" if len(counts) > 20 else ""))
 
     names = list(stats)
     lines += ["", "## Filters and dedup", "",

@@ -177,8 +177,10 @@ def test_git_daemon_then_cache_without_network(served, tmp_path):
 def test_curated_records_keep_the_metadata_and_the_report_names_skipped_repos(served, tmp_path):
     cfg = {key: default for key, (default, _) in __import__("prepare").SPEC.items()}
     cfg.update(workers=1, min_chars=10, disabled_filters=["toxicity"], target_tokens=10 ** 9,
+               report_examples=1,  # every repository left out is still named, not just one
                sources=[dict(kind="git", name="repos", cache_dir=str(tmp_path / "cache"),
-                             repos=[f"file://{served}/mitproj.git", f"file://{served}/gplproj.git"])])
+                             repos=[f"file://{served}/{n}.git" for n in ("mitproj", "gplproj",
+                                                                         "nolicense", "custom")])])
     stats = curate.curate(cfg, sources.resolve_sources(cfg["sources"]), tmp_path)
     with gzip.open(tmp_path / "curated" / "repos-00000.jsonl.gz", "rt") as f:
         records = [json.loads(line) for line in f]
@@ -187,6 +189,10 @@ def test_curated_records_keep_the_metadata_and_the_report_names_skipped_repos(se
                for r in records)
     assert stats["repos"]["skipped"]["license_not_allowed"] == 1
     assert "gplproj.git" in stats["repos"]["skipped_examples"]["license_not_allowed"][0]
+    unknown = stats["repos"]["skipped_examples"]["license_unknown"]
+    assert len(unknown) == 2 and "nolicense.git: no license file" in unknown[0]
+    assert "custom.git: LICENSE.txt: unknown" in unknown[1]
+    assert stats["repos"]["kept_by"]["license"] == {"MIT": 3}
 
 
 def test_bad_git_specs_are_named():

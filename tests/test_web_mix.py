@@ -109,3 +109,6 @@ def test_web_mix_config_runs_end_to_end_on_local_stand_ins(site, tmp_path):
     assert len(peps) == 4 and all(r["meta"]["language"] == "en" for r in peps)
     assert len(wiki) == 12 and "meta" not in wiki[0]
     assert len(repos) == 6 and all(r["meta"]["license"] == "MIT" for r in repos)
+    report = (out / "report.md").read_text()
+    assert "- repos, license: `MIT` 6" in report and "- peps, language: `en` 4" in report
+    assert f"- repos, repo: `file://{root}/code.git` 6" in report
