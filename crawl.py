@@ -13,8 +13,9 @@ Politeness and limits, in the order a fetch meets them:
   and 5xx/429 answers (`fetch_failed` when all fail; not cached, so a rerun tries again);
 - at most `max_page_bytes` read (`too_large`).
 Every definite answer (a page, a 404, a non-HTML type, a page too large) is cached under cache_dir,
-written whole or not at all, so a rerun fetches nothing twice. Each document keeps {"url",
-"final_url", "date", "charset", "language", "language_rank"} as metadata.
+written whole or not at all, so a rerun fetches nothing twice. Pages go to the curate workers as
+HTML, as in the warc source; each document keeps {"url", "final_url", "date", "charset",
+"language", "language_rank"} as metadata.
 """
 
 import gzip
@@ -184,7 +185,8 @@ def sitemap_urls(crawler, url, warn, depth=0):
 
 
 def iter_web(spec, warn):
-    """(url, "prose", text, metadata) for every page of the source's urls and sitemaps."""
+    """(url, "html", body, metadata) for every page of the source's urls and sitemaps (the curate
+    workers turn each into text: web.html_document)."""
     crawler = Crawler(spec)
     urls = list(spec["urls"] or [])
     for sitemap in spec["sitemaps"] or []:
@@ -197,8 +199,7 @@ def iter_web(spec, warn):
         content_type = response.headers.get("content-type", "")
         charset = next((p.split("=", 1)[1].strip(" \"'") for p in content_type.split(";")[1:]
                         if p.strip().lower().startswith("charset=")), None)
-        page = web.page_text(url, response.status, content_type, charset, response.body, spec, warn)
-        if page:
-            text, used = page
-            meta = web.page_metadata(url, response.headers.get("date", ""), used, text)
-            yield url, "prose", text, {**meta, "final_url": final_url}
+        if web.html_response(url, response.status, content_type, response.body, spec, warn):
+            yield url, "html", response.body, web.page_metadata(
+                url, charset, spec["extractor"], final_url=final_url,
+                date=response.headers.get("date", ""))

@@ -22,6 +22,7 @@ import dedup
 import filters
 import prepare_report
 import sources as sources_mod
+import web
 
 
 def log(message):
@@ -44,32 +45,43 @@ def _init_worker(cfg):
     _worker_cfg = cfg
 
 
+def clean_item(item, cfg):
+    """(cleaned text, doc_type, result) for one collected item. The result holds the counts, and
+    says why when the document is dropped here (text ""). An HTML page (doc_type "html", from the
+    warc and web sources) first becomes its main text and metadata (web.html_document), then prose."""
+    _, doc_type, raw, *meta = item
+    counts = Counter()
+    result = {"raw_chars": len(raw), "counts": counts, "dropped": None}
+    too_large = filters.too_large(raw, cfg)
+    if too_large:
+        head = raw[:400]
+        result.update(dropped="too_large", reason=too_large,
+                      snippet=head.decode("utf-8", "replace") if isinstance(head, bytes) else head)
+        return "", doc_type, result
+    if doc_type == "html":
+        raw, result["meta"] = web.html_document(raw, meta[0])
+        doc_type, result["doc_type"], result["raw_chars"] = "prose", "prose", len(raw)
+        if not raw:
+            result.update(dropped="no_text", reason=f"the {meta[0]['extractor']} extractor found "
+                          "no main text", snippet="")
+            return "", doc_type, result
+    try:
+        text = filters.clean(raw, doc_type, pii=cfg["redact_pii"], counts=counts)
+        if isinstance(raw, bytes):
+            result["raw_chars"] = len(text)  # characters, not bytes, for the length chart
+    except filters.BinaryFile as e:
+        result.update(dropped="binary", reason=str(e), snippet="")
+        text = ""
+    return text, doc_type, result
+
+
 def process_batch(items):
-    """Clean and filter (doc_id, doc_type, raw) items; for kept documents also compute dedup keys."""
+    """Clean and filter (doc_id, doc_type, raw[, meta]) items; for kept documents also compute the
+    dedup keys."""
     cfg = _worker_cfg
-    results, texts = [], []
-    for _, doc_type, raw, *_ in items:
-        counts = Counter()
-        result = {"raw_chars": len(raw), "counts": counts, "dropped": None}
-        too_large = filters.too_large(raw, cfg)
-        if too_large:
-            head = raw[:400]
-            result.update(dropped="too_large", reason=too_large,
-                          snippet=head.decode("utf-8", "replace") if isinstance(head, bytes) else head)
-            results.append(result)
-            texts.append("")
-            continue
-        try:
-            text = filters.clean(raw, doc_type, pii=cfg["redact_pii"], counts=counts)
-            if isinstance(raw, bytes):
-                result["raw_chars"] = len(text)  # characters, not bytes, for the length chart
-        except filters.BinaryFile as e:
-            result.update(dropped="binary", reason=str(e), snippet="")
-            text = ""
-        results.append(result)
-        texts.append(text)
+    texts, doc_types, results = zip(*[clean_item(item, cfg) for item in items]) if items else ((), (), ())
     alive = [i for i, r in enumerate(results) if r["dropped"] is None]
-    verdicts = filters.filter_batch([texts[i] for i in alive], [items[i][1] for i in alive], cfg)
+    verdicts = filters.filter_batch([texts[i] for i in alive], [doc_types[i] for i in alive], cfg)
     kept = []
     for i, failed in zip(alive, verdicts):
         if failed:
@@ -78,7 +90,7 @@ def process_batch(items):
             kept.append(i)
     for i, keys in zip(kept, dedup.dedup_keys([texts[i] for i in kept], cfg)):
         results[i].update(text=texts[i], **keys)
-    return results
+    return list(results)
 
 
 # -------------------------------------------------------------------------------- stage 1-5: curate
@@ -139,6 +151,7 @@ def tally_document(s, cfg, name, item, r, deduplicator, writer):
     """Count one processed document into the source's statistics s; dedup it and write it if it is
     kept. Returns the UTF-8 bytes it added to the curated shards (0 when dropped)."""
     doc_id, doc_type, _, *meta = item
+    doc_type, meta = r.get("doc_type", doc_type), [r["meta"]] if "meta" in r else meta
     s["docs_in"] += 1
     s["chars_in"] += r["raw_chars"]
     s["cleaning"].update(r["counts"])

@@ -28,7 +28,7 @@ THRESHOLD_KEYS = {
     "data_heavy": ["max_literal_line_fraction"],
     "exact_duplicate": ["dedup_exact"],
     "near_duplicate": ["minhash_threshold", "minhash_num_perm", "minhash_shingle_words"],
-    "binary": [], "too_large": ["max_raw_chars"],
+    "binary": [], "too_large": ["max_raw_chars"], "no_text": [],
 }
 
 
@@ -171,7 +171,7 @@ def write_report(out, cfg, stats, meta, tokenizer):
               "| rule | applies to | threshold | " + " | ".join(names) + " |",
               "|---|---|---|" + "---:|" * len(names)]
     for rule in list(dict.fromkeys([*filters.PROSE_RULES, *filters.CODE_RULES])) + [
-            "too_large", "binary", "exact_duplicate", "near_duplicate"]:
+            "too_large", "no_text", "binary", "exact_duplicate", "near_duplicate"]:
         kinds = [k for k, rules in filters.RULES.items() if rule in rules] or ["all"]
         threshold = ", ".join(f"{k}={cfg[k]}" for k in THRESHOLD_KEYS[rule])
         if rule in cfg["disabled_filters"]:

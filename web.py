@@ -9,12 +9,13 @@ not pages). For each response, in order, a page is skipped and counted when:
   http_status   the status is not 200
   not_html      the Content-Type is not text/html or application/xhtml+xml
   too_large     the body is longer than max_page_bytes
-  no_text       the extractor finds no main text (navigation-only pages, empty bodies)
   broken_record the WARC record cannot be parsed or is cut short (reading starts again at the next
                 record: the next gzip member, or the next "WARC/1." line of an uncompressed file)
+A page that passes goes to the curate workers as raw HTML (doc_type "html"), where html_document
+decodes it and extracts its main text; a page without main text is dropped there as `no_text`.
 The charset is the first of the HTTP header's, the page's <meta charset> and uchardet's guess that
 decodes the page without error (decode_html); if none does, bad bytes become U+FFFD. Each document keeps
-{"url", "date", "charset", "language", "language_rank"} as metadata (page_metadata).
+{"url", "date", "charset", "language", "language_rank"} as metadata (html_document).
 
 Two extractors (`extractor`): "resiliparse" (its main-content heuristics, in C++) and "trafilatura"
 (more careful boilerplate removal, in Python). `python bench.py warc` measures both.
@@ -67,34 +68,41 @@ def extract_text(html, extractor):
                                 deduplicate=False) or "").strip()
 
 
-def page_text(url, status, content_type, header_charset, body, spec, warn):
-    """(text, charset) of an HTTP response that passes the checks above, else None (counted)."""
+def html_response(url, status, content_type, body, spec, warn):
+    """Whether an HTTP response is an HTML page to keep (the cheap checks, done while collecting);
+    when not, it is counted under its reason."""
     if status != 200:
         warn("http_status", f"{url}: HTTP {status}, skipped")
-        return None
+        return False
     mime = (content_type or "").split(";")[0].strip().lower()
     if mime not in HTML_TYPES:
         warn("not_html", f"{url}: Content-Type {mime or 'missing'}, skipped")
-        return None
+        return False
     if len(body) > spec["max_page_bytes"]:
         warn("too_large", f"{url}: {len(body):,} bytes > max_page_bytes={spec['max_page_bytes']:,}, "
                           "skipped")
-        return None
-    html, charset = decode_html(body, header_charset)
-    text = extract_text(html, spec["extractor"])
-    if not text:
-        warn("no_text", f"{url}: the {spec['extractor']} extractor found no main text, skipped")
-        return None
-    return text, charset
+        return False
+    return True
 
 
-def page_metadata(url, date, charset, text):
-    """The document's metadata; language from resiliparse's linear-time detector (rank: distance to
-    the closest language profile, lower is surer). The prose filter's own py3langid check, which
-    decides what is kept, runs later in the curate workers."""
+def page_metadata(url, header_charset, extractor, **more):
+    """What a collector attaches to an HTML page: html_document reads the charset header and the
+    extractor, and replaces them with what it found."""
+    return {"url": url, **more, "charset_header": header_charset, "extractor": extractor}
+
+
+def html_document(body, metadata):
+    """(main text, metadata) of an HTML page collected with page_metadata: decoded, extracted, and
+    tagged with its language by resiliparse's linear-time detector (rank: distance to the closest
+    language profile, lower is surer; the prose filter's own py3langid check, which decides what is
+    kept, runs after). Runs in the curate workers, so extraction scales with them. Text "" when the
+    extractor finds none."""
     from resiliparse.parse.lang import detect_fast
-    language, rank = detect_fast(text[:4000])
-    return {"url": url, "date": date, "charset": charset, "language": language, "language_rank": rank}
+    html, charset = decode_html(body, metadata["charset_header"])
+    text = extract_text(html, metadata["extractor"])
+    language, rank = detect_fast(text[:4000]) if text else ("unknown", 0)
+    found = {k: v for k, v in metadata.items() if k not in ("charset_header", "extractor")}
+    return text, {**found, "charset": charset, "language": language, "language_rank": rank}
 
 
 def _warc_paths(spec):
@@ -160,14 +168,12 @@ def _responses(path, warn):
 
 
 def iter_warc(spec, warn):
-    """(url, "prose", text, metadata) for the HTML responses of every WARC file of the source."""
+    """(url, "html", body, metadata) for the HTML responses of every WARC file of the source; the
+    curate workers turn each into its main text (html_document)."""
     for path in _warc_paths(spec):
         for record, body in _responses(path, warn):
             url = record.headers.get("WARC-Target-URI", "")
             status = record.http_headers.status_code if record.http_headers else None
-            page = page_text(url, status, record.http_content_type, record.http_charset, body,
-                             spec, warn)
-            if page:
-                text, charset = page
-                yield url, "prose", text, page_metadata(url, record.headers.get("WARC-Date", ""),
-                                                        charset, text)
+            if html_response(url, status, record.http_content_type, body, spec, warn):
+                yield url, "html", body, page_metadata(
+                    url, record.http_charset, spec["extractor"], date=record.headers.get("WARC-Date", ""))

@@ -10,6 +10,7 @@ import pytest
 
 import sources
 from benchmarks import warc_files as w
+from test_warc import html_to_documents
 
 ARTICLE = ["The river crossed the old town near the market, where traders sold grain and cloth.",
            "In the nineteenth century a railway reached the town and its population grew quickly."]
@@ -91,8 +92,8 @@ def crawl(server, tmp_path, paths=(), sitemaps=(), **fields):
                     max_page_bytes=100_000)
     spec = sources.resolve_sources([{**settings, **fields}])[0]
     warnings = []
-    docs = list(sources.iter_source(spec, lambda kind, message: warnings.append((kind, message))))
-    return docs, warnings
+    pages = list(sources.iter_source(spec, lambda kind, message: warnings.append((kind, message))))
+    return html_to_documents(pages, warnings), warnings
 
 
 ALL = ["/a.html", "/moved", "/to-private", "/loop", "/private/x.html", "/report.pdf",

@@ -12,6 +12,7 @@ import pytest
 
 import curate
 import sources
+import web
 from benchmarks import warc_files as w
 
 ARTICLE = ["The river crossed the old town near the market, where traders sold grain and cloth.",
@@ -45,8 +46,22 @@ def collect(paths=None, urls=None, cache_dir=None, extractor="resiliparse"):
     spec = sources.resolve_sources([dict(kind="warc", paths=paths, urls=urls, extractor=extractor,
                                          max_page_bytes=50_000, cache_dir=str(cache_dir or "x"))])[0]
     warnings = []
-    docs = list(sources.iter_source(spec, lambda kind, message: warnings.append((kind, message))))
-    return docs, warnings
+    pages = list(sources.iter_source(spec, lambda kind, message: warnings.append((kind, message))))
+    return html_to_documents(pages, warnings), warnings
+
+
+def html_to_documents(pages, warnings):
+    """What the curate workers make of the collected pages: (url, "prose", text, metadata), and a
+    no_text entry for a page without main text."""
+    docs = []
+    for url, doc_type, body, meta in pages:
+        assert doc_type == "html" and isinstance(body, bytes)
+        text, found = web.html_document(body, meta)
+        if text:
+            docs.append((url, "prose", text, found))
+        else:
+            warnings.append(("no_text", url))
+    return docs
 
 
 @pytest.mark.parametrize("name", ["crawl.warc", "crawl.warc.gz"])
@@ -70,6 +85,7 @@ def test_html_responses_become_documents(tmp_path, name, extractor):
     assert Counter(k for k, _ in warnings) == {"not_html": 1, "http_status": 1, "no_text": 1,
                                                "too_large": 1}
     assert "http://c.example/huge: " in dict(warnings)["too_large"]
+    assert dict(warnings)["no_text"] == "http://c.example/empty"
 
 
 def test_broken_records_are_counted_and_the_rest_is_read(tmp_path):
@@ -132,7 +148,8 @@ def test_curated_web_documents_keep_url_and_language(tmp_path):
         kept = [json.loads(line) for line in f]
     assert kept and all(r["meta"]["url"] == r["id"] for r in kept)
     assert {r["meta"]["language"] for r in kept} == {"en", "fr"}
-    assert stats["crawl"]["skipped"]["not_html"] == 1
+    assert all(set(r["meta"]) == {"url", "date", "charset", "language", "language_rank"} for r in kept)
+    assert stats["crawl"]["skipped"]["not_html"] == 1 and stats["crawl"]["dropped"]["no_text"] == 1
 
 
 def test_bad_warc_specs_are_named():
