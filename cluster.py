@@ -34,9 +34,20 @@ class RayUnavailable(RuntimeError):
     pass
 
 
+def _token_auth_if_available():
+    """Ray turns token authentication on for a cluster started where a token exists
+    (~/.ray/auth_token, written by the first local ray.init), and such a cluster refuses drivers
+    without RAY_AUTH_MODE=token; a driver with the token connects to clusters of either kind."""
+    token = (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+             or (Path.home() / ".ray" / "auth_token").exists())
+    if "RAY_AUTH_MODE" not in os.environ and token:
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def connect(address, local_cpus=None):
     """Join the cluster at address ("auto", "host:port", "ray://...") or start Ray on this machine
     ("local", with local_cpus CPUs: all by default); returns the cluster's CPU count."""
+    _token_auth_if_available()
     try:
         import ray
     except ImportError:

@@ -27,7 +27,9 @@ def ray_cluster(tmp_path_factory):
     """A one-node cluster on 127.0.0.1 (2 CPUs) whose workers kill themselves once (FAULT_ENV)."""
     marker = tmp_path_factory.mktemp("fault") / "killed"
     port = free_port()
-    env = {**os.environ, cluster.FAULT_ENV: str(marker), "RAY_USAGE_STATS_ENABLED": "0"}
+    # RAY_AUTH_MODE=disabled: a cluster on 127.0.0.1 for one test, whatever ~/.ray holds
+    env = {**os.environ, cluster.FAULT_ENV: str(marker), "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "disabled"}
     started = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                               "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
                              env=env, capture_output=True, text=True, timeout=120)
