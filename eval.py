@@ -115,9 +115,10 @@ def generation_task(model, tokenizer, streams, cfg, device):
     outputs = []
     for i in range(0, len(cases), cfg["batch_size"]):
         prompts = [c[1] for c in cases[i:i + cfg["batch_size"]]]
+        # a reference never crosses its document's end, so a continuation stops at end-of-text too
         outputs += model.generate(prompts, cfg["reference_tokens"], temperature=cfg["temperature"],
                                   top_k=cfg["top_k"] or None, top_p=cfg["top_p"],
-                                  seed=cfg["seed"] + i)
+                                  stop_tokens=(tokenizer.eot_id,), seed=cfg["seed"] + i)
     return ([c[0] for c in cases], [tokenizer.decode(c[1]) for c in cases],
             [tokenizer.decode(c[2]) for c in cases], [tokenizer.decode(o) for o in outputs])
 

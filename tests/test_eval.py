@@ -285,3 +285,22 @@ def test_generation_scores_without_the_optional_packages(monkeypatch):
     assert {k: v for k, v in full.items() if k in bare and k != "not_computed"} == \
         {k: v for k, v in bare.items() if k != "not_computed"}
     assert "rougeL" in full and "rougeL" not in bare and not full["not_computed"]
+
+
+def test_continuations_stop_at_end_of_text():
+    """A continuation ends where the model writes end-of-text (references never cross a document's
+    end): the end-of-text id set to a token the model writes a few tokens in, without a stop."""
+    from types import SimpleNamespace
+    model = tiny_model(block=32, vocab=50)
+    free = model.generate([[1, 2, 3]], 10, temperature=1.0, seed=0)[0]  # as generation_task samples
+    cut = next(i for i, t in enumerate(free) if i >= 2 and t not in free[:i] and t not in (1, 2, 3))
+    eot = free[cut]
+    tokenizer = SimpleNamespace(eot_id=eot, decode=lambda ids: " ".join(map(str, ids)))
+    reference = [t for t in range(50) if t != eot][:10]
+    streams = {"prose": np.array([1, 2, 3, *reference, eot])}
+    cfg = dict(prompt_tokens=3, reference_tokens=10, gen_documents=1, batch_size=1, temperature=1.0,
+               top_k=0, top_p=1.0, seed=0)
+    sources, prompts, references, hypotheses = evaluate_script.generation_task(
+        model, tokenizer, streams, cfg, "cpu")
+    assert prompts == ["1 2 3"] and references == [" ".join(map(str, reference))]
+    assert hypotheses == [" ".join(map(str, free[:cut]))]
