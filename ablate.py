@@ -5,7 +5,8 @@
     python ablate.py config/cpu_demo.py --variants=all,all-softcap,all-softcap-zero_init,default
 
 Every variant trains the given config with config/gpt2.py's recipe plus its change (CHANGES below;
-"all" has every change, "all-softcap" every change but softcap, "default" train.py's own recipe),
+"all" has every change, "all-softcap" every change but softcap, "default" the config's own recipe:
+train.py's defaults with what the config sets),
 on the same data with the same seed. GPT-2's recipe and each change alone over it take AdamW at
 gpt2_lr_ratio of the config's rates (the config's are for the combined recipe, whose AdamW holds
 only embeddings and gains, and GPT-2's recipe trains worse at them: BENCHMARKS.md); the
@@ -84,6 +85,8 @@ def variant_changes(name):
 def variant_configs(cfg, names):
     """{variant: train.py config}: cfg under config/gpt2.py's recipe, plus the variant's changes."""
     changes = {name: variant_changes(name) for name in names}
+    if "default" in changes:  # the config's own recipe: train.py's defaults and what the config sets
+        changes["default"] = {k: cfg.get(k, v) for k, v in changes["default"].items()}
     unknown = [name for name, change in changes.items() if change is None]
     if unknown or not names:
         raise configurator.ConfigError(f"unknown variant(s) {unknown}: choose from {VARIANTS}, "

@@ -49,7 +49,7 @@ def test_gpt2_config_sets_every_recipe_key_to_gpt2_values():
 
 
 def test_leave_out_and_default_variants():
-    """all-<change>-<change> is every change but those; default is train.py's own recipe."""
+    """all-<change>-<change> is every change but those; default is the config's own recipe."""
     import train
     cfg = {"out_dir": "o", "learning_rate": 8e-3, "min_lr": 8e-4, "gpt2_lr_ratio": 0.25}
     configs = ablate.variant_configs(cfg, ["all", "all-softcap-untied_head", "default"])
@@ -59,6 +59,9 @@ def test_leave_out_and_default_variants():
     assert {k: v for k, v in left.items() if k not in ("logit_softcap", "tied_head", "out_dir")} == \
         {k: v for k, v in every.items() if k not in ("logit_softcap", "tied_head", "out_dir")}
     assert all(configs["default"][k] == train.SPEC[k][0] for k in ablate.gpt2_recipe())
+    own = ablate.variant_configs({**cfg, "value_embeddings": 2}, ["default", "all"])
+    assert own["default"]["value_embeddings"] == 2  # what the config sets over train.py's defaults
+    assert own["all"]["value_embeddings"] == 1  # a named change keeps its own value
     rates = ablate.variant_configs(cfg, ["gpt2", "rotary", "all", "all-muon", "default"])
     assert [rates[n]["learning_rate"] for n in rates] == [2e-3, 2e-3, 8e-3, 8e-3, 8e-3]
     assert [rates[n]["min_lr"] for n in rates] == [2e-4, 2e-4, 8e-4, 8e-4, 8e-4]
