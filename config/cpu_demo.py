@@ -22,13 +22,15 @@ warmup_iters = 50
 learning_rate = 1.6e-2
 min_lr = 1.6e-3
 muon_learning_rate = 0.04
-eval_interval = 100
+# an evaluation (10 batches per split) and a sample every 300 steps: fewer evaluations leave more of
+# the demo's wall-clock to training steps
+eval_interval = 300
 eval_iters = 10
 log_interval = 50
 checkpoint_interval = 250
 # two value-embedding tables, so every one of the 4 layers gets one (train.py's default is 1: the
 # first and last layer): 0.038 bits per byte better for 2% more step time (BENCHMARKS.md)
 value_embeddings = 2
-sample_interval = 500
+sample_interval = 300
 beta2 = 0.99
 compile = False
