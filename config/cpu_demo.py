@@ -19,8 +19,9 @@ max_iters = 1800
 lr_decay_iters = 1800
 warmup_iters = 50
 # AdamW's rate (it holds only the embeddings and gains here) is 8x the old GPT-2 demo's: the best of
-# the rates tried on this run (BENCHMARKS.md, "Learning rates"). Muon keeps train.py's 0.02, the
-# best of 0.01-0.06 at the demo's full length ("Muon's rate at the demo's full length")
+# the rates tried on this run (BENCHMARKS.md, "Learning rates"; at the full length beside Muon's 0.02
+# it beat 8e-3 and 3.2e-2). Muon keeps train.py's 0.02, the best of 0.01-0.06 at the demo's full
+# length ("Muon's rate at the demo's full length")
 learning_rate = 1.6e-2
 min_lr = 1.6e-3
 # an evaluation (10 batches per split) and a sample every 300 steps: fewer evaluations leave more of
