@@ -1,15 +1,19 @@
-# Two entry points: `make demo` (set up, then run the main job offline) and `make test`.
+# `make demo` (set up, then run the main job offline), `make test`, and `make lock` (refresh the pins).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# What make installs: the main requirements and the extras, at the versions in the lock file.
+REQUIREMENTS ?= requirements.txt requirements-extra.txt
+LOCK         ?= requirements.lock
+PIP_OPTIONS  ?=
 
-.PHONY: setup browser demo test clean
+.PHONY: setup browser demo test lock clean
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: $(REQUIREMENTS) $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet $(PIP_OPTIONS) --upgrade pip -c $(LOCK)
+	$(BIN)/pip install --quiet $(PIP_OPTIONS) $(addprefix -r ,$(REQUIREMENTS)) -c $(LOCK)
 	touch $@
 
 demo: setup
@@ -26,7 +30,22 @@ browser:
 	  echo "note: could not install chromium and chromium-driver; the browser test will be skipped"
 
 test: setup browser
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -rs tests
+
+# Refresh the pins on purpose: resolve the requirements afresh in a new virtual environment, with
+# the newest pip and whatever the registry serves today, and write every installed version, pip's
+# own included, to the lock file (local version labels such as torch's +cpu dropped, so the pins
+# hold on every platform). Then run `make test` on the new lock before committing it.
+lock:
+	rm -rf $(VENV).lock
+	$(PYTHON) -m venv $(VENV).lock
+	$(VENV).lock/bin/pip install --quiet $(PIP_OPTIONS) --upgrade pip
+	$(VENV).lock/bin/pip install --quiet $(PIP_OPTIONS) $(addprefix -r ,$(REQUIREMENTS))
+	{ echo "# Every package make installs, at the version the tests passed with: pip's constraints"; \
+	  echo "# for requirements.txt and requirements-extra.txt. Written by make lock; do not edit."; \
+	  $(VENV).lock/bin/pip freeze --all --exclude-editable | sed -E 's/^([^=]+==[^+]+)\+.*/\1/'; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf $(VENV).lock
 
 clean:
 	rm -rf data/demo out

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import atomic
-import configurator
-import hardware
-import metrics
-import optim
+from training import atomic
+from training import configurator
+from training import hardware
+from training import metrics
+from training import optim
 import train
 
 # Each change over GPT-2's recipe, as train.py keys (the values the speedrun's records used, scaled

@@ -19,8 +19,19 @@ train.py's own (benchmarks/common.py). Figures are wall-clock on whatever machin
 machine is printed with them.
 """
 
+import os
 import sys
 import types
+
+import torch
+
+# Without a GPU the Triton kernels run in Triton's interpreter, which must be switched on before the
+# kernels' module is imported (as tests/conftest.py does).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from benchmarks import cpu, data_pipeline, gpu, harness, scripts  # noqa: E402
+from training import configurator  # noqa: E402
 
 SUITES = ("prepare", "cleaning", "dedup", "warc", "ray", "model", "train", "eval", "serve", "harness", "gpu", "all")
 SPEC = {
@@ -35,7 +46,6 @@ SPEC = {
 
 def parse_args(argv):
     """(suite, options): the suite first, then --key value / --key=value options (configurator)."""
-    import configurator
     if any(a in ("-h", "--help") for a in argv) or not argv:
         print(configurator.format_help(SPEC, __doc__, "bench.py SUITE").replace(
             "[config.py ...] ", ""))
@@ -46,15 +56,11 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    import configurator
     try:
         suite, args = parse_args(sys.argv[1:] if argv is None else argv)
     except configurator.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    # the suites import the project's modules inside their functions: the GPU machine lacks some
-    # of the data pipeline's packages, and the CPU suite sets TRITON_INTERPRET before kernels/ loads
-    from benchmarks import cpu, data_pipeline, gpu, harness, scripts
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if suite == "prepare":
         data_pipeline.bench_prepare(args)
@@ -79,7 +85,6 @@ def main(argv=None):
     elif suite == "gpu":
         gpu.bench_gpu(args.quick, parts)
     else:
-        import torch
         cpu.bench_model_cpu(args.quick)
         scripts.bench_train(args.quick)
         scripts.bench_eval(args.quick)

@@ -25,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-import atomic
-import checkpoint
-import configurator
-import cpu_memory
-import hardware
-import metrics
-from tokenizer import Tokenizer
+from training import atomic
+from training import checkpoint
+from training import configurator
+from training import cpu_memory
+from training import hardware
+from training import metrics
+from curation import filters
+from curation.tokenizer import Tokenizer
 
 SPEC = {
     "ckpt": ("out/best.pt", "checkpoint to evaluate"),
@@ -147,7 +148,6 @@ def score_generations(prompts, references, hypotheses):
     says why, so the rest of an evaluation run is never lost to a missing package."""
     import sacrebleu
 
-    import filters
     bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
     result = {"documents": len(hypotheses), "not_computed": {}}
     if not hypotheses:

@@ -24,17 +24,18 @@ from pathlib import Path
 
 import torch
 
-import checkpoint
-import configurator
-from tokenizer import EOT
+from training import checkpoint
+from model import GPT2_RECIPE
+from training import configurator
+from curation.tokenizer import EOT
 
 SPEC = {
     "ckpt": ("out/best.pt", "checkpoint to export"),
     "out": ("out/hf", "folder to write (replaced if it exists)"),
 }
-# the recipe options GPT-2 has no counterpart for, with the value that GPT-2's architecture is
-GPT2_ARCHITECTURE = {"position": "learned", "activation": "gelu", "qk_norm": False,
-                     "value_embeddings": 0, "logit_softcap": 0.0}
+# the recipe options GPT-2's architecture has no counterpart for, with GPT-2's values
+GPT2_ARCHITECTURE = {key: GPT2_RECIPE[key]
+                     for key in ("position", "activation", "qk_norm", "value_embeddings", "logit_softcap")}
 
 
 class ExportError(ValueError):

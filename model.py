@@ -3,14 +3,12 @@
     python model.py config/mini_lm.py        # parameter count and breakdown for a config
 
 Pre-LayerNorm transformer blocks (causal self-attention, then an MLP) and a final LayerNorm.
-GPTConfig's defaults are GPT-2's recipe (learned position embeddings, GELU, an LM head tied to the
-token embedding, GPT-2 initialisation), so checkpoints that predate the options load unchanged.
-Each recipe option changes one thing: rotary positions, ReLU^2, QK-norm, zero-initialised output
-projections, an untied zero-initialised head, value embeddings and logit soft-capping (the changes
-of the modded-nanogpt speedrun records). train.py's defaults turn on those that measured better
-(BENCHMARKS.md, "Recipe ablation").
+GPTConfig's defaults are the project's recipe: rotary positions, ReLU^2, QK-norm, zero-initialised
+output projections and value embeddings, each option one change against GPT-2's recipe
+(GPT2_RECIPE: learned positions, GELU, GPT-2 initialisation), from the modded-nanogpt speedrun
+records; the defaults are those that measured better (docs/experiments.md, "Recipe ablation").
 
-Kernels (kernels/): LayerNorm, the attention softmax (attention="triton") and the loss run as fused
+Kernels (fused_kernels/): LayerNorm, the attention softmax (attention="triton") and the loss run as fused
 Triton kernels on CUDA and as PyTorch code elsewhere; `kernels` forces either ("triton" / "torch").
 Attention: "sdpa" (PyTorch's scaled_dot_product_attention, flash/memory-efficient kernels: the
 fastest measured, see BENCHMARKS.md), "triton" (explicit scores through the fused causal softmax
@@ -18,49 +16,62 @@ kernel), "eager" (plain PyTorch, the reference the others are tested against).
 """
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-import kernels
+import fused_kernels
+from training import configurator
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "triton", "eager")
 POSITIONS = ("learned", "rotary")
 ACTIVATIONS = ("gelu", "relu2")
+# GPT-2's recipe (learned positions, GELU, tied head, GPT-2 initialisation): what config/gpt2.py sets
+# and what checkpoints written before the recipe options existed were trained with.
+GPT2_RECIPE = dict(position="learned", activation="gelu", qk_norm=False, zero_init=False,
+                   tied_head=True, value_embeddings=0, logit_softcap=0.0)
+
+
+def option(default, help):
+    """A GPTConfig field with its one-line help, which train.py and model.py show in --help."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class GPTConfig:
-    block_size: int = 1024   # longest context, in tokens
-    vocab_size: int = 32000  # tokenizer vocabulary (prepare.py's meta.json says which)
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True        # biases in Linear and LayerNorm layers
-    attention: str = "sdpa"  # "sdpa" | "triton" | "eager"
-    kernels: str = "auto"    # "auto" (Triton on CUDA) | "triton" | "torch"
-    gradient_checkpointing: bool = False  # recompute each block in backward: less memory, one more forward
-    # the recipe: these defaults are GPT-2's (what loads into nanoGPT's and GPT-2's code)
-    position: str = "learned"     # "learned" position embeddings | "rotary" (RoPE on queries and keys)
-    activation: str = "gelu"      # the MLP's: "gelu" | "relu2" (ReLU squared)
-    qk_norm: bool = False         # LayerNorm (no bias) on each head's queries and keys
-    zero_init: bool = False       # attention and MLP output projections start at zero
-    tied_head: bool = True        # the LM head is the token embedding; False: its own, zero at start
-    value_embeddings: int = 0     # k tables of token vectors added to the values of the first k and
-                                  # the last k layers (2k <= n_layer); 0: none
-    logit_softcap: float = 0.0    # logits -> cap * tanh(logits / cap); 0: off
+    """The model's shape and recipe. The defaults are the project's recipe at mini_lm's shape (what
+    config/mini_lm.py trains); config/gpt2.py sets GPT2_RECIPE's values instead."""
+    block_size: int = option(1024, "tokens per sequence (the longest context)")
+    vocab_size: int = option(32000, "tokenizer vocabulary (train.py takes it from prepare.py's meta.json)")
+    n_layer: int = option(10, "transformer blocks")
+    n_head: int = option(8, "attention heads")
+    n_embd: int = option(512, "model width")
+    dropout: float = option(0.0, "dropout probability")
+    bias: bool = option(False, "biases in Linear and LayerNorm layers")
+    attention: str = option("sdpa", "'sdpa', 'triton' or 'eager'")
+    kernels: str = option("auto", "'auto' (Triton on GPUs of compute capability 8.0+), 'triton' or 'torch'")
+    gradient_checkpointing: bool = option(False, "recompute each block in backward: less memory, "
+                                                 "one more forward")
+    # the recipe: each option changes one thing against GPT-2 (GPT2_RECIPE below)
+    position: str = option("rotary", "'learned' position embeddings or 'rotary' (RoPE on queries and keys)")
+    activation: str = option("relu2", "the MLP's: 'gelu' or 'relu2' (ReLU squared)")
+    qk_norm: bool = option(True, "LayerNorm (no bias) on each head's queries and keys")
+    zero_init: bool = option(True, "attention and MLP output projections start at zero")
+    tied_head: bool = option(True, "the LM head is the token embedding (False: its own, zero at start)")
+    value_embeddings: int = option(1, "k tables of token vectors added to the values of the first k "
+                                      "and the last k layers (2k <= n_layer; 0: none)")
+    logit_softcap: float = option(0.0, "logits -> cap * tanh(logits / cap) (0: off)")
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"attention={self.attention!r} must be one of {ATTENTION_IMPLEMENTATIONS}")
-        if self.kernels not in kernels.BACKENDS:
-            raise ValueError(f"kernels={self.kernels!r} must be one of {kernels.BACKENDS}")
+        if self.kernels not in fused_kernels.BACKENDS:
+            raise ValueError(f"kernels={self.kernels!r} must be one of {fused_kernels.BACKENDS}")
         for key, allowed in (("position", POSITIONS), ("activation", ACTIVATIONS)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}={getattr(self, key)!r} must be one of {allowed}")
@@ -74,6 +85,10 @@ class GPTConfig:
             raise ValueError(f"logit_softcap={self.logit_softcap} must be 0 (off) or positive")
 
 
+# GPTConfig as a configurator spec: {key: (default, help)}, for train.py's and model.py's command lines
+MODEL_SPEC = {f.name: (f.default, f.metadata["help"]) for f in fields(GPTConfig)}
+
+
 class LayerNorm(nn.Module):
     def __init__(self, n, bias, backend):
         super().__init__()
@@ -82,7 +97,7 @@ class LayerNorm(nn.Module):
         self.backend = backend
 
     def forward(self, x):
-        return kernels.layer_norm(x, self.weight, self.bias, 1e-5, self.backend)
+        return fused_kernels.layer_norm(x, self.weight, self.bias, 1e-5, self.backend)
 
 
 class KVCache:
@@ -166,7 +181,7 @@ class CausalSelfAttention(nn.Module):
             self.value_mix = nn.Parameter(torch.tensor([0.5, 0.5]))  # v <- a * v + b * embedding
 
     def forward(self, x, cache=None, pad_lengths=None, mask=None, rotary=None, value_embedding=None):
-        """mask: kernels.attention_mask() for this step, or None when causality alone decides (no
+        """mask: fused_kernels.attention_mask() for this step, or None when causality alone decides (no
         padding, and either no cache or a single new token, which may see every cached key).
         rotary: rotary_angles() of these positions, or None. value_embedding: (B, T, C) token
         vectors mixed into the values, or None."""
@@ -191,10 +206,10 @@ class CausalSelfAttention(nn.Module):
             scores = q @ k.transpose(-2, -1)
             scale = 1.0 / math.sqrt(k.shape[-1])
             if self.implementation == "triton":
-                probs = kernels.causal_softmax(scores, scale, pad_lengths, self.backend)
+                probs = fused_kernels.causal_softmax(scores, scale, pad_lengths, self.backend)
             else:
                 if mask is None and t > 1:
-                    mask = kernels.attention_mask(t, k.shape[2], None, x.device)
+                    mask = fused_kernels.attention_mask(t, k.shape[2], None, x.device)
                 scores = scores * scale
                 probs = torch.softmax(scores if mask is None else
                                       scores.masked_fill(~mask, float("-inf")), dim=-1)
@@ -320,7 +335,7 @@ class GPT(nn.Module):
         values = [table(idx) for table in self.transformer.vte] if self.config.value_embeddings else []
         mask = None  # built once for all layers, and only when causality alone does not decide
         if pad_lengths is not None or (start > 0 and t > 1):
-            mask = kernels.attention_mask(t, start + t, pad_lengths, idx.device)
+            mask = fused_kernels.attention_mask(t, start + t, pad_lengths, idx.device)
         for layer, block in enumerate(self.transformer.h):
             table = value_embedding_table(self.config, layer)
             args = (x, cache, pad_lengths, mask, rotary, None if table is None else values[table])
@@ -338,7 +353,7 @@ class GPT(nn.Module):
             logits = cap * torch.tanh(logits / cap)
         loss = None
         if targets is not None:
-            loss = kernels.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+            loss = fused_kernels.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
                                          ignore_index, self.backend)
         return logits, loss
 
@@ -465,11 +480,8 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
 
 
 def main(argv=None):
-    import configurator
-    import train  # a config is a train.py config: keys it leaves out take train.py's defaults
-    spec = {f.name: (train.SPEC[f.name][0] if f.name in train.SPEC else f.default, f"GPTConfig.{f.name}")
-            for f in fields(GPTConfig)}
-    cfg = configurator.parse_or_exit(spec, argv, description=__doc__, prog="model.py",
+    # a config is a train.py config: model.py reads its model keys and skips the rest
+    cfg = configurator.parse_or_exit(MODEL_SPEC, argv, description=__doc__, prog="model.py",
                                      ignore_unknown_in_files=True)
     try:
         model = GPT(GPTConfig(**cfg))

@@ -10,7 +10,7 @@ stages whose inputs and settings have not changed; --force redoes them all):
                  dedup -> curated/*.jsonl.gz shards
   6   tokenizer: byte-level BPE trained on a sample of the curated text -> tokenizer.json
   7   encode:    tokens up to the budget, split by document -> train.bin, val.bin, meta.json
-  8   report:    report.md and charts in report/ (prepare_report.py)
+  8   report:    report.md and charts in report/ (data_report.py)
 Every output is written under a temporary name and renamed when complete.
 """
 
@@ -25,14 +25,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import atomic
-import cluster
-import configurator
-from curate import batched, curate, fraction_of, iter_curated, log
-import filters
-import prepare_report
-import sources as sources_mod
-from tokenizer import GPT4_SPLIT_PATTERN, Tokenizer, count_chunks_parallel, train_bpe
+from training import atomic
+from curation import cluster
+from training import configurator
+from curation.curate import batched, curate, fraction_of, iter_curated, log
+from curation import filters
+from curation.download import DownloadError
+from curation import data_report
+from curation import sources as sources_mod
+from curation.tokenizer import GPT4_SPLIT_PATTERN, Tokenizer, count_chunks_parallel, train_bpe
 
 PIPELINE_VERSION = 1  # bump when a change to the code changes the outputs
 
@@ -304,7 +305,7 @@ def run(cfg):
     meta = stages.run("encode", encode, cfg, source_specs, out, tokenizer, stats)
     if meta is None:
         meta = json.loads((out / "meta.json").read_text())
-    stages.run("report", prepare_report.write_report, out, cfg, stats, meta, tokenizer)
+    stages.run("report", data_report.write_report, out, cfg, stats, meta, tokenizer)
     log(f"wrote {out}/: train.bin {meta['splits']['train']['tokens']:,} tokens, val.bin "
         f"{meta['splits']['val']['tokens']:,} tokens, vocab {meta['vocab_size']:,}; see {out}/report.md")
     if stages.timings:
@@ -316,7 +317,7 @@ def main(argv=None):
     cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="prepare.py")
     try:
         run(cfg)
-    except (configurator.ConfigError, sources_mod.SourceError, sources_mod.DownloadError,
+    except (configurator.ConfigError, sources_mod.SourceError, DownloadError,
             cluster.RayUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

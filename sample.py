@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-import checkpoint
-import configurator
-import hardware
+from training import checkpoint
+from training import configurator
+from serving.streaming import TextStream
+from training import hardware
 
 SPEC = {
     "out_dir": ("out", "the run's folder: samples from <out_dir>/best.pt"),
@@ -80,20 +81,18 @@ def load(cfg):
 
 
 def text_deltas(stream, tokenizer):
-    """(new text, tokens so far) after each step of one sample's token stream, holding back a UTF-8
-    character whose bytes have not all arrived yet (it would print as U+FFFD)."""
-    printed, text, count = 0, "", 0
+    """(new text, tokens so far) after each step of one sample's token stream; a UTF-8 character
+    whose bytes have not all arrived yet is held back (it would print as U+FFFD)."""
+    text, count = TextStream(tokenizer.decode), 0
     for token_lists in stream:
         count = len(token_lists[0])
-        text = tokenizer.decode(token_lists[0])
-        end = len(text)
-        while end > printed and text[end - 1] == "\ufffd":
-            end -= 1
-        if end > printed:
-            yield text[printed:end], count
-            printed = end
-    if len(text) > printed:  # still held back at the end: the model did write U+FFFD there
-        yield text[printed:], count
+        text.update(token_lists[0])
+        delta = text.release()
+        if delta:
+            yield delta, count
+    delta = text.release(final=True)  # still held back at the end: the model did write U+FFFD
+    if delta:
+        yield delta, count
 
 
 def draw_samples(model, tokenizer, prompt, cfg):

@@ -19,9 +19,9 @@ Endpoints:
   GET  /health          model name, size and context length
   GET  /metrics         Prometheus text: requests by status, time to first token and request
                         latency histograms, token counters, tokens/s, active and waiting sequences
-  GET  /                a page to type a prompt and watch the stream (static/playground.html)
+  GET  /                a page to type a prompt and watch the stream (serving/playground.html)
 
-Requests are decoded together by the continuous-batching engine (engine.py); one request can never
+Requests are decoded together by the continuous-batching engine (serving/engine.py); one request can never
 fail another, and a client that disconnects frees its batch rows at once. max_tokens is capped at
 block_size - 1 and a prompt keeps its last block_size - max_tokens tokens (usage says what was
 used), except that a prompt scored with echo and logprobs must fit whole (a 400 says so).
@@ -36,21 +36,20 @@ import html
 import json
 import os
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import torch
+import waitress
 from flask import Flask, Response, jsonify, request
 
-import checkpoint
-import completions
-from completions import BadRequest
-import configurator
-import hardware
-from engine import Engine
-from tokenizer import EOT
+from curation.tokenizer import EOT
+from serving import completions
+from serving.completions import BadRequest
+from serving.monitoring import CONTENT_TYPE
+from serving.server import Server
+from training import checkpoint, configurator, hardware
 
 SPEC = {
     "ckpt": ("out/best.pt", "checkpoint to serve"),
@@ -72,186 +71,7 @@ SPEC = {
                          "list such as 'http://localhost:3000'; empty: no CORS headers"),
 }
 PROTECTED = {"/generate", "/tokenize", "/detokenize", "/tokenizer_info"}  # with /v1/*: need the key
-PAGE = Path(__file__).resolve().parent / "static" / "playground.html"
-LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-
-
-class Metrics:
-    """Counters and histograms in Prometheus' text format, kept by hand (a few dicts)."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.requests = {}  # (endpoint, status) -> count
-        self.histograms = {"time_to_first_token_seconds": [0] * (len(LATENCY_BUCKETS) + 1) + [0.0],
-                           "request_seconds": [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]}
-        self.prompt_tokens = self.generated_tokens = 0
-        self.generation_seconds = 0.0
-
-    def observe(self, name, seconds):
-        with self.lock:
-            h = self.histograms[name]
-            i = next((i for i, b in enumerate(LATENCY_BUCKETS) if seconds <= b), len(LATENCY_BUCKETS))
-            h[i] += 1
-            h[-1] += seconds
-
-    def count_request(self, endpoint, status):
-        with self.lock:
-            self.requests[(endpoint, status)] = self.requests.get((endpoint, status), 0) + 1
-
-    def count_tokens(self, prompt, generated, seconds):
-        with self.lock:
-            self.prompt_tokens += prompt
-            self.generated_tokens += generated
-            self.generation_seconds += seconds
-
-    def render(self, engine):
-        gauges = {"active_sequences": engine.active_sequences(),
-                  "waiting_requests": engine.waiting_requests()}
-        with self.lock:
-            out = ["# TYPE mini_lm_requests_total counter"]
-            for (endpoint, status), n in sorted(self.requests.items()):
-                out.append(f'mini_lm_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}')
-            for name, h in self.histograms.items():
-                out.append(f"# TYPE mini_lm_{name} histogram")
-                cumulative = 0
-                for bound, n in zip([*map(str, LATENCY_BUCKETS), "+Inf"], h[:-1]):
-                    cumulative += n
-                    out.append(f'mini_lm_{name}_bucket{{le="{bound}"}} {cumulative}')
-                out += [f"mini_lm_{name}_sum {h[-1]:.6f}", f"mini_lm_{name}_count {cumulative}"]
-            rate = self.generated_tokens / self.generation_seconds if self.generation_seconds else 0.0
-            out += ["# TYPE mini_lm_prompt_tokens_total counter",
-                    f"mini_lm_prompt_tokens_total {self.prompt_tokens}",
-                    "# TYPE mini_lm_generated_tokens_total counter",
-                    f"mini_lm_generated_tokens_total {self.generated_tokens}",
-                    "# TYPE mini_lm_tokens_per_second gauge",
-                    f"mini_lm_tokens_per_second {rate:.3f}",
-                    "# TYPE mini_lm_cancelled_sequences_total counter",
-                    f"mini_lm_cancelled_sequences_total {engine.cancelled_sequences}"]
-            for name, value in gauges.items():
-                out += [f"# TYPE mini_lm_{name} gauge", f"mini_lm_{name} {value}"]
-            return "\n".join(out) + "\n"
-
-
-class Server:
-    """The model, its tokenizer and the batching engine; turns requests into token streams."""
-
-    def __init__(self, model, tokenizer, cfg):
-        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
-        self.engine = Engine(model, cfg["max_batch"])
-        self.metrics = Metrics()
-        self.log = None  # the app's logger, set by create_app
-        self.unknown_seen, self.unknown_lock = set(), threading.Lock()
-
-    def note_unknown_fields(self, names):
-        """Log each request field this server ignores, once per name (clients send the same ones
-        with every request)."""
-        with self.unknown_lock:  # bounded: a hostile client may send any number of names
-            new = [n[:64] for n in names if n[:64] not in self.unknown_seen][:1000 - len(self.unknown_seen)]
-            self.unknown_seen.update(new)
-        if new:
-            self.log.warning("ignoring request field(s) this server does not implement: %s",
-                             ", ".join(map(repr, new)))
-
-    def encode(self, prompt, max_tokens, whole=False):
-        """Prompt tokens (a text is encoded, token ids are kept), cut from the left so that prompt +
-        max_tokens fits the context. whole: a prompt that does not fit is refused instead (its
-        tokens are being scored, and a cut would shift every score the client lines up)."""
-        ids = list(prompt) if isinstance(prompt, list) else self.tokenizer.encode(prompt)
-        ids = ids or [self.tokenizer.eot_id]
-        room = max(1, self.model.config.block_size - max_tokens)
-        if whole and len(ids) > room:
-            block = self.model.config.block_size
-            raise BadRequest(f"with 'echo' and 'logprobs' the whole prompt is scored, and its "
-                             f"{len(ids)} tokens + max_tokens {max_tokens} exceed this model's "
-                             f"context of {block} tokens: send at most {room} prompt tokens "
-                             f"(lm-evaluation-harness: max_length={block - 1})", "prompt")
-        return ids[-room:]
-
-    def run(self, prompts, p, disconnected=None):
-        """Yield (index, text delta, finish_reason or None) for len(prompts) * n choices (with echo,
-        each choice's first delta is its prompt); finally yields (None, usage dict, the choices'
-        logprobs fields or None). disconnected: a callable that says the client went away (the
-        request then ends and its batch rows are freed)."""
-        p = {**p, "max_tokens": min(p["max_tokens"], self.model.config.block_size - 1)}
-        scored = p["echo"] and p["logprobs"] is not None
-        encoded = [self.encode(prompt, p["max_tokens"], whole=scored)
-                   for prompt in prompts for _ in range(p["n"])]
-        prompt_texts = [self.tokenizer.decode(ids) for ids in encoded]
-        if p["echo"]:
-            for i, text in enumerate(prompt_texts):
-                yield i, text, None
-        stops, hold = p["stop"], max((len(s) for s in p["stop"]), default=1) - 1
-        sent = [0] * len(encoded)
-        finished = [None] * len(encoded)
-        texts = [""] * len(encoded)
-        generated = [0] * len(encoded)
-        ended_by_eot = [False] * len(encoded)
-        t0, first = time.time(), None
-        job = self.engine.submit(encoded, p, self.tokenizer.eot_id)
-        stream = job.stream(disconnected)
-        steps = 0
-        try:
-            while True:  # with max_tokens 0 the job ends at once (after the prefill, with echo)
-                new_tokens = next(stream, None)
-                if new_tokens is None:
-                    break
-                steps += 1
-                if first is None:
-                    first = time.time() - t0
-                    self.metrics.observe("time_to_first_token_seconds", first)
-                done_now = steps >= p["max_tokens"]
-                for i, tokens in enumerate(new_tokens):
-                    if finished[i]:
-                        continue
-                    generated[i] = len(tokens)
-                    text = self.tokenizer.decode(tokens)
-                    cut = min((text.find(s) for s in stops if s in text), default=-1)
-                    if job.errors[i]:  # this sequence failed; the others go on
-                        finished[i] = "error"
-                        self.log.error("sequence %d of a request failed: %s", i, job.errors[i])
-                    elif cut >= 0:
-                        text, finished[i] = text[:cut], "stop"
-                    elif len(tokens) < steps:  # the end-of-text token ended it
-                        finished[i], ended_by_eot[i] = "stop", True
-                    elif done_now:
-                        finished[i] = "length"
-                    texts[i] = text
-                    # hold back what could still become a stop string, or half a UTF-8 character
-                    end = len(text) if finished[i] else max(sent[i], len(text) - hold)
-                    while not finished[i] and end > sent[i] and text[end - 1] == "\ufffd":
-                        end -= 1
-                    if end > sent[i] or finished[i]:
-                        yield i, text[sent[i]:end], finished[i]
-                        sent[i] = end
-                if all(finished):
-                    break
-        finally:
-            job.cancelled = True  # a client that went away frees its batch rows
-        if all(reason == "error" for reason in finished):
-            raise RuntimeError(job.errors[0])
-        for i, reason in enumerate(finished):
-            if reason is None:  # max_tokens == 0
-                yield i, "", "length"
-        completion = sum(generated)
-        prompt_tokens = sum(len(e) for e in encoded[::p["n"]])
-        self.metrics.count_tokens(prompt_tokens, completion, time.time() - t0)
-        logprobs = None
-        if p["logprobs"] is not None:
-            logprobs = [self.choice_logprobs(job, i, encoded[i] if p["echo"] else [],
-                                             generated[i], ended_by_eot[i], prompt_texts[i], texts[i])
-                        for i in range(len(encoded))]
-        yield None, {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                     "total_tokens": prompt_tokens + completion}, logprobs
-
-    def choice_logprobs(self, job, i, echoed, generated, ended_by_eot, prompt_text, text):
-        """The logprobs field of choice i: the echoed prompt tokens, the generated tokens the
-        choice's text holds, and the end-of-text token last when it ended the choice, as vLLM
-        does (lm-evaluation-harness drops the last entry, taking it for the generated one)."""
-        eot = [self.tokenizer.eot_id] if ended_by_eot else []
-        return completions.logprobs_field(
-            self.tokenizer, echoed, job.prompt_scores[i], job.tokens[i][:generated] + eot,
-            job.token_scores[i][:generated + len(eot)], text_end=len(prompt_text) + len(text),
-            offset=0 if echoed else len(prompt_text))
+PAGE = Path(__file__).resolve().parent / "serving" / "playground.html"
 
 
 def stream_events(server, prompts, p, meta, disconnected):
@@ -326,10 +146,10 @@ def install_checks(app, server, cfg):
 
     @app.after_request
     def count(response):
-        server.metrics.count_request(request.path if request.url_rule else "other",
-                                     response.status_code)
+        endpoint = request.path if request.url_rule else "other"
+        server.metrics.requests.labels(endpoint, response.status_code).inc()
         if not response.is_streamed:
-            server.metrics.observe("request_seconds", time.time() - request.start_time)
+            server.metrics.request_seconds.observe(time.time() - request.start_time)
         response.headers.extend(cors_headers(allowed_origins, request.headers.get("Origin"), False))
         return response
 
@@ -386,22 +206,24 @@ def add_tokenizer_endpoints(app, model, tokenizer):
         return jsonify({"prompt": tokenizer.decode(tokens)})
 
 
-def create_app(model, tokenizer, cfg):
-    """The Flask app: the checks above, then one function per endpoint."""
-    server = Server(model, tokenizer, cfg)
-    app = Flask(__name__)
-    server.log = app.logger
-    app.config["MAX_CONTENT_LENGTH"] = cfg["max_body_bytes"]
-    app.config["mini_lm_server"] = server
-    install_checks(app, server, cfg)
-    add_tokenizer_endpoints(app, model, tokenizer)
-    page = PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", html.escape(cfg["model_name"]))
-    model_card = {"id": cfg["model_name"], "object": "model", "created": int(time.time()),
-                  "owned_by": "mini-lm"}
+def collect(deltas):
+    """A whole response from server.run's deltas: ({index: text}, {index: finish_reason}, usage,
+    logprobs fields)."""
+    texts, reasons, usage, logprobs = {}, {}, None, None
+    for index, delta, reason in deltas:
+        if index is None:
+            usage, logprobs = delta, reason
+            continue
+        texts[index] = texts.get(index, "") + delta
+        reasons[index] = reason or reasons.get(index)
+    return texts, reasons, usage, logprobs
 
+
+def add_completion_endpoints(app, server, cfg):
+    """POST /v1/completions (OpenAI's shapes, streamed or whole) and POST /generate (one text)."""
     def parse_request(openai):
         prompts, p, unknown = completions.parse_request(parse_json(request), cfg,
-                                                        model.config.vocab_size, openai)
+                                                        server.model.config.vocab_size, openai)
         waiting = server.engine.waiting_requests()
         if waiting >= cfg["max_waiting"]:  # shed load: a client can retry, a queue only grows
             raise BadRequest(f"the server is busy: {waiting} requests wait for a place in the batch "
@@ -418,13 +240,7 @@ def create_app(model, tokenizer, cfg):
             return Response(stream_events(server, prompts, p, meta, disconnected),
                             mimetype="text/event-stream",
                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        texts, reasons, usage, logprobs = {}, {}, None, None
-        for index, delta, reason in server.run(prompts, p, disconnected):
-            if index is None:
-                usage, logprobs = delta, reason
-                continue
-            texts[index] = texts.get(index, "") + delta
-            reasons[index] = reason or reasons.get(index)
+        texts, reasons, usage, logprobs = collect(server.run(prompts, p, disconnected))
         choices = [{"text": texts[i], "index": i, "logprobs": logprobs[i] if logprobs else None,
                     "finish_reason": reasons[i]} for i in sorted(texts)]
         return jsonify({**meta, "choices": choices, "usage": usage})
@@ -436,17 +252,20 @@ def create_app(model, tokenizer, cfg):
             raise BadRequest("/generate returns one completion; use /v1/completions for n, stream, "
                              "echo or logprobs")
         t0 = time.time()
-        text, reason, usage = "", None, None
-        for index, delta, finish in server.run(prompts, p, disconnected):
-            if index is None:
-                usage = delta
-            else:
-                text, reason = text + delta, finish or reason
+        texts, reasons, usage, _ = collect(server.run(prompts, p, disconnected))
         seconds = time.time() - t0
-        return jsonify({"text": text, "finish_reason": reason, "usage": usage,
+        return jsonify({"text": texts.get(0, ""), "finish_reason": reasons.get(0), "usage": usage,
                         "seconds": round(seconds, 4),
                         "tokens_per_second": round(usage["completion_tokens"] / seconds, 2)
                         if seconds > 0 else None})
+
+
+def add_model_endpoints(app, server, cfg):
+    """GET /v1/models, /v1/models/<name>, /health, /metrics and the playground page at /."""
+    model = server.model
+    page = PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", html.escape(cfg["model_name"]))
+    model_card = {"id": cfg["model_name"], "object": "model", "created": int(time.time()),
+                  "owned_by": "mini-lm"}
 
     @app.get("/v1/models")
     def models():
@@ -466,12 +285,23 @@ def create_app(model, tokenizer, cfg):
 
     @app.get("/metrics")
     def prometheus():
-        return Response(server.metrics.render(server.engine), mimetype="text/plain; version=0.0.4")
+        return Response(server.metrics.render(), content_type=CONTENT_TYPE)
 
     @app.get("/")
     def playground():
         return Response(page, mimetype="text/html")
 
+
+def create_app(model, tokenizer, cfg):
+    """The Flask app: the checks every request goes through, then the endpoints."""
+    app = Flask(__name__)
+    server = Server(model, tokenizer, cfg["max_batch"], app.logger)
+    app.config["MAX_CONTENT_LENGTH"] = cfg["max_body_bytes"]
+    app.config["mini_lm_server"] = server
+    install_checks(app, server, cfg)
+    add_tokenizer_endpoints(app, model, tokenizer)
+    add_completion_endpoints(app, server, cfg)
+    add_model_endpoints(app, server, cfg)
     return app
 
 
@@ -501,7 +331,6 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     app = create_app(model, tokenizer, cfg)
-    import waitress
     # channel_request_lookahead: waitress keeps reading the connection while a request runs, so it
     # notices a client that went away (waitress.client_disconnected) and generation stops at once
     http = waitress.create_server(app, host=cfg["host"], port=cfg["port"], threads=cfg["threads"],

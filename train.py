@@ -10,9 +10,10 @@ schedule on data/mini_lm (python prepare.py config/prepare_mini_lm.py). Its toke
 step stay the same on 1, 2, 4 or 8 ranks: the accumulation micro-steps are shared between ranks.
 
 Mixed precision (bf16 autocast where the GPU has it natively, fp16 with a gradient scaler on older
-GPUs such as the T4 and V100; hardware.py says why in the log), gradient accumulation (synchronised
-across DDP ranks on the last micro-step only), gradient checkpointing, AdamW with warmup and cosine
-decay, gradient clipping, a guard against non-finite steps, periodic evaluation with a text sample,
+GPUs such as the T4 and V100; training/hardware.py says why in the log), gradient accumulation
+(synchronised across DDP ranks on the last micro-step only), gradient checkpointing, Muon on the
+blocks' matrices and AdamW on the rest (warmup, then a warmup-stable-decay or cosine schedule),
+gradient clipping, a guard against non-finite steps, periodic evaluation with a text sample,
 TensorBoard logs, and self-contained checkpoints written atomically (out/last.pt, out/best.pt) from
 which --init_from=resume continues with the same batches, learning rate and random streams.
 """
@@ -32,17 +33,17 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import atomic
-import checkpoint
-import configurator
-import cpu_memory
-import ranks
-import hardware
-import optim
-from batches import Batches
-from loggers import Loggers
-from model import GPT, GPTConfig
-from tokenizer import Tokenizer
+from training import atomic
+from training import checkpoint
+from training import configurator
+from training import cpu_memory
+from training import ranks
+from training import hardware
+from training import optim
+from training.batches import Batches
+from training.loggers import Loggers
+from model import GPT, GPTConfig, MODEL_SPEC
+from curation.tokenizer import Tokenizer
 
 SPEC = {
     # i/o
@@ -68,27 +69,9 @@ SPEC = {
     "batch_size": (16, "sequences per micro-step (per rank)"),
     "batch_order": ("epoch", "'random' windows (with replacement) or 'epoch' (each non-overlapping "
                              "window once per epoch, in a seeded order)"),
-    "block_size": (1024, "tokens per sequence"),
     "gradient_accumulation_steps": (8, "micro-steps per optimizer step, shared between all ranks"),
-    # model (see model.GPTConfig)
-    "n_layer": (10, "transformer blocks"),
-    "n_head": (8, "attention heads"),
-    "n_embd": (512, "model width"),
-    "dropout": (0.0, "dropout probability"),
-    "bias": (False, "biases in Linear and LayerNorm layers"),
-    "attention": ("sdpa", "'sdpa', 'triton' or 'eager'"),
-    "kernels": ("auto", "'auto' (Triton on GPUs of compute capability 8.0+), 'triton' or 'torch'"),
-    "gradient_checkpointing": (False, "recompute activations in backward to save memory"),
-    # the recipe's model options (see model.GPTConfig): the defaults are the changes that measured
-    # better on the demo data (BENCHMARKS.md, "Recipe ablation"); config/gpt2.py sets GPT-2's
-    "position": ("rotary", "'learned' position embeddings or 'rotary' (RoPE)"),
-    "activation": ("relu2", "the MLP's: 'gelu' or 'relu2' (ReLU squared)"),
-    "qk_norm": (True, "LayerNorm on each head's queries and keys"),
-    "zero_init": (True, "attention and MLP output projections start at zero"),
-    "tied_head": (True, "the LM head is the token embedding (False: its own, zero at start)"),
-    "value_embeddings": (1, "tables of token vectors added to the values of the first and last "
-                            "that many layers"),
-    "logit_softcap": (0.0, "logits -> cap * tanh(logits / cap) (0: off)"),
+    # the model: GPTConfig's fields and defaults (model.py), vocab_size from the data
+    **{key: value for key, value in MODEL_SPEC.items() if key != "vocab_size"},
     # optimizer and schedule (optim.py)
     "optimizer": ("muon", "'adamw', or 'muon' (Muon on the blocks' matrices, AdamW on the rest)"),
     "learning_rate": (1e-3, "AdamW's peak learning rate"),

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from curation.tokenizer import Tokenizer
+from training import configurator
+import train
+
 SMALL = dict(n_layer=4, n_head=4, n_embd=256, block_size=256, dropout=0.0, bias=True)  # nanoGPT's
 
 
@@ -24,15 +28,12 @@ def machine():
 def model_of(config_file, vocab_size=32000):
     """GPTConfig keyword arguments of a training config (config/*.py over train.py's defaults):
     the model sizes benchmarked are the ones the configs train."""
-    import configurator
-    import train
     cfg = configurator.parse(train.SPEC, [config_file])
     return dict({k: cfg[k] for k in train.MODEL_KEYS}, vocab_size=vocab_size)
 
 
 def mini_lm():
-    """config/mini_lm.py's model. A function, not a module constant: reading a config imports
-    train.py and so kernels/, which must see TRITON_INTERPRET first where a suite sets it."""
+    """config/mini_lm.py's model."""
     return model_of("config/mini_lm.py")
 
 
@@ -40,7 +41,6 @@ def mini_lm():
 def random_dataset(vocab_size, n_tokens=262_144):
     """A folder laid out as prepare.py writes one (train.bin, val.bin, meta.json, tokenizer.json)
     holding uniformly random tokens, so train.py's set-up runs unchanged; kept until exit."""
-    from tokenizer import Tokenizer
     folder = tempfile.TemporaryDirectory(prefix="bench-data-")
     path = Path(folder.name)
     rng = np.random.default_rng(0)
@@ -62,8 +62,6 @@ def training_step(model_kwargs, batch, device="cpu", **settings):
     if asked). Returns (step function, tokens per step, first step's seconds, train.Run)."""
     import torch
 
-    import configurator
-    import train
     model_kwargs = dict(model_kwargs)
     data = Path(random_dataset(model_kwargs.pop("vocab_size")).name)
     out_dir = tempfile.mkdtemp(prefix="bench-out-")
@@ -87,7 +85,6 @@ def _synchronised_step(run):
     """train.train_step, then wait for the GPU (train_step reads the loss before the optimizer
     step, so without this the update's time would land in the next step's)."""
     import torch
-    import train
     train.train_step(run)
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)

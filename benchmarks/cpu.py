@@ -1,11 +1,14 @@
 """bench.py model: on CPU, train.py's training step (tokens/s per attention and compile setting,
 where its time goes), the loss's memory, and batch-1 generation against the memory-bandwidth limit."""
 
-import os
 import statistics
 import time
 
 from benchmarks.common import SMALL, interleaved_rates, machine, mini_lm, training_step
+
+from model import GPT, GPTConfig, KVCache
+from training import cpu_memory
+import fused_kernels
 
 
 def sgemm_gflops(n=2048, repeats=5):
@@ -103,10 +106,8 @@ def weights_only_rate(model, repeats=10):
 
 
 def bench_model_cpu(quick=False):
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # only the loss-memory check runs a kernel on CPU
     import torch
 
-    import kernels
     print(f"machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     # generation first, in a process that has run nothing else yet, as in serve.py or eval.py (after
     # the compiled training steps below it ran slower and less steadily: BENCHMARKS.md)
@@ -156,16 +157,16 @@ def bench_model_cpu(quick=False):
         dt = time.perf_counter() - t0
     torch_saved = saved_for_backward_bytes(
         lambda a, b: torch.nn.functional.cross_entropy(a, b), logits[:8], targets[:8])
+    kernel_device = "cpu" if fused_kernels.INTERPRETED else "cuda"  # the interpreter runs on CPU
     fused_saved = saved_for_backward_bytes(
-        lambda a, b: kernels.cross_entropy(a, b, backend="triton"),
-        logits[:8].detach().requires_grad_(), targets[:8])
+        lambda a, b: fused_kernels.cross_entropy(a, b, backend="triton"),
+        logits[:8].detach().to(kernel_device).requires_grad_(), targets[:8].to(kernel_device))
     print(f"- PyTorch cross-entropy forward+backward over {n:,} x {v:,} logits: {dt * 1e3:.0f} ms.")
     print(f"- Kept for backward per token: PyTorch {torch_saved / 8:,.0f} bytes (the log-probabilities),"
           f" fused kernel {fused_saved / 8:,.0f} bytes (one log-sum-exp): at {n:,} tokens that is "
           f"{torch_saved / 8 * n / 1e6:,.0f} MB against {fused_saved / 8 * n / 1e3:,.1f} kB.")
 
     # last, because it cannot be undone in this process: what train.py does on CPU by default
-    import cpu_memory
     if cpu_memory.keep_freed_memory():
         print("\nVocab 32,000 again, with freed memory kept in the process (cpu_memory.py, train.py's "
               "default on CPU), the two settings timed in turns:\n")
@@ -182,7 +183,6 @@ def bench_generation_cpu(quick=False):
     """Batch-1 generation tokens/s of the mini_lm size against its memory-bandwidth limit."""
     import torch
 
-    from model import GPT, GPTConfig, KVCache
     print("\nGeneration, batch 1, mini_lm size (random weights), 16-token prompt:\n")
     new = 20 if quick else 500
     config = dict(mini_lm(), n_layer=2) if quick else mini_lm()

@@ -7,6 +7,17 @@ from pathlib import Path
 
 from benchmarks.common import machine
 
+from benchmarks import warc_files
+from curation import cluster
+from curation import curate
+from curation import dedup
+from curation import filters
+from curation import sources
+from curation import web
+from curation.tokenizer import Tokenizer
+from curation.tokenizer import count_chunks_parallel, train_bpe
+import prepare
+
 
 def row(what, seconds, docs=None, chars=None, note=""):
     rate = []
@@ -19,8 +30,6 @@ def row(what, seconds, docs=None, chars=None, note=""):
 
 def bench_prepare(args):
     # imported here: the GPU machine lacks some of the data pipeline's packages
-    import prepare
-    import sources
     cfg = {key: default for key, (default, _) in prepare.SPEC.items()}
     data = Path(cfg["data_root"]) / cfg["dataset"]
     if not (data / "curated" / "stats.json").exists():
@@ -44,8 +53,6 @@ def bench_prepare(args):
 def time_filters(items, raw_chars, cfg):
     """Clean + quality filters over every document in one process (what each worker runs), each
     rule alone, and MinHash signatures with the LSH index."""
-    import curate
-    import filters
     t0 = time.perf_counter()
     texts = []
     for batch in curate.batched(items, 128):
@@ -80,7 +87,6 @@ def time_filters(items, raw_chars, cfg):
     print("|  where clean + filter time goes (all documents, each rule alone) | | | "
           + ", ".join(f"{k} {v:.1f} s" for k, v in top if v >= 0.1) + " |")
 
-    import dedup
     deduplicator = dedup.Deduplicator(cfg)
     t0 = time.perf_counter()
     for batch_start in range(0, len(texts), 128):
@@ -94,7 +100,6 @@ def time_filters(items, raw_chars, cfg):
 
 def time_curate_stage(cfg, specs, data, n_items, raw_chars):
     """The whole curate stage as prepare.py runs it, on one worker and on every core."""
-    import curate
     for workers in (1, os.cpu_count()):
         bench_cfg = {**cfg, "data_root": str(data.parent / "bench"), "workers": workers}
         out = Path(bench_cfg["data_root"]) / cfg["dataset"]
@@ -108,8 +113,6 @@ def time_curate_stage(cfg, specs, data, n_items, raw_chars):
 def time_tokenizer(cfg, specs, data, hf):
     """BPE training on prepare.py's tokenizer sample: pre-split and count, then the merges; with
     hf, HF tokenizers' trainer on the same sample."""
-    import prepare
-    from tokenizer import count_chunks_parallel, train_bpe
     stats = json.loads((data / "curated" / "stats.json").read_text())
     sample = list(prepare.tokenizer_sample(cfg, specs, data / "curated", stats))
     sample_chars = sum(map(len, sample))
@@ -143,8 +146,6 @@ def time_tokenizer(cfg, specs, data, hf):
 
 def time_encoding(specs, data):
     """Encoding the curated corpus with the trained tokenizer (tiktoken), one thread and all."""
-    import curate
-    from tokenizer import Tokenizer
     tok = Tokenizer.load(data / "tokenizer.json")
     corpus = [d["text"] for spec in specs for d in curate.iter_curated(data / "curated", spec["name"])]
     corpus_bytes = sum(len(t.encode("utf-8")) for t in corpus)
@@ -180,10 +181,6 @@ def bench_cleaning(args, size=1_000_000):
     """Clean + quality filters (what each curate worker runs) on the offline corpus's documents,
     then on one document of each worst case above, as code and as prose. A worst case far slower
     than the corpus per MB is a step that is not linear in a document's length."""
-    import curate
-    import filters
-    import prepare
-    import sources
     cfg = {key: default for key, (default, _) in prepare.SPEC.items()}
     items = [item for spec in sources.resolve_sources(cfg["sources"])
              for item in sources.iter_source(spec, lambda *a: None)]
@@ -225,7 +222,6 @@ def _datasketch_near_dedup(texts, cfg):
 
 def _signature_task(args):
     texts, cfg = args
-    import dedup
     return dedup.dedup_keys(texts, cfg)
 
 
@@ -235,9 +231,6 @@ def bench_dedup(args):
     the main one (as curate.py runs it); beside datasketch's own MinHash + MinHashLSH."""
     from multiprocessing import Pool
 
-    import curate
-    import dedup
-    import prepare
     cfg = {key: default for key, (default, _) in prepare.SPEC.items()}
     folder = Path(cfg["data_root"]) / cfg["dataset"] / "curated"
     names = sorted({p.name.rsplit("-", 1)[0] for p in folder.glob("*.jsonl.gz")})
@@ -299,9 +292,6 @@ def bench_warc(args, pages=3000):
     alone, and the whole source per extractor; plus how much boilerplate each lets through."""
     import tempfile
 
-    import sources
-    import web
-    from benchmarks import warc_files
     spec = sources.resolve_sources([dict(kind="wiki_offline")])[0]
     articles = [(doc_id, text) for doc_id, _, text in sources.iter_source(spec, lambda *a: None)
                 if len(text) > 400][:pages]
@@ -348,10 +338,6 @@ def bench_ray(args):
     started on this machine with 1 and 2 CPUs (cluster.py's path), docs/s per worker."""
     import ray
 
-    import cluster
-    import curate
-    import prepare
-    import sources
     cfg = {key: default for key, (default, _) in prepare.SPEC.items()}
     specs = sources.resolve_sources(cfg["sources"])
     raw = sum(len(r) for spec in specs for _, _, r, *_ in sources.iter_source(spec, lambda *a: None))

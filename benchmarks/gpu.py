@@ -2,11 +2,14 @@
 PyTorch eager and compiled, train.py's training step (tokens/s, MFU), generation, and train.py
 itself with a resume. --quick runs the same code paths on CPU with tiny shapes."""
 
-import os
 import time
 from pathlib import Path
 
 from benchmarks.common import interleaved_rates, mini_lm, training_step
+
+from model import GPT, GPTConfig
+from training import hardware
+import fused_kernels
 
 
 GPU_PARTS = ("tests", "kernels", "step", "generation", "train")
@@ -21,8 +24,6 @@ def bench_gpu(quick=False, parts=GPU_PARTS):
         raise SystemExit("no CUDA device: `python bench.py gpu` is for a GPU machine "
                          "(--quick runs its code paths on CPU with tiny shapes)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports kernels/
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (smoke test)"
     print(f"device: {name}, torch {torch.__version__}\n")
     start = time.perf_counter()
@@ -69,7 +70,6 @@ def bench_gpu(quick=False, parts=GPU_PARTS):
 def bench_gpu_kernels(device, quick, timed):
     import torch
 
-    import kernels
     copy_src = torch.empty(2 ** 28 if device == "cuda" else 2 ** 16, dtype=torch.uint8, device=device)
     peak_bw = 2 * copy_src.numel() / timed(lambda: copy_src.clone()) / 1e6
     print(f"device copy bandwidth (read + write): {peak_bw:,.0f} GB/s\n")
@@ -102,18 +102,18 @@ def bench_gpu_kernels(device, quick, timed):
         w = torch.randn(c, device=device, requires_grad=True)
         # bytes: forward reads x, writes y; backward reads x and dy, writes dx (weights are small)
         compare("LayerNorm", f"{batch * t}x{c}", 2 * x.numel() * 2, 5 * x.numel() * 2,
-                lambda: kernels.layer_norm(x, w, None, backend="triton"),
-                lambda: kernels.layer_norm_torch(x, w, None), (x, w), torch.randn_like(x))
+                lambda: fused_kernels.layer_norm(x, w, None, backend="triton"),
+                lambda: fused_kernels.layer_norm_torch(x, w, None), (x, w), torch.randn_like(x))
     for t, heads in ([(1024, 8), (1024, 12)] if not quick else [(16, 2)]):
         s = torch.randn(batch, heads, t, t, device=device, dtype=dt, requires_grad=True)
         compare("causal softmax", f"{batch}x{heads}x{t}x{t}", 2 * s.numel() * 2, 5 * s.numel() * 2,
-                lambda: kernels.causal_softmax(s, scale, backend="triton"),
-                lambda: kernels.causal_softmax_torch(s, scale), (s,), torch.randn_like(s))
+                lambda: fused_kernels.causal_softmax(s, scale, backend="triton"),
+                lambda: fused_kernels.causal_softmax_torch(s, scale), (s,), torch.randn_like(s))
     for n, v in ([(16 * 1024, 32000), (8 * 1024, 50257)] if not quick else [(32, 300)]):
         logits = torch.randn(n, v, device=device, dtype=dt, requires_grad=True)
         targets = torch.randint(v, (n,), device=device)
-        ours = lambda: kernels.cross_entropy(logits, targets, backend="triton")
-        eager = lambda: kernels.cross_entropy_torch(logits, targets)
+        ours = lambda: fused_kernels.cross_entropy(logits, targets, backend="triton")
+        eager = lambda: fused_kernels.cross_entropy_torch(logits, targets)
         # bytes: forward reads the logits; backward reads them again and writes their gradient
         compare("cross-entropy", f"{n}x{v}", logits.numel() * 2, 3 * logits.numel() * 2, ours, eager,
                 (logits,), None)
@@ -138,7 +138,6 @@ def bench_gpu_kernels(device, quick, timed):
 def bench_gpu_step(device, quick, config, name):
     import torch
 
-    import hardware
     batch = 16 if not quick else 2
     peak_flops = hardware.peak_flops(torch.device(device))
     print(f"(MFU against the dense bf16 peak of {name}: {peak_flops / 1e12:,.0f} TFLOP/s; "
@@ -167,7 +166,6 @@ def bench_gpu_step(device, quick, config, name):
 def bench_gpu_generation(device, quick, config):
     import torch
 
-    from model import GPT, GPTConfig
     torch.manual_seed(0)
     model = GPT(GPTConfig(**config)).to(device).eval()
     print("| weights | new tokens | tokens/s |\n|---|---:|---:|")

@@ -27,6 +27,9 @@ import numpy as np
 
 from benchmarks.common import machine
 
+from training import checkpoint
+from training import metrics
+
 PPL_TASK = """task: mini_lm_heldout_ppl
 dataset_path: json
 dataset_kwargs:
@@ -92,7 +95,6 @@ def direct_scores(model, tokenizer, docs, cases):
     likeliest choice."""
     import torch
 
-    import metrics
     eot = tokenizer.eot_id
     nll = [metrics.sliding_window_nll(model, np.array([eot] + tokenizer.encode(d)), model.config.block_size)
            for d in docs]
@@ -151,7 +153,6 @@ def run_harness(lm_eval, ckpt, block_size, task_dir, out_dir):
 def bench_harness(ckpt, lm_eval, n_docs=50, n_cases=100):
     import shutil
 
-    import checkpoint
     if not shutil.which(lm_eval):
         raise SystemExit(f"lm_eval={lm_eval!r} is not a command here: pip install 'lm-eval[api]' "
                          "(in any venv) and pass --lm_eval=/path/to/that/venv/bin/lm_eval")

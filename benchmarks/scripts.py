@@ -8,6 +8,12 @@ from pathlib import Path
 
 from benchmarks.common import machine, mini_lm, model_of
 
+from curation.tokenizer import Tokenizer
+from model import GPT, GPTConfig
+from training import checkpoint
+from training import cpu_memory
+from training import metrics
+
 
 def bench_train(quick=False):
     """Runs train.py in fresh processes (so peak memory is each setting's own) and reads its
@@ -46,9 +52,6 @@ def bench_eval(quick=False):
     import numpy as np
     import torch
 
-    import cpu_memory
-    import metrics
-    from model import GPT, GPTConfig
     cpu_memory.keep_freed_memory()
     cpu_demo = model_of("config/cpu_demo.py")
     print(f"machine: {machine()}, {torch.get_num_threads()} threads\n\n"
@@ -80,9 +83,6 @@ def bench_serve(quick=False):
 
     import torch
 
-    import checkpoint
-    from model import GPT, GPTConfig
-    from tokenizer import Tokenizer
     tokenizer = Tokenizer.load(Path("data/demo/tokenizer.json"))
     cpu_demo = model_of("config/cpu_demo.py")
     print(f"machine: {machine()}\n\n| model | weights | one stream tokens/s | 8 clients: aggregate "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import checkpoint
+from training import checkpoint
 import prepare
 from test_prepare import config as prepare_config
 from test_prepare import make_corpus
@@ -36,7 +36,7 @@ def project(tmp_path_factory):
     """A folder laid out like a checkout (scripts linked, not copied) with data/mini_lm."""
     folder = tmp_path_factory.mktemp("project")
     for path in ROOT.iterdir():
-        if path.suffix == ".py" or path.name in ("kernels", "config", "static"):
+        if path.suffix == ".py" or path.name == "config" or (path / "__init__.py").exists():
             (folder / path.name).symlink_to(path)
     corpus = make_corpus(tmp_path_factory.mktemp("corpus"))
     prepare.run(prepare_config(corpus, folder / "data", dataset="mini_lm", vocab_size=300))

@@ -4,8 +4,8 @@ tokenizer endpoints."""
 import numpy as np
 import pytest
 
-import checkpoint
-import metrics
+from training import checkpoint
+from training import metrics
 from test_serve import app, ckpt, make_app  # noqa: F401  (fixtures and helpers)
 from test_train import data_root  # noqa: F401  (the fixture ckpt needs)
 

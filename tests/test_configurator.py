@@ -1,7 +1,7 @@
 import pytest
 
-import configurator
-from configurator import ConfigError, parse
+from training import configurator
+from training.configurator import ConfigError, parse
 
 SPEC = {
     "dataset": ("demo", "name"),

@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # 16 rounds of an 80 MB tensor created and freed; prints the page faults of each round
 PROGRAM = """
-import resource, sys, torch, cpu_memory
+import resource, sys, torch
+from training import cpu_memory
 applied = cpu_memory.keep_freed_memory() if sys.argv[1] == "keep" else False
 faults = []
 for _ in range(16):

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-import sources
+from curation import sources
 from benchmarks import warc_files as w
 from test_warc import html_to_documents
 

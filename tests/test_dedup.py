@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from datasketch import MinHash, MinHashLSH
 
-import dedup
+from curation import dedup
 
 CFG = dict(minhash_threshold=0.8, minhash_num_perm=128, minhash_shingle_words=5, dedup_exact=True)
 

@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-import sources
+from curation import sources
+from curation.download import DownloadError, download
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
@@ -62,7 +63,7 @@ def url(server, path="/file"):
 
 
 def test_plain_download_with_checksum(server, tmp_path):
-    dest = sources.download(url(server), tmp_path / "f.bin",
+    dest = download(url(server), tmp_path / "f.bin",
                             expected={"sha256": hashlib.sha256(PAYLOAD).hexdigest()})
     assert dest.read_bytes() == PAYLOAD
     assert not (tmp_path / "f.bin.part").exists()
@@ -71,14 +72,14 @@ def test_plain_download_with_checksum(server, tmp_path):
 
 def test_interrupted_download_resumes_with_range(server, tmp_path):
     server.cuts = [300_000]  # the first response dies after 300 kB
-    dest = sources.download(url(server), tmp_path / "f.bin", retries=3)
+    dest = download(url(server), tmp_path / "f.bin", retries=3)
     assert dest.read_bytes() == PAYLOAD
     assert server.requests == [None, "bytes=300000-"]
 
 
 def test_rerun_resumes_a_part_file_left_by_an_earlier_run(server, tmp_path):
     (tmp_path / "f.bin.part").write_bytes(PAYLOAD[:123_456])
-    dest = sources.download(url(server), tmp_path / "f.bin")
+    dest = download(url(server), tmp_path / "f.bin")
     assert dest.read_bytes() == PAYLOAD
     assert server.requests == ["bytes=123456-"]
 
@@ -86,31 +87,31 @@ def test_rerun_resumes_a_part_file_left_by_an_earlier_run(server, tmp_path):
 def test_server_without_range_support_restarts_cleanly(server, tmp_path):
     server.ranges = False
     (tmp_path / "f.bin.part").write_bytes(b"garbage" * 100)
-    assert sources.download(url(server), tmp_path / "f.bin").read_bytes() == PAYLOAD
+    assert download(url(server), tmp_path / "f.bin").read_bytes() == PAYLOAD
 
 
 def test_persistent_failure_names_url_and_position(server, tmp_path):
     server.cuts = [100_000, 50_000, 25_000]
-    with pytest.raises(sources.DownloadError) as info:
-        sources.download(url(server), tmp_path / "f.bin", retries=3)
+    with pytest.raises(DownloadError) as info:
+        download(url(server), tmp_path / "f.bin", retries=3)
     message = str(info.value)
     assert url(server) in message and "failed at byte 175,000 of 1,048,576" in message
     assert "run again to resume" in message
     assert (tmp_path / "f.bin.part").stat().st_size == 175_000 and not (tmp_path / "f.bin").exists()
     # and the next run picks up where it stopped
-    assert sources.download(url(server), tmp_path / "f.bin").read_bytes() == PAYLOAD
+    assert download(url(server), tmp_path / "f.bin").read_bytes() == PAYLOAD
     assert server.requests[-1] == "bytes=175000-"
 
 
 def test_checksum_mismatch_is_an_error_and_keeps_nothing_that_looks_complete(server, tmp_path):
-    with pytest.raises(sources.DownloadError, match="md5 is .* expected"):
-        sources.download(url(server), tmp_path / "f.bin", expected={"md5": "0" * 32})
+    with pytest.raises(DownloadError, match="md5 is .* expected"):
+        download(url(server), tmp_path / "f.bin", expected={"md5": "0" * 32})
     assert not (tmp_path / "f.bin").exists() and (tmp_path / "f.bin.corrupt").exists()
 
 
 def test_http_errors_are_reported(server, tmp_path):
-    with pytest.raises(sources.DownloadError, match="HTTP 404"):
-        sources.download(url(server, "/missing"), tmp_path / "m.bin")
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download(url(server, "/missing"), tmp_path / "m.bin")
 
 
 def test_wiki_dump_source_downloads_then_parses(server, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import eval as evaluate_script
-import metrics
+from training import metrics
 from model import GPT, GPTConfig
 from test_train import GPT2, SPEEDRUN, data_root, run  # noqa: F401  (fixture and helpers)
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def tiny_model(block=8, vocab=50):
     torch.manual_seed(0)
-    return GPT(GPTConfig(block_size=block, vocab_size=vocab, n_layer=1, n_head=2, n_embd=16)).eval()
+    return GPT(GPTConfig(block_size=block, vocab_size=vocab, n_layer=2, n_head=2, n_embd=16)).eval()
 
 
 @torch.no_grad()

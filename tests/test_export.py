@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
+from training import checkpoint
 import export
 from test_train import GPT2, SPEEDRUN, data_root, run  # noqa: F401  (fixture and helpers)
 

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-import filters
+from curation import filters
 import prepare
 
 CFG = {key: default for key, (default, _) in prepare.SPEC.items()}

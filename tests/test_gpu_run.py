@@ -1,4 +1,4 @@
-"""gpu_run.py, the one-call GPU run, rehearsed on CPU exactly as the device will run it: the corpus
+"""benchmarks/gpu_run.py, the one-call GPU run, rehearsed on CPU exactly as the device will run it: the corpus
 packed for carrying and restored, every stage run through the same commands with tiny shapes, and
 all of it in a Python where the packages the GPU machine lacks cannot be imported."""
 import hashlib
@@ -25,7 +25,7 @@ def test_rehearsal_without_the_packages_the_gpu_machine_lacks(tmp_path):
                                vocab_size=300))
     bins = {name: hashlib.sha256((data / "offline" / name).read_bytes()).hexdigest()
             for name in ("train.bin", "val.bin")}
-    packed = subprocess.run([sys.executable, "gpu_run.py", "--pack", f"--data_root={data}"],
+    packed = subprocess.run([sys.executable, "-m", "benchmarks.gpu_run", "--pack", f"--data_root={data}"],
                             cwd=ROOT, capture_output=True, text=True)
     assert packed.returncode == 0, packed.stderr
     for name in bins:  # the device has only what was carried
@@ -37,7 +37,7 @@ def test_rehearsal_without_the_packages_the_gpu_machine_lacks(tmp_path):
         (blocked / f"{name}.py").write_text(f"raise ImportError('{name} is not on the GPU machine')\n")
     env = {**os.environ, "PYTHONPATH": str(blocked)}
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "gpu_run.py", "--rehearsal", f"--data_root={data}",
+    result = subprocess.run([sys.executable, "-m", "benchmarks.gpu_run", "--rehearsal", f"--data_root={data}",
                              f"--out_dir={out}", f"--checkpoint_dir={tmp_path / 'ckpt'}"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     log = (out / "gpu_run.log").read_text() if (out / "gpu_run.log").exists() else ""

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import hardware
-import kernels
-from model import GPT, GPTConfig
+from training import hardware
+import fused_kernels
+from model import GPT, GPT2_RECIPE, GPTConfig
 
 GPUS = {  # name, compute capability
     "T4": ("Tesla T4", 7, 5),
@@ -27,7 +27,7 @@ def gpu(request, monkeypatch):
     props = SimpleNamespace(name=name, major=major, minor=minor)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    monkeypatch.setattr(kernels, "HAVE_TRITON", True)
+    monkeypatch.setattr(fused_kernels, "HAVE_TRITON", True)
     return request.param
 
 
@@ -47,7 +47,7 @@ def test_auto_kernels_and_attention_follow_compute_capability(gpu):
     assert backend == ("torch" if old else "triton")
     assert ("8.0 and newer" in reason) == old
     assert ("memory-efficient" in attention) == old and ("flash attention on" in attention) != old
-    assert kernels.ampere_or_newer(CUDA) != old
+    assert fused_kernels.ampere_or_newer(CUDA) != old
 
 
 def test_old_gpus_refuse_what_their_compilers_reject(gpu):
@@ -77,7 +77,7 @@ def test_cpu_choices():
     cpu = torch.device("cpu")
     assert hardware.choose_dtype("auto", cpu)[0] == torch.float32
     assert hardware.choose_kernels("auto", cpu)[0] == "torch"
-    assert hardware.peak_flops(cpu) == 0.0 and not kernels.ampere_or_newer(cpu)
+    assert hardware.peak_flops(cpu) == 0.0 and not fused_kernels.ampere_or_newer(cpu)
     assert hardware.resolve_device("cpu") == cpu
     with pytest.raises(ValueError, match="dtype='float8' must be"):
         hardware.choose_dtype("float8", cpu)
@@ -87,7 +87,7 @@ def test_cpu_choices():
 
 def test_use_kernels_sets_every_module_and_keeps_the_config():
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=50,
-                          attention="triton"))
+                          attention="triton", **GPT2_RECIPE))
     model.use_kernels("torch")
     backends = {m.backend for m in model.modules() if hasattr(m, "backend")}
     assert backends == {"torch"} and model.config.kernels == "auto"

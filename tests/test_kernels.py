@@ -7,10 +7,10 @@ the last place of the low-precision output (2e-2 relative).
 import pytest
 import torch
 
-import kernels
-from kernels import crossentropy as ce_mod
-from kernels import layernorm as ln_mod
-from kernels import softmax as sm_mod
+import fused_kernels
+from fused_kernels import crossentropy as ce_mod
+from fused_kernels import layernorm as ln_mod
+from fused_kernels import softmax as sm_mod
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
@@ -98,7 +98,7 @@ def test_causal_softmax_fp32(shape, pad, max_block, monkeypatch):
     pad = torch.tensor(pad, device=DEVICE) if pad is not None else None
     (x,), (x2,) = twins(torch.randn(shape) * 4)
     y = sm_mod.causal_softmax(x, 0.37, pad)
-    y2 = kernels.causal_softmax_torch(x2, 0.37, pad)
+    y2 = fused_kernels.causal_softmax_torch(x2, 0.37, pad)
     close(y, y2)
     dy = torch.randn_like(y)
     y.backward(dy)
@@ -108,14 +108,14 @@ def test_causal_softmax_fp32(shape, pad, max_block, monkeypatch):
 
 
 def test_causal_softmax_kernel_applies_attention_mask_padding_rows_included():
-    """The kernel's in-register mask is kernels.attention_mask, the rule model.py gives sdpa and
+    """The kernel's in-register mask is fused_kernels.attention_mask, the rule model.py gives sdpa and
     eager attention: masked keys get exactly 0, a padding query all its weight on itself."""
     torch.manual_seed(0)
     pad = torch.tensor([3, 0, 6], device=DEVICE)
     for tq, tk in ((3, 7), (7, 7)):  # 3 queries over a 7-key cache, then a prefill
         x = torch.randn(3, 2, tq, tk, device=DEVICE)
         y = sm_mod.causal_softmax(x, 0.5, pad)
-        mask = kernels.attention_mask(tq, tk, pad, DEVICE)
+        mask = fused_kernels.attention_mask(tq, tk, pad, DEVICE)
         expected = torch.softmax((0.5 * x).masked_fill(~mask, float("-inf")), dim=-1)
         close(y, expected)
         assert torch.all(y[~mask.expand_as(y)] == 0)
@@ -131,7 +131,7 @@ def test_causal_softmax_low_precision(dtype):
     y = sm_mod.causal_softmax(x, 0.5, None)
     assert y.dtype == dtype
     x32 = x.detach().float().requires_grad_()
-    y32 = kernels.causal_softmax_torch(x32, 0.5)
+    y32 = fused_kernels.causal_softmax_torch(x32, 0.5)
     close(y, y32, dtype)
     dy = torch.randn_like(y32)
     y.backward(dy.to(dtype))
@@ -207,10 +207,10 @@ def test_custom_ops_pass_opcheck():
 
 def test_dispatch():
     cpu = torch.zeros(1)
-    assert not kernels.use_triton(cpu, "auto") and not kernels.use_triton(cpu, "torch")
+    assert not fused_kernels.use_triton(cpu, "auto") and not fused_kernels.use_triton(cpu, "torch")
     with pytest.raises(ValueError, match="must be one of"):
-        kernels.use_triton(cpu, "cuda")
+        fused_kernels.use_triton(cpu, "cuda")
     if DEVICE == "cpu":
-        assert kernels.use_triton(cpu, "triton")  # the interpreter is on in the tests
+        assert fused_kernels.use_triton(cpu, "triton")  # the interpreter is on in the tests
     else:
-        assert kernels.use_triton(torch.zeros(1, device="cuda"), "auto")
+        assert fused_kernels.use_triton(torch.zeros(1, device="cuda"), "auto")

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import GPT, GPTConfig, KVCache, sample
+from model import GPT, GPT2_RECIPE, GPTConfig, KVCache, sample
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton kernels run
-TINY = dict(block_size=16, vocab_size=61, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+TINY = dict(block_size=16, vocab_size=61, n_layer=2, n_head=2, n_embd=16, dropout=0.0,
+            bias=True, **GPT2_RECIPE)  # GPT-2's blocks: each test turns on what it checks
 
 
 def tiny(dtype=torch.float64, **overrides):
@@ -63,7 +64,8 @@ def test_flops_per_token_counts_matmul_parameters_and_attention():
 
 def test_gpt2_initialisation():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=6, n_head=4, n_embd=256, vocab_size=1000, block_size=64))
+    model = GPT(GPTConfig(n_layer=6, n_head=4, n_embd=256, vocab_size=1000, block_size=64, bias=True,
+                          **GPT2_RECIPE))
     std = model.transformer.h[0].mlp.c_proj.weight.std().item()
     assert abs(std - 0.02 / math.sqrt(12)) < 1e-3
     assert abs(model.transformer.h[0].mlp.c_fc.weight.std().item() - 0.02) < 1e-3
@@ -253,7 +255,7 @@ def test_compile_fullgraph_with_triton_kernels():
 
 
 def test_attention_paths_agree_on_padded_batches_padding_rows_included():
-    """sdpa, eager and the Triton softmax kernel follow one padding convention (kernels.attention_mask):
+    """sdpa, eager and the Triton softmax kernel follow one padding convention (fused_kernels.attention_mask):
     equal logits on every row, padding rows too, in a prefill and in a cached step."""
     eager = tiny(torch.float32, attention="eager", kernels="torch").eval()
     models = {"eager": eager, "sdpa": clone_as(eager, attention="sdpa"),

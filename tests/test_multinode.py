@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-import checkpoint
+from training import checkpoint
 from test_train import ROOT, args, assert_same_parameters, data_root, run  # noqa: F401
 
 COMMON = ["--lr_decay_iters=1000", "--eval_interval=100000", "--dropout=0.0",

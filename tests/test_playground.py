@@ -108,7 +108,7 @@ def test_text_arrives_in_pieces_and_a_busy_server_says_so(browser, long_ckpt, tm
                                    daemon=True)
         waiting.start()
         deadline = time.time() + 60
-        while "mini_lm_waiting_requests 1" not in send(server.url, "GET", "/metrics")[1].decode():
+        while "mini_lm_waiting_requests 1.0" not in send(server.url, "GET", "/metrics")[1].decode():
             assert time.time() < deadline, "the second request never started waiting"
             time.sleep(0.05)
         browser.find_element(By.ID, "go").click()

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import prepare
-import prepare_report
-import sources
-from tokenizer import Tokenizer
+from curation import data_report
+from curation import sources
+from curation.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -168,8 +168,8 @@ def test_filters_dedup_and_bad_inputs_are_counted(prepared):
 def test_documents_past_max_raw_chars_are_dropped_before_cleaning(corpus, tmp_path, monkeypatch):
     """The size guard: a raw document longer than max_raw_chars is counted as too_large, with its
     size in the reason, and never reaches clean() (whose time grows with the document)."""
-    import curate
-    import filters
+    from curation import curate
+    from curation import filters
     cleaned_sizes = []
     real_clean = filters.clean
 
@@ -255,7 +255,7 @@ def test_vocabularies_above_65536_use_uint32(corpus, tmp_path, monkeypatch):
         return tokenizer
 
     monkeypatch.setattr(prepare, "train_tokenizer", big_vocab)
-    monkeypatch.setattr(prepare_report, "_top_tokens", lambda out, meta, tok: ([], 1))
+    monkeypatch.setattr(data_report, "_top_tokens", lambda out, meta, tok: ([], 1))
     out = prepare.run(config(corpus, tmp_path))
     meta, bins = load(out)
     assert meta["dtype"] == "uint32" and bins["train"].dtype == np.uint32
@@ -332,7 +332,7 @@ def test_offline_wikipedia_is_found_through_package_metadata():
 
 
 def test_shipped_prepare_configs_load():
-    import configurator
+    from training import configurator
     cfg = configurator.parse(prepare.SPEC, [str(ROOT / "config" / "prepare_mini_lm.py")])
     specs = sources.resolve_sources(cfg["sources"])
     assert cfg["vocab_size"] == 32_000  # mini_lm keeps the seed's tokenizer; the demo's is smaller

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import cluster
+from curation import cluster, curate
 import prepare
 from test_prepare import config, make_corpus
 
@@ -24,12 +24,11 @@ def free_port():
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """A one-node cluster on 127.0.0.1 (2 CPUs) whose workers kill themselves once (FAULT_ENV)."""
+    """A one-node cluster on 127.0.0.1 (2 CPUs)."""
     marker = tmp_path_factory.mktemp("fault") / "killed"
     port = free_port()
     # RAY_AUTH_MODE=disabled: a cluster on 127.0.0.1 for one test, whatever ~/.ray holds
-    env = {**os.environ, cluster.FAULT_ENV: str(marker), "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     started = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                               "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
                              env=env, capture_output=True, text=True, timeout=120)
@@ -46,8 +45,21 @@ def output_files(folder):
             if p.is_file() and p.name != "timings.json"}
 
 
-def test_ray_run_is_byte_identical_and_survives_a_killed_worker(ray_cluster, tmp_path):
+def killing_its_worker_once(marker):
+    """A curate task that, the first time any worker runs it, leaves marker and kills its own worker
+    process, as a node failure would; every other run is curate.curate_batch (the worker's module,
+    which this test does not patch). Being a closure, Ray sends it by value."""
+    def task(cfg, items):
+        if not os.path.exists(marker):
+            Path(marker).write_text(str(os.getpid()))
+            os._exit(1)
+        return curate.curate_batch(cfg, items)
+    return task
+
+
+def test_ray_run_is_byte_identical_and_survives_a_killed_worker(ray_cluster, tmp_path, monkeypatch):
     address, marker = ray_cluster
+    monkeypatch.setattr(curate, "curate_batch", killing_its_worker_once(str(marker)))
     (tmp_path / "corpus").mkdir()
     corpus = make_corpus(tmp_path / "corpus")
     one_machine = prepare.run(config(corpus, tmp_path / "local", workers=1))

@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, KVCache
+from model import GPT, GPT2_RECIPE, GPTConfig, KVCache
 from test_model import assert_same_forward_backward
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton kernels run
-TINY = dict(block_size=16, vocab_size=61, n_layer=4, n_head=2, n_embd=16, dropout=0.0)
+TINY = dict(block_size=16, vocab_size=61, n_layer=4, n_head=2, n_embd=16, dropout=0.0,
+            bias=True, **GPT2_RECIPE)  # GPT-2's blocks: each test turns on what it checks
 ALL = dict(position="rotary", activation="relu2", qk_norm=True, zero_init=True, tied_head=False,
            value_embeddings=2, logit_softcap=3.0)
 OPTIONS = [{key: value} for key, value in ALL.items()] + [ALL]
@@ -107,7 +108,7 @@ def test_triton_kernels_with_the_options(options):
 
 def test_zero_initialisation_and_untied_head():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**TINY, zero_init=True, tied_head=False))
+    model = GPT(GPTConfig(**{**TINY, "zero_init": True, "tied_head": False}))
     assert model.lm_head.weight is not model.transformer.wte.weight
     assert torch.all(model.lm_head.weight == 0)
     for block in model.transformer.h:

@@ -10,9 +10,9 @@ from collections import Counter
 
 import pytest
 
-import curate
-import repos
-import sources
+from curation import curate
+from curation import repos
+from curation import sources
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git command")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import checkpoint
+from training import checkpoint
 import sample
 from test_train import GPT2, data_root, run  # noqa: F401  (fixture and helpers)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import configurator
+from training import configurator
 import serve
 from test_train import GPT2, SPEEDRUN, data_root, run  # noqa: F401  (fixture and helpers)
 
@@ -159,10 +159,10 @@ def test_generate_health_page_and_metrics(app):
     assert client.get("/health").get_json()["status"] == "ok"
     assert b"<textarea" in client.get("/").data
     after = client.get("/metrics").data.decode()
-    assert 'mini_lm_requests_total{endpoint="/generate",status="200"} 1' in after
+    assert 'mini_lm_requests_total{endpoint="/generate",status="200"} 1.0' in after
     assert "mini_lm_time_to_first_token_seconds_count" in after and after != before
     generated = [line for line in after.splitlines() if line.startswith("mini_lm_generated_tokens_total")]
-    assert int(generated[0].split()[1]) > 0
+    assert float(generated[0].split()[1]) > 0
 
 
 def test_api_key(ckpt):
@@ -350,7 +350,7 @@ def test_a_failing_sequence_ends_only_itself(app):
 def test_a_request_keeps_its_sequences_that_did_not_fail(ckpt, monkeypatch):
     """n=2: the second sequence's sampling fails at its second token; the first still gets its
     whole answer, the second finishes with reason 'error'; if all fail the request is a 500."""
-    import engine as engine_module
+    from serving import engine as engine_module
     flask_app, model, tokenizer = make_app(ckpt, "--dtype=float64")  # batch shape changes below
     client = flask_app.test_client()
     body = {"prompt": "The river", "max_tokens": 8, "temperature": 0, "n": 2}

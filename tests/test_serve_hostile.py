@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 import torch
 
-import checkpoint
+from training import checkpoint
 from model import GPT, GPTConfig
 from test_serve import LiveServer, ckpt  # noqa: F401  (fixture)
 from test_train import data_root  # noqa: F401  (fixture)

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from tokenizer import (EOT, GPT4_SPLIT_PATTERN, Tokenizer, count_chunks, count_chunks_parallel,
+from curation.tokenizer import (EOT, GPT4_SPLIT_PATTERN, Tokenizer, count_chunks, count_chunks_parallel,
                        train_bpe, train_bpe_reference)
 
 TEXT = """The quick brown fox jumps over the lazy dog. The dog sleeps; the fox runs away!

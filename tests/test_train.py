@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import checkpoint
-import configurator
-import ranks
+from training import checkpoint
+from training import configurator
+from training import ranks
 import prepare
 import train
 from test_prepare import config as prepare_config
@@ -153,7 +153,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     path = tmp_path / "last.pt"
     checkpoint.save({"format_version": 1, "step": 0, "big": torch.zeros(1)}, path)
     writer = subprocess.Popen([sys.executable, "-c", (
-        "import sys, torch, checkpoint\n"
+        "import sys, torch\nfrom training import checkpoint\n"
         "big = torch.randn(64 * 2**20)\n"  # 256 MB: the write takes a while
         "for step in range(1, 1000):\n"
         "    checkpoint.save({'format_version': 1, 'step': step, 'big': big}, sys.argv[1])\n"
@@ -291,7 +291,7 @@ def test_benchmarks_time_train_py_own_step(monkeypatch):
 
 
 def test_epoch_order_takes_every_window_once_per_epoch(data_root):
-    from batches import Batches
+    from training.batches import Batches
     folder = Path(data_root) / "tiny"
     batches = Batches(folder, 16, 4, seed=7, order="epoch")
     count = (len(batches.data["train"]) - 1) // 16
@@ -307,7 +307,7 @@ def test_epoch_order_takes_every_window_once_per_epoch(data_root):
 
 
 def test_schedules_and_optimizer_groups():
-    import optim
+    from training import optim
     from model import GPT, GPTConfig
     cfg = {**configurator.parse(train.SPEC, []), "learning_rate": 1e-3, "min_lr": 1e-4,
            "warmup_iters": 10, "lr_decay_iters": 100, "max_iters": 100, "cooldown_fraction": 0.4}
@@ -343,7 +343,7 @@ def test_bad_optimizer_or_schedule_stops_at_set_up(data_root, tmp_path, capsys):
 def test_muon_equals_torch_muon_and_orthogonalizes():
     """optim.Muon in bfloat16 takes torch.optim.Muon's steps exactly; in float32 (the CPU choice)
     it stays within bfloat16's rounding of them; and its update's singular values sit near 1."""
-    import optim
+    from training import optim
     torch.manual_seed(0)
     shapes = [(24, 8), (8, 24), (16, 16)]
     start = [torch.randn(s) for s in shapes]

@@ -10,9 +10,9 @@ from collections import Counter
 
 import pytest
 
-import curate
-import sources
-import web
+from curation import curate
+from curation import sources
+from curation import web
 from benchmarks import warc_files as w
 
 ARTICLE = ["The river crossed the old town near the market, where traders sold grain and cloth.",
@@ -160,3 +160,13 @@ def test_bad_warc_specs_are_named():
     spec = sources.resolve_sources([dict(kind="warc", paths=["/no/such.warc"])])[0]
     with pytest.raises(sources.SourceError, match="/no/such.warc does not exist"):
         list(sources.iter_source(spec, lambda *a: None))
+
+
+def test_a_missing_optional_package_is_named_before_anything_runs(monkeypatch):
+    """A source whose package is not installed stops at the config check, naming the package and
+    the requirements file, never half-way through collecting."""
+    monkeypatch.setitem(sources.PACKAGES, "warc", ["fastwarc", "no_such_package_here"])
+    with pytest.raises(sources.SourceError, match=r"sources\[0\] \(warc\) needs no_such_package_here, "
+                                                  r"not installed: pip install -r requirements-extra"):
+        sources.resolve_sources([dict(kind="warc", paths=["a.warc"])])
+    assert sources.missing_packages(dict(kind="web", extractor="trafilatura")) == []

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import configurator
+from training import configurator
 import prepare
-import sources
+from curation import sources
 from benchmarks import warc_files
 from test_wikitext import make_dump, page
 

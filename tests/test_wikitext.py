@@ -4,8 +4,9 @@ import xml.sax.saxutils as sax
 
 import pytest
 
-import sources
-import wikitext
+from curation import sources
+from curation.download import DownloadError
+from curation import wikitext
 
 ARTICLE = """{{Infobox city
 | name = Testville
@@ -112,5 +113,5 @@ def test_max_pages_and_checksum(tmp_path):
     spec = sources.resolve_sources([dict(kind="wiki_dump", path=str(path), max_pages=1)])[0]
     assert len(list(sources.iter_source(spec, lambda *a: None))) == 1
     spec = sources.resolve_sources([dict(kind="wiki_dump", path=str(path), sha256="00" * 32)])[0]
-    with pytest.raises(sources.DownloadError, match="sha256 is .* expected 0000"):
+    with pytest.raises(DownloadError, match="sha256 is .* expected 0000"):
         list(sources.iter_source(spec, lambda *a: None))

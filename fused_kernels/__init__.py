@@ -21,9 +21,9 @@ BACKENDS = ("auto", "triton", "torch")
 try:
     import triton  # noqa: F401
 
-    from kernels import crossentropy as _cross_entropy
-    from kernels import layernorm as _layernorm
-    from kernels import softmax as _softmax
+    from fused_kernels import crossentropy as _cross_entropy
+    from fused_kernels import layernorm as _layernorm
+    from fused_kernels import softmax as _softmax
     HAVE_TRITON = True
 except ImportError:  # macOS, Windows: PyTorch everywhere
     HAVE_TRITON = False

@@ -24,10 +24,7 @@ import functools
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-# For the recovery test: the first task that finds this file missing creates it and kills its own
-# worker process, as a node failure would.
-FAULT_ENV = "MINI_LM_RAY_FAULT"
+ROOT = Path(__file__).resolve().parent.parent  # the project: the code every worker imports
 
 
 class RayUnavailable(RuntimeError):
@@ -62,22 +59,7 @@ def connect(address, local_cpus=None):
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _maybe_fail():
-    marker = os.environ.get(FAULT_ENV)
-    if marker and not os.path.exists(marker):
-        Path(marker).write_text(str(os.getpid()))
-        os._exit(1)
-
-
-def _curate_task(cfg, items):
-    import curate
-    _maybe_fail()
-    curate._init_worker(cfg)
-    return curate.process_batch(items)
-
-
 def _encode_task(tokenizer, texts):
-    _maybe_fail()
     return tokenizer.encode_batch(texts, 1)
 
 
@@ -93,11 +75,6 @@ def ordered_map(fn, shared, tasks):
     import ray
     shared_ref = ray.put(shared)
     return ray.get([_remote(fn).remote(shared_ref, task) for task in tasks])
-
-
-def curate_batches(cfg, tasks):
-    """curate.process_batch over each task (a list of documents), on the cluster."""
-    return ordered_map(_curate_task, cfg, tasks)
 
 
 def encode_texts(tokenizer, texts, width):

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import atomic
-import cluster
-import dedup
-import filters
-import prepare_report
-import sources as sources_mod
-import web
+from training import atomic
+from curation import cluster
+from curation import dedup
+from curation import filters
+from curation import data_report
+from curation import sources as sources_mod
+from curation import web
 
 
 def log(message):
@@ -43,6 +43,12 @@ _worker_cfg = None
 def _init_worker(cfg):
     global _worker_cfg
     _worker_cfg = cfg
+
+
+def curate_batch(cfg, items):
+    """process_batch with cfg set first: one Ray task (cluster.ordered_map) on any worker."""
+    _init_worker(cfg)
+    return process_batch(items)
 
 
 def clean_item(item, cfg):
@@ -140,7 +146,7 @@ def batched(iterable, size):
 
 
 def _histogram(lengths):
-    return np.histogram(lengths, bins=prepare_report.LENGTH_BINS + [10 ** 9])[0].tolist()
+    return np.histogram(lengths, bins=data_report.LENGTH_BINS + [10 ** 9])[0].tolist()
 
 
 META_COUNTED = ("repo", "license", "language")  # kept documents counted by these metadata fields
@@ -240,7 +246,7 @@ def curate(cfg, source_specs, out):
     def process(batch):  # 128 documents per task: the toxicity classifier has a cost per call
         tasks = list(batched(batch, 128))
         if on_ray:
-            results = cluster.curate_batches(cfg, tasks)
+            results = cluster.ordered_map(curate_batch, cfg, tasks)
         else:
             results = pool.map(process_batch, tasks) if pool else map(process_batch, tasks)
         return [r for rs in results for r in rs]

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.logsumexp import combine_lanes, online_update
+from fused_kernels.logsumexp import combine_lanes, online_update
 
 BLOCK = 4096
 

@@ -1,9 +1,9 @@
-"""gpu_run.py: the one-call GPU run: what a short GPU lease should produce, most valuable first.
+"""benchmarks/gpu_run.py: the one-call GPU run: what a short GPU lease should produce, most valuable first.
 
     python prepare.py config/prepare_offline.py   # here: the largest offline corpus (data/offline)
-    python gpu_run.py --pack                      # here: its bins, xz-compressed, in data/offline.carry
-    python gpu_run.py --out_dir "$OUT"            # the device call, carrying data/offline.carry
-    python gpu_run.py --rehearsal --data_root=D --out_dir=O   # the same stages on CPU, tiny shapes
+    python -m benchmarks.gpu_run --pack                      # here: its bins, xz-compressed, in data/offline.carry
+    python -m benchmarks.gpu_run --out_dir "$OUT"            # the device call, carrying data/offline.carry
+    python -m benchmarks.gpu_run --rehearsal --data_root=D --out_dir=O   # the same stages on CPU, tiny shapes
 
 Stages, each a subprocess with its own time limit. Every line they print goes at once into
 out_dir/gpu_run.log, and out_dir/summary.json is rewritten after every stage, so a lease that ends
@@ -32,8 +32,8 @@ import threading
 import time
 from pathlib import Path
 
-import atomic
-import configurator
+from training import atomic
+from training import configurator
 
 SPEC = {
     "out_dir": ("out/gpu_run/report", "logs, summary.json and the evaluation report (on the "
@@ -131,7 +131,7 @@ def stage_commands(cfg, train_minutes):
 
 
 def main(argv=None):
-    cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="gpu_run.py")
+    cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="python -m benchmarks.gpu_run")
     folder = Path(cfg["data_root"]) / cfg["dataset"]
     if cfg["pack"]:
         if not (folder / "meta.json").exists():
@@ -143,7 +143,7 @@ def main(argv=None):
         raise SystemExit("error: no CUDA device; --rehearsal runs the stages on CPU")
     unpack(folder)
     if not (folder / "train.bin").exists():
-        raise SystemExit(f"error: {folder}/train.bin not found: run `gpu_run.py --pack` where the "
+        raise SystemExit(f"error: {folder}/train.bin not found: run `python -m benchmarks.gpu_run --pack` where the "
                          f"data was prepared and carry {folder}.carry")
     out_dir = Path(cfg["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -151,7 +151,7 @@ def prepare_command(folder):
     prepare.py with that name (the user supplies the sources)."""
     folder = Path(folder)
     root = "" if folder.parent == Path("data") else f" --data_root={folder.parent}"
-    for path in sorted((Path(__file__).resolve().parent / "config").glob("prepare_*.py")):
+    for path in sorted((Path(__file__).resolve().parent.parent / "config").glob("prepare_*.py")):
         if read_config_file(path, ["dataset"], ignore_unknown=True).get("dataset") == folder.name:
             return f"python prepare.py config/{path.name}{root}"
     if folder.name == PREPARE_DEFAULT_DATASET:

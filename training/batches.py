@@ -5,8 +5,8 @@ import json
 import numpy as np
 import torch
 
-import configurator
-import metrics
+from training import configurator
+from training import metrics
 
 
 ORDERS = ("random", "epoch")

@@ -10,7 +10,7 @@ Everything reads the card through torch.cuda.get_device_properties (the tests fa
 
 import torch
 
-import kernels
+import fused_kernels
 
 # Dense bf16/fp16 tensor-core peaks in FLOP/s, from the vendors' data sheets, for MFU.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
@@ -46,12 +46,12 @@ def choose_dtype(name, device):
     gpu = describe_gpu(device)
     if name != "auto":
         dtype = DTYPES[name]
-        if dtype == torch.bfloat16 and gpu and not kernels.ampere_or_newer(device):
+        if dtype == torch.bfloat16 and gpu and not fused_kernels.ampere_or_newer(device):
             return dtype, f"bfloat16 as asked; {gpu} has no native bf16 (emulated, slow)"
         return dtype, f"{name} as asked"
     if gpu is None:
         return torch.float32, "float32: CPU autocast gains nothing for training here"
-    if kernels.ampere_or_newer(device):  # native bf16 from compute capability 8.0
+    if fused_kernels.ampere_or_newer(device):  # native bf16 from compute capability 8.0
         return torch.bfloat16, f"bfloat16 autocast: {gpu} has native bf16"
     return torch.float16, (f"float16 autocast with a gradient scaler: {gpu} has no native bf16 "
                            "(it needs compute capability 8.0)")
@@ -59,23 +59,23 @@ def choose_dtype(name, device):
 
 def choose_kernels(name, device, dtype=None):
     """('triton' or 'torch', reason) for the LayerNorm, softmax and cross-entropy kernels."""
-    if name not in kernels.BACKENDS:
-        raise ValueError(f"kernels={name!r} must be one of {kernels.BACKENDS}")
+    if name not in fused_kernels.BACKENDS:
+        raise ValueError(f"kernels={name!r} must be one of {fused_kernels.BACKENDS}")
     gpu = describe_gpu(device)
     if name == "torch":
         return "torch", "PyTorch's, as asked"
     if name == "triton":
-        if gpu and dtype == torch.bfloat16 and not kernels.ampere_or_newer(device):
+        if gpu and dtype == torch.bfloat16 and not fused_kernels.ampere_or_newer(device):
             raise ValueError(f"kernels='triton' with bfloat16 on {gpu}: Triton's compiler rejects "
                              "bf16 below compute capability 8.0; use dtype=float16 or kernels=auto")
-        if gpu and not kernels.ampere_or_newer(device):
+        if gpu and not fused_kernels.ampere_or_newer(device):
             return "triton", f"Triton's, as asked (best effort on {gpu}: Triton supports 8.0+)"
         return "triton", "Triton's, as asked"
     if gpu is None:
         return "torch", "PyTorch's: the Triton kernels run on CUDA GPUs"
-    if not kernels.HAVE_TRITON:
+    if not fused_kernels.HAVE_TRITON:
         return "torch", "PyTorch's: the triton package is not installed"
-    if kernels.ampere_or_newer(device):
+    if fused_kernels.ampere_or_newer(device):
         return "triton", f"Triton's fused kernels on {gpu}"
     return "torch", f"PyTorch's: Triton supports compute capability 8.0 and newer, {gpu} is older"
 
@@ -86,7 +86,7 @@ def describe_attention(attention, kernel_backend, device):
     if attention == "sdpa":
         if gpu is None:
             return "sdpa (PyTorch's scaled_dot_product_attention, CPU kernel)"
-        if kernels.ampere_or_newer(device):
+        if fused_kernels.ampere_or_newer(device):
             return f"sdpa (PyTorch's flash attention on {gpu})"
         return (f"sdpa (PyTorch's memory-efficient kernel: flash attention needs compute capability "
                 f"8.0, {gpu} is older)")
@@ -99,7 +99,7 @@ def describe_attention(attention, kernel_backend, device):
 def check_compile(compile_, dtype, device):
     """torch.compile generates Triton code on GPUs: refuse the combination its compiler rejects."""
     gpu = describe_gpu(device)
-    if compile_ and gpu and dtype == torch.bfloat16 and not kernels.ampere_or_newer(device):
+    if compile_ and gpu and dtype == torch.bfloat16 and not fused_kernels.ampere_or_newer(device):
         raise ValueError(f"compile=True with bfloat16 on {gpu}: the Triton code torch.compile "
                          "generates cannot use bf16 below compute capability 8.0; use dtype=auto "
                          "(float16 there) or compile=False")

@@ -30,8 +30,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import atomic
-import web
+from training import atomic
+from curation import web
 
 MAX_REDIRECTS = 5
 RETRY_STATUSES = {429, 500, 502, 503, 504}

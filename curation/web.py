@@ -23,7 +23,6 @@ Two extractors (`extractor`): "resiliparse" (its main-content heuristics, in C++
 
 import codecs
 import re
-from pathlib import Path
 
 HTML_TYPES = {"text/html", "application/xhtml+xml"}
 META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
@@ -105,18 +104,6 @@ def html_document(body, metadata):
     return text, {**found, "charset": charset, "language": language, "language_rank": rank}
 
 
-def _warc_paths(spec):
-    import sources
-    paths = [Path(p) for p in spec["paths"] or []]
-    for url in spec["urls"] or []:
-        name = url.rstrip("/").rsplit("/", 1)[-1] or "crawl.warc.gz"
-        paths.append(sources.download(url, Path(spec["cache_dir"]) / name))
-    for path in paths:
-        if not path.exists():
-            raise sources.SourceError(f"source {spec['name']!r}: WARC file {path} does not exist")
-    return paths
-
-
 class _BrokenRecord(Exception):
     pass
 
@@ -167,10 +154,10 @@ def _responses(path, warn):
                 warn("broken_record", f"{path}: the record at {where} is broken ({e}); {then}")
 
 
-def iter_warc(spec, warn):
-    """(url, "html", body, metadata) for the HTML responses of every WARC file of the source; the
-    curate workers turn each into its main text (html_document)."""
-    for path in _warc_paths(spec):
+def iter_warc_files(paths, spec, warn):
+    """(url, "html", body, metadata) for the HTML responses of every WARC file in paths; the curate
+    workers turn each into its main text (html_document)."""
+    for path in paths:
         for record, body in _responses(path, warn):
             url = record.headers.get("WARC-Target-URI", "")
             status = record.http_headers.status_code if record.http_headers else None

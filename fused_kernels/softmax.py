@@ -7,7 +7,7 @@ and may see key j when
     j <= p                          (causal)
     j >= pad_lengths[b] or j == p   (left padding is invisible; a padding query sees only itself)
 
-which is kernels.attention_mask's rule, the one model.py gives sdpa and eager attention: every row
+which is fused_kernels.attention_mask's rule, the one model.py gives sdpa and eager attention: every row
 has a visible key, so no row is empty and none is NaN. Masked entries come out as exactly 0.
 
 Forward, one program per row, in fp32 whatever the input dtype:
@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.logsumexp import combine_lanes, online_update
+from fused_kernels.logsumexp import combine_lanes, online_update
 
 MAX_BLOCK = 4096
 

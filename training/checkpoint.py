@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-import atomic
+from curation.tokenizer import Tokenizer
+from model import GPT, GPT2_RECIPE, GPTConfig
+from training import atomic, hardware
 
 FORMAT_VERSION = 1
 
@@ -43,14 +45,13 @@ def load(path, map_location="cpu"):
     missing = {"model", "model_args", "tokenizer", "config"} - set(ckpt)
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}")
+    # checkpoints written before the recipe options existed lack them, and were GPT-2's recipe
+    ckpt["model_args"] = {**GPT2_RECIPE, **ckpt["model_args"]}
     return ckpt
 
 
 def load_model(path, device="cpu"):
     """(model, tokenizer, checkpoint) from a checkpoint file, the model in eval mode on device."""
-    import hardware
-    from model import GPT, GPTConfig
-    from tokenizer import Tokenizer
     ckpt = load(path)
     try:
         model = GPT(GPTConfig(**ckpt["model_args"]))

@@ -35,21 +35,18 @@ and skipped; the message names the file and position.
 
 import fnmatch
 import gzip
-import hashlib
+import importlib.util
 import json
 import os
-import socket
 import sysconfig
-import time
-import urllib.error
-import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import crawl
-import repos
-import web
-import wikitext
+from curation import crawl
+from curation.download import download, verify
+from curation import repos
+from curation import web
+from curation import wikitext
 
 CODE_EXTENSIONS = {".py", ".pyi", ".c", ".h", ".cc", ".cpp", ".hpp", ".rs", ".go", ".java", ".js",
                    ".ts", ".sh", ".rb", ".jl", ".lua", ".sql", ".cu", ".toml", ".yaml", ".yml"}
@@ -74,6 +71,8 @@ FIELDS = {
             "cache_dir": "data/repos", "max_file_bytes": 1_000_000, "clone_timeout": 600},
 }
 REQUIRED = {"files": ["paths"], "jsonl": ["paths"], "hf": ["dataset"], "git": ["repos"]}
+# the optional packages (requirements-extra.txt) each kind imports, besides its extractor's
+PACKAGES = {"warc": ["fastwarc", "resiliparse"], "web": ["resiliparse"]}
 
 
 class SourceError(ValueError):
@@ -109,6 +108,10 @@ def resolve_sources(sources):
         if full.get("extractor", "resiliparse") not in ("resiliparse", "trafilatura"):
             raise SourceError(f"{where}: extractor must be 'resiliparse' or 'trafilatura' "
                               f"(got {full['extractor']!r})")
+        missing = missing_packages(full)
+        if missing:
+            raise SourceError(f"{where} ({kind}) needs {', '.join(missing)}, not installed: "
+                              "pip install -r requirements-extra.txt -c requirements.lock")
         if kind == "wiki_dump" and bool(full["path"]) == bool(full["url"]):
             raise SourceError(f"{where} (wiki_dump): give exactly one of path= or url=")
         if not isinstance(full["weight"], (int, float)) or full["weight"] <= 0:
@@ -124,6 +127,12 @@ def resolve_sources(sources):
         names.add(full["name"])
         resolved.append(full)
     return resolved
+
+
+def missing_packages(spec):
+    """The optional packages a resolved source needs that this Python cannot import."""
+    needed = PACKAGES.get(spec["kind"], []) + ([spec["extractor"]] if "extractor" in spec else [])
+    return sorted({name for name in needed if importlib.util.find_spec(name) is None})
 
 
 def iter_source(spec, warn):
@@ -237,81 +246,6 @@ def iter_wiki_offline(spec, warn):
 
 # ------------------------------------------------------------------------------ Wikipedia, full dumps
 
-class DownloadError(RuntimeError):
-    pass
-
-
-def _verify(path, spec):
-    for algo in ("sha256", "sha1", "md5"):
-        if spec.get(algo):
-            h = hashlib.new(algo)
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            if h.hexdigest() != spec[algo].lower():
-                raise DownloadError(f"{path}: {algo} is {h.hexdigest()}, expected {spec[algo]}; "
-                                    f"the file is corrupt: delete it and run again")
-            return algo
-    return None
-
-
-def download(url, dest, expected=None, retries=3, timeout=30.0, progress=None):
-    """Download url to dest, resuming from dest + '.part' with HTTP Range; verify; rename at the end.
-
-    expected: {'sha256'|'sha1'|'md5': hexdigest} or None (then only the size is checked against the
-    server's Content-Length). Raises DownloadError naming the URL and byte position on failure.
-    """
-    dest = Path(dest)
-    if dest.exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = Path(f"{dest}.part")
-    total, last_error = None, None
-    for attempt in range(1, retries + 1):
-        have = part.stat().st_size if part.exists() else 0
-        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                if have and response.status == 200:
-                    have = 0  # server ignored the Range header: start again
-                length = response.headers.get("Content-Length")
-                total = have + int(length) if length is not None else None
-                with open(part, "ab" if have else "wb") as f:
-                    while True:
-                        block = response.read(1 << 20)
-                        if not block:
-                            break
-                        f.write(block)
-                        have += len(block)
-                        if progress:
-                            progress(have, total)
-            if total is not None and have != total:
-                raise DownloadError(f"connection closed at byte {have:,} of {total:,}")
-            break
-        except urllib.error.HTTPError as e:
-            if e.code == 416 and have:  # nothing left to fetch: the .part file is complete
-                break
-            if 400 <= e.code < 500:
-                raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
-            last_error = f"HTTP {e.code} {e.reason}"
-        except (urllib.error.URLError, OSError, socket.timeout, DownloadError) as e:
-            last_error = str(getattr(e, "reason", None) or e)
-        have = part.stat().st_size if part.exists() else 0
-        if attempt == retries:
-            raise DownloadError(f"{url}: failed at byte {have:,}"
-                                f"{f' of {total:,}' if total else ''} after {retries} attempts "
-                                f"({last_error}); run again to resume from {part}")
-        time.sleep(min(2 ** attempt, 30) * 0.1)
-    spec = expected or {}
-    try:
-        _verify(part, spec)
-    except DownloadError:
-        os.replace(part, f"{dest}.corrupt")
-        raise
-    os.replace(part, dest)
-    return dest
-
-
 def iter_wiki_dump(spec, warn):
     path = spec["path"]
     if spec["url"]:
@@ -321,7 +255,7 @@ def iter_wiki_dump(spec, warn):
     elif not Path(path).exists():
         raise SourceError(f"source {spec['name']!r}: dump {path} does not exist")
     else:
-        _verify(path, spec)
+        verify(path, spec)
     pages = 0
     try:
         for page in wikitext.iter_pages(path):
@@ -365,6 +299,18 @@ def iter_hf(spec, warn):
         yield f"{spec['dataset']}:{i}", spec["doc_type"], text
 
 
+def iter_warc(spec, warn):
+    """The warc source: its paths, and its urls downloaded to cache_dir (resumable), read by web.py."""
+    paths = [Path(p) for p in spec["paths"] or []]
+    for url in spec["urls"] or []:
+        name = url.rstrip("/").rsplit("/", 1)[-1] or "crawl.warc.gz"
+        paths.append(download(url, Path(spec["cache_dir"]) / name))
+    for path in paths:
+        if not path.exists():
+            raise SourceError(f"source {spec['name']!r}: WARC file {path} does not exist")
+    yield from web.iter_warc_files(paths, spec, warn)
+
+
 COLLECTORS = {"files": iter_files, "jsonl": iter_jsonl, "wiki_offline": iter_wiki_offline,
-              "wiki_dump": iter_wiki_dump, "hf": iter_hf, "git": repos.iter_git, "warc": web.iter_warc,
+              "wiki_dump": iter_wiki_dump, "hf": iter_hf, "git": repos.iter_git, "warc": iter_warc,
               "web": crawl.iter_web}

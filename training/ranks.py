@@ -8,7 +8,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-import configurator
+from training import configurator
 
 
 def micro_steps_per_rank(accumulation, world, batch_size):

@@ -25,7 +25,6 @@ import functools
 import hashlib
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
 
 BASE = 0x9E3779B97F4A7C15  # odd: invertible mod 2^64
 BASE_INVERSE = pow(BASE, -1, 2 ** 64)
@@ -58,6 +57,9 @@ def _power_table(base, length):
 @functools.lru_cache(maxsize=None)
 def permutations(num_perm, seed=1):
     """datasketch's affine32 permutation parameters (a, b) for this seed, as uint32 arrays."""
+    # datasketch is imported where it is used: the GPU machine lacks it, and its benchmarks import
+    # this module without deduplicating anything
+    from datasketch import MinHash
     a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
     return a.astype(np.uint32), b.astype(np.uint32)
 
@@ -130,6 +132,7 @@ def signatures(normalised_texts, num_perm, shingle_words, seed=1):
 def lsh_shape(threshold, num_perm):
     """(bands, rows) for LSH banding at this Jaccard threshold: datasketch's MinHashLSH choice, which
     weighs false positives and false negatives equally."""
+    from datasketch import MinHashLSH
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     return lsh.b, lsh.r
 

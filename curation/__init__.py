@@ -1,0 +1,1 @@
+"""The data pipeline behind prepare.py: sources, cleaning filters, dedup, curation, BPE tokenizer, data report."""

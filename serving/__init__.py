@@ -1,0 +1,1 @@
+"""The machinery behind serve.py: continuous-batching engine, request parsing, the playground page."""
