@@ -22,7 +22,6 @@ out_dir/<variant>/log.jsonl.
 import contextlib
 import io
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -122,7 +121,7 @@ def train_in_turns(runs, cfg):
                 torch.cuda.synchronize(run.device)
             progress[name]["seconds"] += time.perf_counter() - t0
             if not finite:
-                raise SystemExit(f"error: variant {name} has a non-finite loss at step {step}")
+                raise train.TrainingStopped(f"variant {name} has a non-finite loss at step {step}")
         if step % cfg["eval_interval"] == 0:
             print(f"step {step}: " + ", ".join(f"{name} {p['curve'][-1][2]:.3f}"
                                                  for name, p in progress.items()), flush=True)
@@ -142,7 +141,8 @@ def report(runs, progress, cfg):
     tokenizer, vocab = first.tokenizer, first.raw_model.config.vocab_size
     kn = metrics.KneserNey(np.asarray(first.batches.data["train"], dtype=np.int64), vocab,
                            cfg["ngram_order"])
-    kn_bpb = metrics.bits_per_byte(kn.nll(val), val, tokenizer)
+    kn_nll = kn.nll(val)
+    kn_bpb = metrics.bits_per_byte(kn_nll, metrics.scored_bytes(val, len(kn_nll), tokenizer))
     target = progress["gpt2"]["curve"][-1][2] if "gpt2" in progress else None
     gpt2_steps, gpt2_seconds = (cfg["max_iters"], progress["gpt2"]["seconds"]) if target else (0, 0)
     print(f"\nWhole validation split ({len(val):,} tokens); Kneser-Ney {cfg['ngram_order']}-gram "
@@ -153,7 +153,7 @@ def report(runs, progress, cfg):
     for name, run in runs.items():
         block = run.raw_model.config.block_size  # eval.py's default stride: half a block
         nll = metrics.sliding_window_nll(run.raw_model, val, block // 2, run.cfg["batch_size"], run.device)
-        bpb = metrics.bits_per_byte(nll, val, tokenizer)
+        bpb = metrics.bits_per_byte(nll, metrics.scored_bytes(val, len(nll), tokenizer))
         curve, seconds = progress[name]["curve"], progress[name]["seconds"]
         step, at = reached(curve, target) if target else (None, None)
         share = (f"at step {step}, {at:.0f} s" if step is not None else "no") if target else "n/a"
@@ -178,21 +178,18 @@ def main(argv=None):
     cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="ablate.py")
     names = [n.strip() for n in cfg["variants"].split(",") if n.strip()]
     device = hardware.resolve_device(cfg["device"])
-    try:
+    with configurator.errors_exit(ValueError, train.TrainingStopped):
         configs = variant_configs(cfg, names)
         runs = {}
         for name, variant in configs.items():
             with contextlib.redirect_stdout(io.StringIO()):  # set_up's settings dump, per variant
                 runs[name], _ = train.set_up(variant, False, 0, 1, device)
             runs[name].model.train()
-    except (configurator.ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    first = next(iter(runs.values()))
-    print(f"{len(runs)} variants of {first.raw_model.parameter_breakdown()['total'] / 1e6:.2f}M "
-          f"parameters, {cfg['max_iters']} steps of {first.tokens_per_step:,} tokens each, in turns; "
-          f"device {device}", flush=True)
-    progress = train_in_turns(runs, cfg)
+        first = next(iter(runs.values()))
+        print(f"{len(runs)} variants of {first.raw_model.parameter_breakdown()['total'] / 1e6:.2f}M "
+              f"parameters, {cfg['max_iters']} steps of {first.tokens_per_step:,} tokens each, in "
+              f"turns; device {device}", flush=True)
+        progress = train_in_turns(runs, cfg)
     results = report(runs, progress, cfg)
     for run in runs.values():
         run.loggers.close()

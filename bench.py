@@ -56,11 +56,8 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    try:
+    with configurator.errors_exit(configurator.ConfigError):
         suite, args = parse_args(sys.argv[1:] if argv is None else argv)
-    except configurator.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if suite == "prepare":
         data_pipeline.bench_prepare(args)

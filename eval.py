@@ -19,8 +19,6 @@
 """
 
 import json
-import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -182,11 +180,9 @@ def evaluate(cfg):
     device = hardware.resolve_device(cfg["device"])
     if device.type == "cpu" and cfg["keep_freed_memory"]:
         cpu_memory.keep_freed_memory()
-    model, tokenizer, ckpt = checkpoint.load_model(cfg["ckpt"], device)
+    model, tokenizer, ckpt = checkpoint.load_for_inference(cfg["ckpt"], device)
     print(f"device: {device}; kernels: "
           f"{hardware.choose_kernels(model.config.kernels, device)[1]}", flush=True)
-    if device.type == "cpu":
-        model.optimize_for_decoding()
     block = model.config.block_size
     stride = cfg["stride"] or max(1, block // 2)
     if not 0 < stride <= block:
@@ -237,9 +233,9 @@ def score_likelihood(model, tokenizer, streams, train, cfg, stride, device):
     rows, all_nll = {}, {"model": [], "uniform": [], "unigram": [], "kneser_ney": []}
     for source, tokens in streams.items():
         nll = metrics.sliding_window_nll(model, tokens, stride, cfg["batch_size"], device)
-        row = {"tokens": len(nll), "bytes": metrics.scored_bytes(tokens, len(nll), tokenizer),
-               "perplexity": metrics.perplexity(nll),
-               "bits_per_byte": metrics.bits_per_byte(nll, tokens, tokenizer)}
+        n_bytes = metrics.scored_bytes(tokens, len(nll), tokenizer)
+        row = {"tokens": len(nll), "bytes": n_bytes, "perplexity": metrics.perplexity(nll),
+               "bits_per_byte": metrics.bits_per_byte(nll, n_bytes)}
         all_nll["model"].append(nll)
         all_nll["uniform"].append(metrics.uniform_nll(len(nll), vocab))
         if train is not None:
@@ -247,20 +243,19 @@ def score_likelihood(model, tokenizer, streams, train, cfg, stride, device):
             all_nll["kneser_ney"].append(kn.nll(tokens))
         # this source's tokens under each baseline: the same bytes as the model's row
         row["baselines"] = {name: {"perplexity": metrics.perplexity(parts[-1]),
-                                   "bits_per_byte": float(np.sum(parts[-1]) / math.log(2)
-                                                          / max(1, row["bytes"]))}
+                                   "bits_per_byte": metrics.bits_per_byte(parts[-1], n_bytes)}
                             for name, parts in all_nll.items() if name != "model" and parts}
         rows[source] = row
         print(f"{source}: {len(nll):,} tokens, perplexity {row['perplexity']:.2f}, "
               f"bits per byte {row['bits_per_byte']:.3f}", flush=True)
-    n_bytes = max(1, sum(row["bytes"] for row in rows.values()))
+    n_bytes = sum(row["bytes"] for row in rows.values())
     scores = {}
     for name, parts in all_nll.items():  # every baseline scores the model's tokens, so the same bytes
         if parts:
             nll = np.concatenate(parts)
             scores[name] = {"tokens": len(nll), "perplexity": metrics.perplexity(nll),
                             "loss": float(np.mean(nll)),
-                            "bits_per_byte": float(np.sum(nll) / math.log(2) / n_bytes)}
+                            "bits_per_byte": metrics.bits_per_byte(nll, n_bytes)}
     if train is not None:
         scores["kneser_ney"].update(order=cfg["ngram_order"], train_tokens=len(train))
     likelihood = {"overall": dict(scores["model"]), "per_source": rows}
@@ -349,11 +344,8 @@ def write_report(out_dir, result, history):
 
 def main(argv=None):
     cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="eval.py")
-    try:
+    with configurator.errors_exit(checkpoint.CheckpointError, ValueError):
         return evaluate(cfg)
-    except (EvalError, checkpoint.CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ is needed here and in the tests, not to train, evaluate or serve.
 """
 
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -137,7 +136,11 @@ def hf_state_dict(state, n_layer, bias):
 
 
 def export(cfg):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    try:  # an optional dependency (requirements-extra.txt): imported where it is used
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError as e:
+        raise ExportError(f"export.py needs transformers ({e}): pip install -r "
+                          "requirements-extra.txt -c requirements.lock") from None
     ckpt = checkpoint.load(cfg["ckpt"])
     args = ckpt["model_args"]
     check_exportable(args, cfg["ckpt"])
@@ -170,14 +173,8 @@ def export(cfg):
 
 def main(argv=None):
     cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="export.py")
-    try:
+    with configurator.errors_exit(ExportError, checkpoint.CheckpointError):
         out = export(cfg)
-    except ImportError as e:
-        print(f"error: export.py needs transformers ({e}); pip install transformers", file=sys.stderr)
-        raise SystemExit(2) from None
-    except (ExportError, checkpoint.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(f"wrote {out}: load it with AutoModelForCausalLM.from_pretrained({str(out)!r}) and "
           f"AutoTokenizer.from_pretrained({str(out)!r})")
     return out

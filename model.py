@@ -483,10 +483,8 @@ def main(argv=None):
     # a config is a train.py config: model.py reads its model keys and skips the rest
     cfg = configurator.parse_or_exit(MODEL_SPEC, argv, description=__doc__, prog="model.py",
                                      ignore_unknown_in_files=True)
-    try:
+    with configurator.errors_exit(ValueError):
         model = GPT(GPTConfig(**cfg))
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
     print(asdict(model.config))
     for name, n in model.parameter_breakdown().items():
         print(f"{name:>32}: {n / 1e6:8.2f}M")

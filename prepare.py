@@ -249,8 +249,8 @@ def encode(cfg, source_specs, out, tokenizer, stats):
     for split in ("train", "val"):
         n_total = sum(keep[name][split] for name in docs)
         if n_total == 0:
-            raise SystemExit(f"error: the {split} split is empty; raise val_fraction "
-                             f"(now {cfg['val_fraction']}) or add data")
+            raise configurator.ConfigError(f"the {split} split is empty; raise val_fraction "
+                                           f"(now {cfg['val_fraction']}) or add data")
         path = out / f"{split}.bin"
         arr = np.memmap(f"{path}.tmp", dtype=dtype, mode="w+", shape=(n_total,))
         ranges, pos = {}, 0
@@ -315,12 +315,9 @@ def run(cfg):
 
 def main(argv=None):
     cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="prepare.py")
-    try:
+    with configurator.errors_exit(configurator.ConfigError, sources_mod.SourceError, DownloadError,
+                                  cluster.RayUnavailable):
         run(cfg)
-    except (configurator.ConfigError, sources_mod.SourceError, DownloadError,
-            cluster.RayUnavailable) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

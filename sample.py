@@ -15,12 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from training import checkpoint
 from training import configurator
 from serving.streaming import TextStream
-from training import hardware
 
 SPEC = {
     "out_dir": ("out", "the run's folder: samples from <out_dir>/best.pt"),
@@ -57,27 +55,10 @@ def check_settings(cfg):
               ("max_new_tokens", cfg["max_new_tokens"] >= 1, "must be at least 1"),
               ("temperature", cfg["temperature"] >= 0, "must be 0 (greedy) or positive"),
               ("top_k", cfg["top_k"] >= 0, "must be 0 (all tokens) or positive"),
-              ("top_p", 0 < cfg["top_p"] <= 1, "must be in (0, 1]"),
-              ("dtype", cfg["dtype"] in hardware.DTYPES, f"must be one of {list(hardware.DTYPES)}")]
+              ("top_p", 0 < cfg["top_p"] <= 1, "must be in (0, 1]")]
     for key, ok, rule in checks:
         if not ok:
             raise configurator.ConfigError(f"{key}={cfg[key]!r} {rule}")
-
-
-def load(cfg):
-    """(model, tokenizer) on the chosen device, weights in the chosen dtype, maybe compiled."""
-    device = hardware.resolve_device(cfg["device"])
-    dtype = hardware.DTYPES[cfg["dtype"]]
-    model, tokenizer, _ = checkpoint.load_model(cfg["ckpt"] or Path(cfg["out_dir"]) / "best.pt", device)
-    hardware.choose_kernels(model.config.kernels, device, dtype)  # refuses what this GPU cannot run
-    hardware.check_compile(cfg["compile"], dtype, device)
-    model = model.to(dtype).optimize_for_decoding()
-    if cfg["compile"]:
-        # generate() calls the module, and the module calls its forward: compiling the forward
-        # compiles prefill and decoding. dynamic=True: the KV cache grows one token per step, and
-        # each length would otherwise be compiled anew.
-        model.forward = torch.compile(model.forward, dynamic=True)
-    return model, tokenizer
 
 
 def text_deltas(stream, tokenizer):
@@ -118,13 +99,12 @@ def draw_samples(model, tokenizer, prompt, cfg):
 
 def main(argv=None):
     cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="sample.py")
-    try:
+    with configurator.errors_exit(checkpoint.CheckpointError, ValueError):
         check_settings(cfg)
         prompt = read_prompt(cfg["start"])
-        model, tokenizer = load(cfg)
-    except (configurator.ConfigError, checkpoint.CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        model, tokenizer, _ = checkpoint.load_for_inference(
+            cfg["ckpt"] or Path(cfg["out_dir"]) / "best.pt", cfg["device"], cfg["dtype"],
+            cfg["compile"])
     return draw_samples(model, tokenizer, prompt, cfg)
 
 

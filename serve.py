@@ -35,12 +35,10 @@ import contextlib
 import html
 import json
 import os
-import sys
 import time
 import uuid
 from pathlib import Path
 
-import torch
 import waitress
 from flask import Flask, Response, jsonify, request
 
@@ -49,7 +47,7 @@ from serving import completions
 from serving.completions import BadRequest
 from serving.monitoring import CONTENT_TYPE
 from serving.server import Server
-from training import checkpoint, configurator, hardware
+from training import checkpoint, configurator
 
 SPEC = {
     "ckpt": ("out/best.pt", "checkpoint to serve"),
@@ -61,7 +59,8 @@ SPEC = {
     "max_n": (8, "largest n (completions per prompt) a request may ask for"),
     "max_body_bytes": (1_000_000, "larger request bodies get 413"),
     "device": ("auto", "'auto', 'cpu', 'cuda' ..."),
-    "dtype": ("float32", "weights: 'float32', 'bfloat16' (half the bytes) or 'float64' (tests)"),
+    "dtype": ("float32", "weights: 'float32', 'bfloat16' (half the bytes), 'float16' or 'float64' "
+                         "(tests)"),
     "threads": (8, "waitress worker threads (concurrent requests)"),
     "max_batch": (16, "sequences decoded together at most (and per request); more requests wait "
                       "their turn"),
@@ -306,30 +305,22 @@ def create_app(model, tokenizer, cfg):
 
 
 def load(cfg):
-    device = hardware.resolve_device(cfg["device"])
     if cfg["max_waiting"] < 1 or cfg["max_batch"] < 1:
         raise configurator.ConfigError(f"max_waiting={cfg['max_waiting']} and max_batch="
                                        f"{cfg['max_batch']} must be at least 1")
-    if cfg["dtype"] not in ("float32", "bfloat16", "float64"):
-        raise configurator.ConfigError(f"dtype={cfg['dtype']!r} must be 'float32', 'bfloat16' or "
-                                       "'float64'")
-    model, tokenizer, _ = checkpoint.load_model(cfg["ckpt"], device)
-    model = model.to(getattr(torch, cfg["dtype"])).optimize_for_decoding()
+    model, tokenizer, _ = checkpoint.load_for_inference(cfg["ckpt"], cfg["device"], cfg["dtype"])
     return model, tokenizer
 
 
 def main(argv=None):
     cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="serve.py")
-    try:
+    with configurator.errors_exit(checkpoint.CheckpointError, ValueError):
         # Load in a thread that then ends, so that the engine thread is the only one that has run
         # parallel CPU work. OpenMP (libgomp) gives every such thread its own team of workers, and
         # with more workers than cores it stops spinning between operations: bf16 decoding in the
         # engine ran markedly slower once the main thread had loaded the model itself (BENCHMARKS.md).
         with concurrent.futures.ThreadPoolExecutor(1) as loader:
             model, tokenizer = loader.submit(load, cfg).result()
-    except (checkpoint.CheckpointError, configurator.ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     app = create_app(model, tokenizer, cfg)
     # channel_request_lookahead: waitress keeps reading the connection while a request runs, so it
     # notices a client that went away (waitress.client_disconnected) and generation stops at once

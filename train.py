@@ -110,13 +110,14 @@ RESUME_MAY_CHANGE = {"out_dir", "init_from", "max_iters", "max_minutes", "eval_o
 MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
 
 
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (non-finite steps); the message says why and what to change."""
+
+
 def main(argv=None):
     cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="train.py")
-    try:
+    with configurator.errors_exit(checkpoint.CheckpointError, TrainingStopped, ValueError):
         return train(cfg)
-    except (configurator.ConfigError, checkpoint.CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def train(cfg):
@@ -452,10 +453,10 @@ def run_training(cfg, ddp, rank, world, device):
                 print(f"warning: step {state.iter_num} has a non-finite loss or gradient norm; "
                       f"skipped ({bad_steps} in a row)", file=sys.stderr)
             if bad_steps >= cfg["max_bad_steps"]:
-                raise SystemExit(f"error: {bad_steps} consecutive non-finite steps at step "
-                                 f"{state.iter_num}: lower learning_rate, use float32 or bfloat16, "
-                                 f"or check the data; {run.out_dir}/last.pt holds the last good "
-                                 "state")
+                raise TrainingStopped(f"{bad_steps} consecutive non-finite steps at step "
+                                      f"{state.iter_num}: lower learning_rate, use float32 or "
+                                      f"bfloat16, or check the data; {run.out_dir}/last.pt holds "
+                                      "the last good state")
             state = replace(state, iter_num=state.iter_num + 1,
                             tokens_seen=state.tokens_seen + run.tokens_per_step)
             if device.type == "cuda":

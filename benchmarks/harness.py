@@ -14,7 +14,6 @@ harness defines them, and printed beside the harness's.
 """
 
 import json
-import math
 import os
 import random
 import subprocess
@@ -98,7 +97,7 @@ def direct_scores(model, tokenizer, docs, cases):
     eot = tokenizer.eot_id
     nll = [metrics.sliding_window_nll(model, np.array([eot] + tokenizer.encode(d)), model.config.block_size)
            for d in docs]
-    bits_per_byte = sum(n.sum() for n in nll) / math.log(2) / sum(len(d.encode()) for d in docs)
+    bits_per_byte = metrics.bits_per_byte(np.concatenate(nll), sum(len(d.encode()) for d in docs))
     correct = 0
     for case in cases:
         # the harness moves the context's trailing whitespace to the front of each choice

@@ -1,8 +1,7 @@
-# The README's main job (data first: python prepare.py, the demo corpus with an 8,192-token
-# vocabulary). train.py's recipe (rotary, ReLU^2, QK-norm, zero-init projections, value embeddings,
-# Muon + AdamW, warmup-stable-decay, epoch order) on a 4-layer, 128-wide model: on a 2-core CPU it
-# learns past the Kneser-Ney trigram baseline (bits per byte, eval.py) on code and on prose
-# (BENCHMARKS.md, "The CPU demo"). GPT-2's recipe on the same run: add config/gpt2.py.
+# The CPU demo, `make demo`'s main job (data first: python prepare.py, an 8,192-token vocabulary):
+# train.py's recipe on a 4-layer, 128-wide model, sized to train in minutes on 2 CPU cores.
+# GPT-2's recipe on the same run: add config/gpt2.py. Figures: BENCHMARKS.md; how each setting
+# was chosen: docs/experiments.md.
 dataset = "demo"
 out_dir = "out"
 n_layer = 4
@@ -12,26 +11,21 @@ block_size = 128
 batch_size = 16
 gradient_accumulation_steps = 1
 dropout = 0.0
-# 1,800 steps of 2,048 tokens (0.94 epochs of the 3.9M training tokens): 2,100 steps beat the
-# Kneser-Ney trigram on prose too, but the demo then took longer than the GPT-2 demo it replaced
-# (BENCHMARKS.md, "More steps")
+# 1,800 steps of 2,048 tokens: just under one epoch of the demo's training tokens
 max_iters = 1800
 lr_decay_iters = 1800
 warmup_iters = 50
-# AdamW's rate (it holds only the embeddings and gains here) is 8x the old GPT-2 demo's: the best of
-# the rates tried on this run (BENCHMARKS.md, "Learning rates"; at the full length beside Muon's 0.02
-# it beat 8e-3 and 3.2e-2). Muon keeps train.py's 0.02, the best of 0.01-0.06 at the demo's full
-# length ("Muon's rate at the demo's full length")
+# AdamW holds only the embeddings and gains under this recipe, and trains them at a higher rate
+# than GPT-2's recipe wants; Muon keeps train.py's rate
 learning_rate = 1.6e-2
 min_lr = 1.6e-3
-# an evaluation (10 batches per split) and a sample every 300 steps: fewer evaluations leave more of
-# the demo's wall-clock to training steps
+# an evaluation (10 batches per split) and a sample every 300 steps, so most of the time trains
 eval_interval = 300
 eval_iters = 10
 log_interval = 50
 checkpoint_interval = 250
-# two value-embedding tables, so every one of the 4 layers gets one (train.py's default is 1: the
-# first and last layer): 0.038 bits per byte better for 2% more step time (BENCHMARKS.md)
+# two value-embedding tables, so every one of the 4 layers gets one (train.py's default, 1, gives
+# them to the first and last layer)
 value_embeddings = 2
 sample_interval = 300
 beta2 = 0.99

@@ -1,11 +1,7 @@
-# mini_lm, the flagship run: 64.2M parameters (31.5M in the blocks, 16.4M each in the token and value
-# embeddings) with the 32k tokenizer, for the user's targets on one GPU. These are also train.py's
-# defaults, so `torchrun --nproc_per_node=4 train.py` runs it too (tests/test_train.py keeps the two
-# equal). Precision is picked per GPU: bf16 where it is native, fp16 with a gradient scaler on a
-# T4/V100 (the log says which and why). The recipe is train.py's
-# default (rotary, ReLU^2, QK-norm, zero-init projections, value embeddings, Muon + AdamW, wsd,
-# epoch order: what measured best on the demo data, BENCHMARKS.md "Recipe ablation"); GPT-2's
-# instead: python train.py config/mini_lm.py config/gpt2.py
+# mini_lm, the flagship run: the model of the user's targets (~50M parameters, 32k tokenizer) on one
+# GPU, with train.py's recipe. These are also train.py's defaults, so `torchrun --nproc_per_node=4
+# train.py` runs it too (tests/test_train.py keeps the two equal). Precision is picked per GPU
+# (the log says which and why). GPT-2's recipe instead: python train.py config/mini_lm.py config/gpt2.py
 # Data first: python prepare.py config/prepare_mini_lm.py   (100M tokens)
 # Then:       python train.py config/mini_lm.py
 dataset = "mini_lm"
@@ -18,7 +14,7 @@ n_embd = 512
 dropout = 0.0
 bias = False
 # 16 x 1024 x 8 = 131,072 tokens per optimizer step on any number of ranks that divides 8 (the 8
-# micro-steps are shared between them); 2,000 steps = 262M tokens (~2.6 epochs)
+# micro-steps are shared between them); 2,000 steps = 262M tokens
 batch_size = 16
 gradient_accumulation_steps = 8
 max_iters = 2000

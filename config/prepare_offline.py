@@ -2,7 +2,7 @@
 # nothing outside it: every Python file of this interpreter's standard library and installed
 # packages (torch, numpy, matplotlib ...; what is installed decides the size), plus the offline
 # Wikipedia summaries. Mostly code: a model trained on it writes Python, not prose.
-# python prepare.py config/prepare_offline.py   (no downloads; BENCHMARKS.md has its size)
+# python prepare.py config/prepare_offline.py   (no downloads)
 dataset = "offline"
 target_tokens = 1_000_000_000  # more than there is: keep everything that passes the filters
 val_fraction = 0.01

@@ -224,9 +224,9 @@ def curate_source(cfg, spec, folder, process, deduplicator, byte_limit, batch_do
     s["length_histogram_in"] = _histogram(s.pop("lengths_in"))
     s["length_histogram_kept"] = _histogram(s.pop("lengths_kept"))
     if s["docs_kept"] == 0:
-        raise SystemExit(f"error: source {name!r} kept no documents out of {s['docs_in']} "
-                         f"(dropped: {dict(s['dropped'])}, skipped: {dict(s['skipped'])}); "
-                         "check its paths or loosen the filters")
+        raise sources_mod.SourceError(
+            f"source {name!r} kept no documents out of {s['docs_in']} (dropped: "
+            f"{dict(s['dropped'])}, skipped: {dict(s['skipped'])}); check its paths or loosen the filters")
     return s
 
 

@@ -346,7 +346,7 @@ def toxicity_scores(texts):
 
 
 @thresholds(max_toxicity=(0.995, "toxicity: highest alt-profanity-check probability kept (1.0 = "
-                                "off); it scores vocabulary, not intent (README)"))
+                                "off); it scores vocabulary, not intent (docs/prepare.md)"))
 def toxicity(text, cfg):
     if cfg["max_toxicity"] >= 1.0:
         return None

@@ -85,7 +85,8 @@ def test_hand_computed_perplexity_and_bits_per_byte():
         special_tokens = {"<|endoftext|>": 3}
 
     # targets are tokens[1:] = "bb", "ccc", eot: 5 bytes; 6 bits total (log2 2+4+8 = 1+2+3)
-    assert metrics.bits_per_byte(nll, np.array([0, 1, 2, 3]), Tok()) == pytest.approx(6 / 5)
+    n_bytes = metrics.scored_bytes(np.array([0, 1, 2, 3]), len(nll), Tok())
+    assert metrics.bits_per_byte(nll, n_bytes) == pytest.approx(6 / 5)
 
 
 def kn_reference(train, tokens, vocab, order, d=0.75):

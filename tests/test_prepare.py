@@ -294,7 +294,7 @@ def test_missing_path_and_empty_source_stop_with_clear_errors(corpus, tmp_path):
         prepare.run(config(corpus, tmp_path, sources=[dict(kind="files", paths=[str(tmp_path / "no")])]))
     (tmp_path / "only_short").mkdir()
     (tmp_path / "only_short" / "a.py").write_text("x = 1\n")
-    with pytest.raises(SystemExit, match="kept no documents out of 1"):
+    with pytest.raises(sources.SourceError, match="kept no documents out of 1"):
         prepare.run(config(corpus, tmp_path, sources=[
             dict(kind="files", paths=[str(tmp_path / "only_short")])]))
 

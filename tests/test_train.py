@@ -122,10 +122,12 @@ def test_checkpoints_are_self_contained(data_root, tmp_path):
     assert isinstance(text, str)
 
 
-def test_non_finite_steps_stop_the_run(data_root, tmp_path):
-    with pytest.raises(SystemExit, match="consecutive non-finite steps"):
+def test_non_finite_steps_stop_the_run(data_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         run(data_root, tmp_path / "nan", "--learning_rate=1e12", "--decay_lr=False",
             "--max_bad_steps=2", "--grad_clip=0.0", "--max_iters=50")
+    assert exit_info.value.code == 2
+    assert "error: 2 consecutive non-finite steps" in capsys.readouterr().err
 
 
 def test_corrupt_and_foreign_checkpoints_get_clear_errors(data_root, tmp_path):
@@ -210,8 +212,10 @@ def test_config_errors(data_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.main(args(data_root, tmp_path, "--dtype=float8"))
     assert "dtype='float8' must be" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match=f"run `python prepare.py --dataset=missing --data_root={data_root} "):
+    with pytest.raises(SystemExit) as exit_info:
         train.main(args(data_root, tmp_path, "--dataset=missing"))
+    assert exit_info.value.code == 2
+    assert f"run `python prepare.py --dataset=missing --data_root={data_root} " in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("folder, command", [

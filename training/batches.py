@@ -23,15 +23,16 @@ class Batches:
             raise configurator.ConfigError(f"batch_order={order!r} must be one of {ORDERS}")
         meta_path = folder / "meta.json"
         if not meta_path.exists():
-            raise SystemExit(f"error: {meta_path} not found: run "
-                             f"`{configurator.prepare_command(folder)}` first")
+            raise configurator.ConfigError(f"{meta_path} not found: run "
+                                           f"`{configurator.prepare_command(folder)}` first")
         self.meta = json.loads(meta_path.read_text())
         self.data = {}
         for split in ("train", "val"):
             data = np.memmap(folder / f"{split}.bin", dtype=self.meta["dtype"], mode="r")
             if len(data) <= block_size + 1:
-                raise SystemExit(f"error: {folder}/{split}.bin has {len(data)} tokens, fewer than "
-                                 f"block_size+2={block_size + 2}: lower block_size or prepare more data")
+                raise configurator.ConfigError(
+                    f"{folder}/{split}.bin has {len(data)} tokens, fewer than block_size+2="
+                    f"{block_size + 2}: lower block_size or prepare more data")
             self.data[split] = data
         self.block_size, self.batch_size, self.seed, self.order = block_size, batch_size, seed, order
         self.generator = torch.Generator().manual_seed(seed)  # "random": its state is the position

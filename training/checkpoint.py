@@ -15,6 +15,8 @@ from model import GPT, GPT2_RECIPE, GPTConfig
 from training import atomic, hardware
 
 FORMAT_VERSION = 1
+# weights for generation and scoring: the training precisions, and float64 (exact comparisons in tests)
+INFERENCE_DTYPES = {**hardware.DTYPES, "float64": torch.float64}
 
 
 class CheckpointError(RuntimeError):
@@ -63,3 +65,22 @@ def load_model(path, device="cpu"):
     device = torch.device(device)
     backend, _ = hardware.choose_kernels(model.config.kernels, device)
     return model.to(device).use_kernels(backend).eval(), tokenizer, ckpt
+
+
+def load_for_inference(path, device="auto", dtype="float32", compile=False):
+    """(model, tokenizer, checkpoint) as sample.py, serve.py and eval.py use them: on the device
+    ('auto': CUDA if present, else CPU), weights in dtype (a name in INFERENCE_DTYPES),
+    Linear weights laid out for batch-1 decoding, and with compile the forward compiled (prefill and
+    decoding both go through it). What this device cannot run is refused before any work."""
+    if dtype not in INFERENCE_DTYPES:
+        raise ValueError(f"dtype={dtype!r} must be one of {list(INFERENCE_DTYPES)}")
+    device, torch_dtype = hardware.resolve_device(device), INFERENCE_DTYPES[dtype]
+    model, tokenizer, ckpt = load_model(path, device)
+    hardware.choose_kernels(model.config.kernels, device, torch_dtype)  # refuses what the GPU can't run
+    hardware.check_compile(compile, torch_dtype, device)
+    model = model.to(torch_dtype).optimize_for_decoding()
+    if compile:
+        # dynamic=True: the KV cache grows one token per step, and each length would otherwise be
+        # compiled anew
+        model.forward = torch.compile(model.forward, dynamic=True)
+    return model, tokenizer, ckpt

@@ -12,6 +12,7 @@ message that names it (and the nearest known key).
 """
 
 import ast
+import contextlib
 import difflib
 import sys
 from pathlib import Path
@@ -133,13 +134,22 @@ def parse(spec, argv=None, description="", prog=None, ignore_unknown_in_files=Fa
     return config
 
 
-def parse_or_exit(spec, argv=None, description="", prog=None, ignore_unknown_in_files=False):
-    """parse(), but a ConfigError prints one line and exits with status 2 (no traceback)."""
+@contextlib.contextmanager
+def errors_exit(*errors):
+    """For scripts only (library code raises): inside, the errors named, which say what is wrong and
+    how to fix it, print as one line `error: <message>` on stderr and exit with status 2, where a
+    traceback would bury the message."""
     try:
-        return parse(spec, argv, description, prog, ignore_unknown_in_files)
-    except ConfigError as e:
+        yield
+    except errors as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def parse_or_exit(spec, argv=None, description="", prog=None, ignore_unknown_in_files=False):
+    """parse(), but a ConfigError prints one line and exits with status 2 (no traceback)."""
+    with errors_exit(ConfigError):
+        return parse(spec, argv, description, prog, ignore_unknown_in_files)
 
 
 PREPARE_DEFAULT_DATASET = "demo"  # prepare.py's default `dataset` (a test keeps the two equal)

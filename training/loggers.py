@@ -4,6 +4,8 @@ import json
 import time
 from pathlib import Path
 
+from training import configurator
+
 
 class Loggers:
     """On rank 0 (nothing elsewhere): out_dir/log.jsonl, one JSON record per logged step and per
@@ -28,8 +30,8 @@ class Loggers:
                 mlflow.start_run()
                 mlflow.log_params({k: str(v)[:250] for k, v in cfg.items()})
         except ImportError as e:
-            raise SystemExit(f"error: {e.name} is not installed: pip install {e.name}, "
-                             f"or turn {e.name}_log off") from None
+            raise configurator.ConfigError(f"{e.name} is not installed: pip install {e.name}, "
+                                           f"or turn {e.name}_log off") from None
 
     def scalars(self, values, step):
         if self.tb:

@@ -67,9 +67,10 @@ def scored_bytes(tokens, n_scored, tokenizer):
     return int(lengths[np.asarray(tokens[1:n_scored + 1])].sum())
 
 
-def bits_per_byte(nll, tokens, tokenizer):
-    """Total NLL in bits over the UTF-8 bytes of the scored tokens: comparable across tokenizers."""
-    return float(np.sum(nll) / math.log(2) / max(1, scored_bytes(tokens, len(nll), tokenizer)))
+def bits_per_byte(nll, n_bytes):
+    """Total NLL (nats) in bits, over the UTF-8 bytes of the text it scored (n_bytes; for tokens,
+    scored_bytes): comparable across tokenizers, and with compressors."""
+    return float(np.sum(nll) / math.log(2) / max(1, n_bytes))
 
 
 # ---------------------------------------------------------------------------------------- baselines

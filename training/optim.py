@@ -59,7 +59,7 @@ def orthogonalize(update, dtype, steps=5, eps=1e-7):
     values grow fast; after five steps they land in roughly [0.7, 1.2] rather than exactly 1, which
     trains as well. X X^T is the smaller Gram matrix when X is wide, so tall matrices are transposed.
     The matmuls run in dtype: bfloat16 on GPUs (what Muon's authors use), float32 on CPUs, where
-    bfloat16 matmuls are many times slower than float32 ones (BENCHMARKS.md, "Muon on CPU").
+    bfloat16 matmuls are many times slower than float32 ones (docs/experiments.md, "Muon on CPU").
     """
     a, b, c = 3.4445, -4.7750, 2.0315
     x = update.to(dtype)
