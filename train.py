@@ -4,6 +4,7 @@
     python train.py config/mini_lm.py                       # the flagship run on one GPU
     torchrun --nproc_per_node=4 train.py                    # the same run on 4 GPUs
     python train.py config/cpu_demo.py --init_from=resume   # continue out/last.pt exactly
+    python train.py CONFIG --init_from=out/best.pt          # fine-tune a checkpoint on CONFIG's data
 
 The defaults are the flagship run, mini_lm (config/mini_lm.py names the same values): its model and
 schedule on data/mini_lm (python prepare.py config/prepare_mini_lm.py). Its tokens per optimizer
@@ -16,6 +17,9 @@ blocks' matrices and AdamW on the rest (warmup, then a warmup-stable-decay or co
 gradient clipping, a guard against non-finite steps, periodic evaluation with a text sample,
 TensorBoard logs, and self-contained checkpoints written atomically (out/last.pt, out/best.pt) from
 which --init_from=resume continues with the same batches, learning rate and random streams.
+Fine-tuning (init_from=PATH.pt) starts from a checkpoint's weights, model settings and tokenizer,
+with a fresh optimizer and schedule; where the data has a loss mask (training/batches.py), only the
+targets it marks count, each step's loss the mean over all of them on every rank.
 """
 
 import contextlib
@@ -23,17 +27,15 @@ import json
 import math
 import os
 import resource
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from training import atomic
 from training import checkpoint
 from training import configurator
 from training import cpu_memory
@@ -50,7 +52,8 @@ SPEC = {
     "out_dir": ("out", "checkpoints (last.pt, best.pt), TensorBoard logs (tb/)"),
     "dataset": ("mini_lm", "folder under data_root written by prepare.py"),
     "data_root": ("data", "parent folder of datasets"),
-    "init_from": ("scratch", "'scratch' or 'resume' (from out_dir/last.pt)"),
+    "init_from": ("scratch", "'scratch', 'resume' (from out_dir/last.pt), or a checkpoint file to "
+                             "fine-tune (its weights, model and tokenizer; a fresh optimizer)"),
     "eval_interval": (200, "steps between evaluations (and best.pt updates)"),
     "eval_iters": (50, "batches per split in each evaluation"),
     "eval_only": (False, "evaluate once and exit"),
@@ -108,6 +111,8 @@ RESUME_MAY_CHANGE = {"out_dir", "init_from", "max_iters", "max_minutes", "eval_o
                      "checkpoint_minutes", "keep_last", "sample_interval", "compile",
                      "keep_freed_memory"}
 MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
+# the model keys a fine-tune may set; the others are the checkpoint's
+FINE_TUNE_MAY_SET = {"dropout", "attention", "kernels", "gradient_checkpointing"}
 
 
 class TrainingStopped(RuntimeError):
@@ -189,12 +194,16 @@ def model_arguments(cfg, meta, ckpt, folder):
     return args
 
 
-def load_resume_checkpoint(cfg, out_dir, master):
-    """out_dir/last.pt when init_from='resume' (warning about settings that changed), else None."""
-    if cfg["init_from"] not in ("scratch", "resume"):
-        raise configurator.ConfigError(f"init_from={cfg['init_from']!r} must be 'scratch' or 'resume'")
+def load_start_checkpoint(cfg, out_dir, master):
+    """The checkpoint the run starts from: out_dir/last.pt for init_from='resume' (warning about
+    settings that changed), the file named for a fine-tune, None for 'scratch'."""
     if cfg["init_from"] == "scratch":
         return None
+    if cfg["init_from"] != "resume":
+        if not cfg["init_from"].endswith(".pt"):
+            raise configurator.ConfigError(f"init_from={cfg['init_from']!r} must be 'scratch', "
+                                           "'resume' or a checkpoint file (.pt) to fine-tune")
+        return checkpoint.load(cfg["init_from"])
     ckpt = checkpoint.load(out_dir / "last.pt")
     changed = {k: (ckpt["config"].get(k), v) for k, v in cfg.items()
                if k not in RESUME_MAY_CHANGE and ckpt["config"].get(k) != v}
@@ -202,29 +211,6 @@ def load_resume_checkpoint(cfg, out_dir, master):
         print(f"warning: resuming with settings that differ from the checkpoint's (the run "
               f"will not match an uninterrupted one): {changed}", file=sys.stderr)
     return ckpt
-
-
-def restore(run, ckpt):
-    """Put the optimizer, scaler, batch order and this rank's random state back; returns the
-    State the checkpoint was written at."""
-    states = ckpt["optimizer"] if isinstance(ckpt["optimizer"], list) else [ckpt["optimizer"]]
-    if len(states) != len(run.optimizers):
-        raise configurator.ConfigError(f"the checkpoint holds {len(states)} optimizer state(s), "
-                                       f"optimizer={run.cfg['optimizer']!r} needs {len(run.optimizers)}")
-    for optimizer, saved in zip(run.optimizers, states):
-        optimizer.load_state_dict(saved)
-    run.batches.drawn = ckpt.get("train_windows_drawn", 0)
-    run.scaler.load_state_dict(ckpt["scaler"])
-    run.batches.generator.set_state(ckpt["train_generator"])
-    rng = ckpt["rng"]
-    if len(rng) == run.world:
-        torch.set_rng_state(rng[run.rank]["torch"])
-        if run.device.type == "cuda" and rng[run.rank]["cuda"] is not None:
-            torch.cuda.set_rng_state(rng[run.rank]["cuda"], run.device)
-    elif run.master:
-        print(f"warning: the checkpoint was written by {len(rng)} ranks, this run has {run.world}: "
-              "dropout masks will differ from an uninterrupted run", file=sys.stderr)
-    return State(ckpt["iter_num"], ckpt["best_val_loss"], ckpt["tokens_seen"], ckpt["history"])
 
 
 def set_up(cfg, ddp, rank, world, device):
@@ -241,11 +227,18 @@ def set_up(cfg, ddp, rank, world, device):
     out_dir, folder = Path(cfg["out_dir"]), Path(cfg["data_root"]) / cfg["dataset"]
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = load_start_checkpoint(cfg, out_dir, master)
+    fine_tune = ckpt is not None and cfg["init_from"] != "resume"
+    if fine_tune:  # the model it starts from, block_size included
+        cfg = {**cfg, **{k: ckpt["model_args"][k] for k in MODEL_KEYS if k not in FINE_TUNE_MAY_SET}}
     batches = Batches(folder, cfg["block_size"], cfg["batch_size"], cfg["seed"], cfg["batch_order"])
     tokenizer = Tokenizer.load(folder / batches.meta.get("tokenizer", "tokenizer.json"))
-    ckpt = load_resume_checkpoint(cfg, out_dir, master)
+    if fine_tune and tokenizer.to_dict() != ckpt["tokenizer"]:
+        raise configurator.ConfigError(f"{folder} was tokenized with another tokenizer than "
+                                       f"{cfg['init_from']}'s; prepare it with the checkpoint's")
     torch.manual_seed(cfg["seed"])
-    raw_model = GPT(GPTConfig(**model_arguments(cfg, batches.meta, ckpt, folder)))
+    raw_model = GPT(GPTConfig(**model_arguments(cfg, batches.meta, None if fine_tune else ckpt,
+                                                folder)))
     if ckpt:
         raw_model.load_state_dict(ckpt["model"])
     raw_model.to(device).use_kernels(backend)
@@ -265,7 +258,7 @@ def set_up(cfg, ddp, rank, world, device):
               tokens_per_step=cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"],
               flops_per_token=raw_model.flops_per_token(cfg["block_size"]),
               peak_flops=hardware.peak_flops(device, cfg["peak_flops"]))
-    state = restore(run, ckpt) if ckpt else State()
+    state = State(*checkpoint.restore_run(run, ckpt)) if ckpt and not fine_tune else State()
     if master:
         print(json.dumps(cfg, indent=1, default=str))
         parts = ", ".join(f"{v / 1e6:.2f}M {k}" for k, v in params.items() if v and k != "total")
@@ -278,6 +271,9 @@ def set_up(cfg, ddp, rank, world, device):
         print(f"kernels: {backend_reason}")
         print(f"attention: {hardware.describe_attention(config.attention, backend, device)}")
         print(f"compile: {'torch.compile' if cfg['compile'] else 'off (eager)'}", flush=True)
+        if fine_tune:
+            print(f"fine-tuning {cfg['init_from']}: its weights, model and tokenizer, a fresh "
+                  f"optimizer and schedule; loss on {'masked' if batches.masks else 'all'} targets")
         run.loggers.text("config", "```\n" + json.dumps(cfg, indent=1, default=str) + "\n```",
                          state.iter_num)
     return run, state
@@ -291,13 +287,16 @@ def evaluate(run):
     generator = torch.Generator().manual_seed(cfg["seed"] + 1)
     result = {}
     for split in ("train", "val"):
-        losses = []
+        total, count = 0.0, 0  # each batch's mean loss weighed by the targets it counts
         for _ in range(cfg["eval_iters"]):
-            x, y = run.batches.get(split, run.batches.windows(split, cfg["batch_size"], generator),
-                                   run.device)
-            with run.autocast:
-                losses.append(run.raw_model(x, y)[1].item())
-        result[split] = sum(losses) / len(losses)
+            starts = run.batches.windows(split, cfg["batch_size"], generator)
+            x, y = run.batches.get(split, starts, run.device)
+            n = run.batches.targets(split, starts)
+            if n:
+                with run.autocast:
+                    total += run.raw_model(x, y)[1].item() * n
+                count += n
+        result[split] = total / count if count else math.nan
     run.raw_model.train()
     return result
 
@@ -308,16 +307,25 @@ def train_step(run):
     Returns (mean loss on this rank, gradient norm, whether both were finite)."""
     cfg, model, scaler = run.cfg, run.model, run.scaler
     starts = run.batches.train_windows(cfg["gradient_accumulation_steps"] * cfg["batch_size"])
-    loss_sum = torch.zeros((), device=run.device)
+    step_targets = run.batches.targets("train", starts)  # over every rank's windows
+    loss_sum, count = torch.zeros((), device=run.device), 0
     for micro in range(run.micro_steps):
         first = (run.rank * run.micro_steps + micro) * cfg["batch_size"]
-        x, y = run.batches.get("train", starts[first:first + cfg["batch_size"]], run.device)
+        mine = starts[first:first + cfg["batch_size"]]
+        x, y = run.batches.get("train", mine, run.device)
+        n = run.batches.targets("train", mine)
         sync = not run.ddp or micro == run.micro_steps - 1
         with (contextlib.nullcontext() if sync else model.no_sync()):
             with run.autocast:
-                _, loss = model(x, y)
-            scaler.scale(loss / run.micro_steps).backward()
-        loss_sum += loss.detach().float()  # read once per step: no sync per micro-step
+                logits, loss = model(x, y)
+            # a micro-batch weighs its share of the step's targets (1 / micro_steps without a loss
+            # mask; DDP then averages the ranks, hence world): the step's loss is the mean over
+            # all of them. One without targets joins with a zero gradient, as DDP needs.
+            weighted = loss / (step_targets / (n * run.world)) if n else logits.sum() * 0.0
+            scaler.scale(weighted).backward()
+        if n:
+            loss_sum += loss.detach().float() * n  # read once per step: no sync per micro-step
+            count += n
     for optimizer in run.optimizers:
         scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(),
@@ -333,46 +341,7 @@ def train_step(run):
             optimizer.step()
     for optimizer in run.optimizers:
         optimizer.zero_grad(set_to_none=True)
-    return loss_sum / run.micro_steps, float(grad_norm), finite
-
-
-def checkpoint_contents(run, state, rng):
-    """Everything needed to evaluate, serve or resume, as one dict (rng: every rank's states)."""
-    return {
-        "format_version": checkpoint.FORMAT_VERSION, "model": run.raw_model.state_dict(),
-        "model_args": asdict(run.raw_model.config), "tokenizer": run.tokenizer.to_dict(),
-        "optimizer": [o.state_dict() for o in run.optimizers], "scaler": run.scaler.state_dict(),
-        "iter_num": state.iter_num, "best_val_loss": state.best_val_loss,
-        "tokens_seen": state.tokens_seen, "train_generator": run.batches.generator.get_state(),
-        "train_windows_drawn": run.batches.drawn,
-        "rng": rng, "config": run.cfg, "history": state.history, "unigram_val_loss": run.unigram,
-        "dataset": {"path": str(run.folder), "vocab_size": run.batches.meta["vocab_size"]},
-    }
-
-
-def save_checkpoint(run, state, name):
-    """Gather every rank's random state (a collective: all ranks call this), then rank 0 writes
-    out_dir/name atomically."""
-    rng = {"torch": torch.get_rng_state(),
-           "cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None}
-    all_rng = [rng]
-    if run.ddp:
-        all_rng = [None] * run.world
-        dist.all_gather_object(all_rng, rng)
-    if run.master:
-        checkpoint.save(checkpoint_contents(run, state, all_rng), run.out_dir / name)
-
-
-def write_last(run, state):
-    """last.pt, plus a step-numbered copy when keep_last > 0 (the oldest beyond it removed)."""
-    save_checkpoint(run, state, "last.pt")
-    keep = run.cfg["keep_last"]
-    if keep > 0 and run.master:
-        numbered = run.out_dir / f"ckpt_{state.iter_num:07d}.pt"
-        with open(run.out_dir / "last.pt", "rb") as src, atomic.replacing(numbered, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        for old in sorted(run.out_dir.glob("ckpt_*.pt"))[:-keep]:
-            old.unlink()
+    return loss_sum / max(count, 1), float(grad_norm), finite
 
 
 def evaluate_and_report(run, state, lr):
@@ -393,7 +362,7 @@ def evaluate_and_report(run, state, lr):
         run.loggers.record("eval", record)
     if losses["val"] < state.best_val_loss and step > 0 and not cfg["eval_only"]:
         state = replace(state, best_val_loss=losses["val"])
-        save_checkpoint(run, state, "best.pt")
+        checkpoint.save_run(run, state, "best.pt")
     if cfg["sample_interval"] and step % cfg["sample_interval"] == 0 and run.master \
             and cfg["sample_tokens"] > 0:
         prompt = run.tokenizer.encode(cfg["sample_prompt"]) or [run.tokenizer.eot_id]
@@ -427,6 +396,7 @@ def log_step(run, state, lr, loss, grad_norm, seconds):
 
 def run_training(cfg, ddp, rank, world, device):
     run, state = set_up(cfg, ddp, rank, world, device)
+    cfg = run.cfg  # a fine-tune's model settings are its checkpoint's
     with ranks.StopRequest() as stop:
         started = last_save = time.time()
         bad_steps, time_up = 0, False
@@ -472,7 +442,7 @@ def run_training(cfg, ddp, rank, world, device):
             if not stopping:
                 (due,) = ranks.agree(run.ddp, run.device, due)
             if due or stopping:
-                write_last(run, state)
+                checkpoint.write_last(run, state)
                 last_save = time.time()
             if stopping:
                 if run.master:
@@ -481,7 +451,7 @@ def run_training(cfg, ddp, rank, world, device):
                 break
 
     if not cfg["eval_only"] and stop.signal is None:
-        write_last(run, state)
+        checkpoint.write_last(run, state)
     run.loggers.close()
     return run.out_dir
 

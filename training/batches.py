@@ -1,4 +1,9 @@
-"""batches.py: training and evaluation batches read from the token bins prepare.py wrote."""
+"""batches.py: training and evaluation batches read from the token bins prepare.py wrote.
+
+A split may have a loss mask beside its tokens: `{split}.mask.bin`, one uint8 per token, 1 where
+the token is one to learn (a supervised pair's response) and 0 where it is only context (the
+prompt). A window's targets are the tokens after its inputs, so its mask is read at the same
+offsets as the targets, and a target the mask excludes becomes IGNORE, which the loss skips."""
 
 import json
 
@@ -10,6 +15,7 @@ from training import metrics
 
 
 ORDERS = ("random", "epoch")
+IGNORE = -100  # the loss's ignore_index (model.GPT.forward)
 
 
 class Batches:
@@ -34,6 +40,15 @@ class Batches:
                     f"{folder}/{split}.bin has {len(data)} tokens, fewer than block_size+2="
                     f"{block_size + 2}: lower block_size or prepare more data")
             self.data[split] = data
+        self.masks = {}
+        for split in ("train", "val"):
+            path = folder / f"{split}.mask.bin"
+            if path.exists():
+                self.masks[split] = np.memmap(path, dtype=np.uint8, mode="r")
+                if len(self.masks[split]) != len(self.data[split]):
+                    raise configurator.ConfigError(
+                        f"{path} has {len(self.masks[split])} entries for {len(self.data[split])} "
+                        f"tokens in {split}.bin: prepare the folder again")
         self.block_size, self.batch_size, self.seed, self.order = block_size, batch_size, seed, order
         self.generator = torch.Generator().manual_seed(seed)  # "random": its state is the position
         self.drawn = 0  # "epoch": training windows taken so far, the position a checkpoint keeps
@@ -64,9 +79,21 @@ class Batches:
         x = torch.stack([torch.from_numpy(data[i:i + self.block_size].astype(np.int64)) for i in starts])
         y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + self.block_size].astype(np.int64))
                          for i in starts])
+        if split in self.masks:
+            mask = self.masks[split]
+            learn = torch.stack([torch.from_numpy(mask[i + 1:i + 1 + self.block_size].astype(bool))
+                                 for i in starts])
+            y = y.masked_fill(~learn, IGNORE)
         if device.type == "cuda":
             return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
         return x.to(device), y.to(device)
+
+    def targets(self, split, starts):
+        """How many targets of the windows at starts the loss counts (all, without a mask)."""
+        if split not in self.masks:
+            return len(starts) * self.block_size
+        mask = self.masks[split]
+        return int(sum(int(mask[i + 1:i + 1 + self.block_size].sum()) for i in starts))
 
     def unigram_loss(self):
         """Cross-entropy (nats) on val of a unigram model of train (add-one smoothing): the loss a
