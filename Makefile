@@ -7,7 +7,7 @@ REQUIREMENTS ?= requirements.txt requirements-extra.txt
 LOCK         ?= requirements.lock
 PIP_OPTIONS  ?=
 
-.PHONY: setup browser demo test lock clean
+.PHONY: setup browser bibles demo test lock clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: $(REQUIREMENTS) $(LOCK)
@@ -29,7 +29,15 @@ browser:
 	   (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1)) || \
 	  echo "note: could not install chromium and chromium-driver; the browser test will be skipped"
 
-test: setup browser
+# The two Bibles of prepare.py's translation task (config/prepare_translation.py), from Debian's
+# packages where apt-get works (as root); elsewhere the task says so and its tests are skipped.
+bibles:
+	@test -f /usr/share/sword/mods.d/engKJV2006eb.conf && test -f /usr/share/sword/mods.d/spaRV1909eb.conf || \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q sword-text-kjv sword-text-sparv >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q sword-text-kjv sword-text-sparv >/dev/null 2>&1)) || \
+	  echo "note: could not install sword-text-kjv and sword-text-sparv; the translation task's tests will be skipped"
+
+test: setup browser bibles
 	$(BIN)/python -m pytest -q -rs tests
 
 # Refresh the pins on purpose: resolve the requirements afresh in a new virtual environment, with

@@ -29,6 +29,7 @@ from training import configurator
 from training import cpu_memory
 from training import hardware
 from training import metrics
+from training import task_eval
 from curation import filters
 from curation.tokenizer import Tokenizer
 
@@ -61,6 +62,42 @@ class EvalError(ValueError):
     pass
 
 
+def data_folder(cfg, ckpt):
+    """(folder, its meta.json) to evaluate on: --data, else the one the checkpoint trained on."""
+    folder = Path(cfg["data"] or ckpt.get("dataset", {}).get("path", ""))
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        raise EvalError(f"{meta_path} not found: build it with `{configurator.prepare_command(folder)}`, "
+                        "or give --data=<a folder prepare.py wrote> or --text")
+    return folder, json.loads(meta_path.read_text())
+
+
+def evaluate_on_task(cfg, model, tokenizer, ckpt, folder, out_dir):
+    """A fine-tuning task's evaluation (training/task_eval.py): BLEU and chrF of the model's
+    responses to the test pairs, beside copying the source and retrieval, per direction."""
+    scores = task_eval.evaluate_task(model, tokenizer, folder, out_dir, cfg["batch_size"])
+    result = {"checkpoint": str(cfg["ckpt"]), "evaluated_on": f"{folder}/test.jsonl", "task": scores,
+              "training": {"iter_num": ckpt.get("iter_num"), "config": ckpt["config"]},
+              "eval_config": cfg}
+    atomic.write_text(out_dir / "eval.json", json.dumps(result, indent=1, default=str))
+    lines = [f"# Evaluation of {cfg['ckpt']} on {folder}/test.jsonl", "",
+             "| pairs | system | BLEU | chrF |", "|---|---|---:|---:|"]
+    for group, row in scores.items():
+        lines += [f"| {group} ({row['pairs']:,}) | {name} | {row[name]['bleu']:.2f} | "
+                  f"{row[name]['chrf']:.2f} |" for name in ("model", "copy", "retrieval")]
+        print(f"{group}: {row['pairs']:,} pairs; BLEU model {row['model']['bleu']:.2f}, copy "
+              f"{row['copy']['bleu']:.2f}, retrieval {row['retrieval']['bleu']:.2f}; chrF model "
+              f"{row['model']['chrf']:.2f}", flush=True)
+    signatures = next(iter(scores.values()))["model"]
+    lines += ["", f"BLEU signature: `{signatures['bleu_signature']}`; chrF: "
+              f"`{signatures['chrf_signature']}`. Each direction's references and every system's "
+              "hypotheses are in this folder, one pair per line: `sacrebleu DIRECTION.references.txt "
+              "-i DIRECTION.model.txt -m bleu chrf` gives the same numbers.", ""]
+    atomic.write_text(out_dir / "report.md", "\n".join(lines))
+    print(f"wrote {out_dir}/report.md", flush=True)
+    return result
+
+
 def load_streams(cfg, tokenizer, ckpt):
     """{source: token array} to score, the train tokens for the baselines (or None), and a label."""
     if cfg["text"]:
@@ -74,12 +111,7 @@ def load_streams(cfg, tokenizer, ckpt):
         for text in parts:
             ids += tokenizer.encode(text) + [tokenizer.eot_id]
         return {"text": np.array(ids, dtype=np.int64)}, None, ", ".join(cfg["text"])
-    folder = Path(cfg["data"] or ckpt.get("dataset", {}).get("path", ""))
-    meta_path = folder / "meta.json"
-    if not meta_path.exists():
-        raise EvalError(f"{meta_path} not found: build it with `{configurator.prepare_command(folder)}`, "
-                        "or give --data=<a folder prepare.py wrote> or --text")
-    meta = json.loads(meta_path.read_text())
+    folder, meta = data_folder(cfg, ckpt)
     data_tokenizer = Tokenizer.load(folder / meta.get("tokenizer", "tokenizer.json"))
     if data_tokenizer.tokens != tokenizer.tokens or data_tokenizer.pattern != tokenizer.pattern:
         raise EvalError(f"{folder} was tokenized with a different tokenizer than {cfg['ckpt']}: its "
@@ -122,13 +154,6 @@ def generation_task(model, tokenizer, streams, cfg, device):
             [tokenizer.decode(c[2]) for c in cases], [tokenizer.decode(o) for o in outputs])
 
 
-def one_line(text):
-    """text with its line breaks as spaces. references.txt and hypotheses.txt hold one case per
-    line, as sacrebleu's and rouge-score's command lines read them, and eval.py scores these same
-    one-line texts, so those commands give its numbers exactly."""
-    return text.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
-
-
 def write_generations(out_dir, sources, prompts, references, hypotheses):
     """generations.jsonl: every case as generated; references.txt and hypotheses.txt: the one-line
     texts that were scored, line i of each being case i."""
@@ -137,7 +162,7 @@ def write_generations(out_dir, sources, prompts, references, hypotheses):
     atomic.write_text(out_dir / "generations.jsonl",
                       "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in cases))
     for name, texts in (("references.txt", references), ("hypotheses.txt", hypotheses)):
-        atomic.write_text(out_dir / name, "".join(one_line(t) + "\n" for t in texts))
+        atomic.write_text(out_dir / name, "".join(metrics.one_line(t) + "\n" for t in texts))
 
 
 def score_generations(prompts, references, hypotheses):
@@ -187,20 +212,25 @@ def evaluate(cfg):
     stride = cfg["stride"] or max(1, block // 2)
     if not 0 < stride <= block:
         raise EvalError(f"stride={stride} must be between 1 and block_size={block}")
+    out_dir = Path(cfg["out_dir"] or Path(cfg["ckpt"]).parent / "eval")
+    if not cfg["text"]:
+        folder, meta = data_folder(cfg, ckpt)
+        if "task" in meta:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            return evaluate_on_task(cfg, model, tokenizer, ckpt, folder, out_dir)
     streams, train, label = load_streams(cfg, tokenizer, ckpt)
     if cfg["max_tokens"]:
         streams = {k: v[:cfg["max_tokens"]] for k, v in streams.items()}
     if not streams:
         raise EvalError(f"nothing to evaluate in {label}")
-    out_dir = Path(cfg["out_dir"] or Path(cfg["ckpt"]).parent / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     likelihood, baselines = score_likelihood(model, tokenizer, streams, train, cfg, stride, device)
 
     sources, prompts, references, hypotheses = generation_task(model, tokenizer, streams, cfg, device)
     write_generations(out_dir, sources, prompts, references, hypotheses)
-    generation = score_generations(prompts, [one_line(r) for r in references],
-                                   [one_line(h) for h in hypotheses])
+    generation = score_generations(prompts, [metrics.one_line(r) for r in references],
+                                   [metrics.one_line(h) for h in hypotheses])
     samples = [{"prompt": p, "reference": r, "generated": h}
                for p, r, h in list(zip(prompts, references, hypotheses))[:5]]
     params = model.parameter_breakdown()

@@ -3,6 +3,7 @@
     python prepare.py                                  # offline default corpus -> data/demo/
     python prepare.py config/prepare_mini_lm.py        # the 100M-token corpus for config/mini_lm.py
     python prepare.py --target_tokens=2_000_000 --workers=2
+    python prepare.py config/prepare_translation.py    # a fine-tuning task, with out/best.pt's tokenizer
 
 Stages, each in its own function (1-5 in curate.py, the rest below), each resumable (a rerun skips
 stages whose inputs and settings have not changed; --force redoes them all):
@@ -12,6 +13,11 @@ stages whose inputs and settings have not changed; --force redoes them all):
   7   encode:    tokens up to the budget, split by document -> train.bin, val.bin, meta.json
   8   report:    report.md and charts in report/ (data_report.py)
 Every output is written under a temporary name and renamed when complete.
+
+With `task` set, prepare.py writes a fine-tuning task's data instead (prepare_task below): its
+(prompt, response) pairs in curation/tasks.py's template, encoded with a pretrained checkpoint's
+tokenizer (never a new one), into train.bin/val.bin with a loss mask beside each (train.py learns
+the responses only), the test pairs as test.jsonl, meta.json and report.md.
 """
 
 import hashlib
@@ -33,7 +39,9 @@ from curation import filters
 from curation.download import DownloadError
 from curation import data_report
 from curation import sources as sources_mod
+from curation import tasks
 from curation.tokenizer import GPT4_SPLIT_PATTERN, Tokenizer, count_chunks_parallel, train_bpe
+from training import checkpoint
 
 PIPELINE_VERSION = 1  # bump when a change to the code changes the outputs
 
@@ -71,7 +79,16 @@ SPEC = {
     "tokenizer_pattern": (GPT4_SPLIT_PATTERN, "regex that pre-splits text before BPE"),
     # report
     "report_examples": (3, "dropped documents shown per filter in the report"),
+    # a fine-tuning task instead of a corpus (prepare_task)
+    "task": ("", "'translation' (English <-> Spanish Bible verses) or 'pairs' (task_files); "
+                 "empty: curate a corpus"),
+    "task_files": ({}, "pairs: JSONL files of prompt/response per split, e.g. "
+                       "{'train': ['t.jsonl'], 'val': ['v.jsonl'], 'test': ['x.jsonl']}"),
+    "tokenizer_from": ("", "task: the pretrained checkpoint (.pt) or tokenizer.json whose tokenizer "
+                           "encodes the pairs"),
+    "sword_root": ("/usr/share/sword", "translation: the folder of the SWORD Bible modules"),
 }
+TASK_KEYS = {"task", "task_files", "tokenizer_from", "sword_root"}  # prepare_task's; no stage's
 
 # Which keys change which stage's outputs; the rest (workers, force, paths) never change a byte.
 STAGE_KEYS = {
@@ -285,9 +302,77 @@ def encode(cfg, source_specs, out, tokenizer, stats):
 
 # ----------------------------------------------------------------------------------------- main
 
+def write_tokens(path, values, dtype):
+    with atomic.replacing(path, "wb") as f:
+        np.asarray(values, dtype=dtype).tofile(f)
+
+
+def task_pairs(cfg):
+    """({split: [(prompt, response, meta)]}, counts) of the configured task."""
+    if cfg["task"] == "translation":
+        return tasks.translation_task(cfg["sword_root"])
+    if cfg["task"] != "pairs":
+        raise configurator.ConfigError(f"task={cfg['task']!r} must be 'translation' or 'pairs'")
+    if not isinstance(cfg["task_files"], dict) or not cfg["task_files"].get("train"):
+        raise configurator.ConfigError("task='pairs' needs task_files={'train': [...], 'val': [...], "
+                                       "'test': [...]} (JSONL with 'prompt' and 'response')")
+    splits = {split: [(p, r, {"file": str(path)}) for path in cfg["task_files"].get(split, [])
+                      for p, r in tasks.read_jsonl_pairs(path)] for split in ("train", "val", "test")}
+    return splits, {f"{split}_pairs": len(pairs) for split, pairs in splits.items()}
+
+
+def prepare_task(cfg, out):
+    """A fine-tuning task's data: train/val bins of template-rendered pairs with their loss masks,
+    test.jsonl, meta.json and report.md, encoded with tokenizer_from's tokenizer."""
+    source = cfg["tokenizer_from"]
+    if not source:
+        raise configurator.ConfigError("a task is encoded with the pretrained model's tokenizer: set "
+                                       "tokenizer_from=out/best.pt (or a tokenizer.json)")
+    tokenizer = (Tokenizer.from_dict(checkpoint.load(source)["tokenizer"], origin=source)
+                 if source.endswith(".pt") else Tokenizer.load(source))
+    splits, counts = task_pairs(cfg)
+    if not splits["train"] or not splits["val"]:
+        raise configurator.ConfigError(f"task {cfg['task']!r}: the train and val splits need pairs "
+                                       f"(found {counts})")
+    dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
+    meta = {"vocab_size": tokenizer.vocab_size, "dtype": np.dtype(dtype).name, "tokenizer": "tokenizer.json",
+            "task": {"name": cfg["task"], "prompt_template": tasks.PROMPT_TEMPLATE,
+                     "tokenizer_from": source, **counts}, "splits": {}}
+    for split in ("train", "val"):
+        ids, mask = [], []
+        for prompt, response, _ in splits[split]:
+            pair_ids, pair_mask = tasks.encode_pair(tokenizer, prompt, response)
+            ids += pair_ids
+            mask += pair_mask
+        write_tokens(out / f"{split}.mask.bin", mask, np.uint8)
+        write_tokens(out / f"{split}.bin", ids, dtype)
+        meta["splits"][split] = {"pairs": len(splits[split]), "tokens": len(ids), "targets": sum(mask)}
+    for split in ("train", "test"):  # the test pairs for eval.py, the train pairs for its retrieval
+        atomic.write_text(out / f"{split}.jsonl", "".join(
+            json.dumps({"prompt": p, "response": r, **m}, ensure_ascii=False) + "\n"
+            for p, r, m in splits[split]))
+    tokenizer.save(out / "tokenizer.json")
+    atomic.write_text(out / "meta.json", json.dumps(meta, indent=1))
+    example = splits["train"][0]
+    atomic.write_text(out / "report.md", "\n".join([
+        f"# Task data: {cfg['task']}", "", f"Encoded with the tokenizer of `{source}`.", "",
+        "| split | pairs | tokens | targets (loss mask 1) |", "|---|---:|---:|---:|",
+        *(f"| {s} | {v['pairs']:,} | {v['tokens']:,} | {v['targets']:,} |" for s, v in meta["splits"].items()),
+        f"| test (test.jsonl) | {len(splits['test']):,} | | |", "",
+        "Counts: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()), "",
+        "A pair as the model sees it (the response and the end-of-text token are its targets):", "",
+        "```", tasks.render_prompt(example[0]) + example[1] + "<|endoftext|>", "```", ""]))
+    log(f"wrote {out}/: task {cfg['task']!r}, " + ", ".join(
+        f"{s} {v['pairs']:,} pairs ({v['tokens']:,} tokens)" for s, v in meta["splits"].items())
+        + f", test.jsonl {len(splits['test']):,} pairs")
+    return out
+
+
 def run(cfg):
     out = Path(cfg["data_root"]) / cfg["dataset"]
     out.mkdir(parents=True, exist_ok=True)
+    if cfg["task"]:
+        return prepare_task(cfg, out)
     source_specs = sources_mod.resolve_sources(cfg["sources"])
     if not 0 < cfg["val_fraction"] < 1:
         raise configurator.ConfigError(f"val_fraction={cfg['val_fraction']} must be in (0, 1)")
@@ -316,7 +401,7 @@ def run(cfg):
 def main(argv=None):
     cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="prepare.py")
     with configurator.errors_exit(configurator.ConfigError, sources_mod.SourceError, DownloadError,
-                                  cluster.RayUnavailable):
+                                  cluster.RayUnavailable, tasks.TaskError, checkpoint.CheckpointError):
         run(cfg)
 
 

@@ -271,7 +271,8 @@ def test_allocate_water_fills():
 
 
 def test_every_key_is_assigned_to_a_stage():
-    assigned = {k for keys in prepare.STAGE_KEYS.values() for k in keys} | prepare.NON_OUTPUT_KEYS
+    assigned = ({k for keys in prepare.STAGE_KEYS.values() for k in keys} | prepare.NON_OUTPUT_KEYS
+                | prepare.TASK_KEYS)
     assert assigned == set(prepare.SPEC)
 
 

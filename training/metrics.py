@@ -201,3 +201,10 @@ def coherence(prompts, continuations):
         norm = math.sqrt(sum(v * v for v in ca.values())) * math.sqrt(sum(v * v for v in cb.values()))
         sims.append(dot / norm if norm else 0.0)
     return float(np.mean(sims)) if sims else 0.0
+
+
+def one_line(text):
+    """text with its line breaks as spaces. references.txt and hypotheses.txt hold one case per
+    line, as sacrebleu's and rouge-score's command lines read them, and eval.py scores these same
+    one-line texts, so those commands give its numbers exactly."""
+    return text.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")

@@ -1,0 +1,201 @@
+"""Fine-tuning tasks: the template and its loss mask, JSONL pairs, the Bible reader's alignment and
+book split (on a small fixture, and on Debian's modules where they are installed), and prepare.py
+writing a task's data that train.py then fine-tunes on."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import eval as eval_script
+import prepare
+from curation import tasks
+from curation.tokenizer import Tokenizer
+from test_train import args, data_root, run  # noqa: F401
+from training import checkpoint, configurator, task_eval
+
+SWORD = Path("/usr/share/sword")
+NO_BIBLES = "Debian's sword-text-kjv and sword-text-sparv are not installed (`make test` installs them)"
+
+
+def test_a_pair_is_its_rendered_prompt_then_the_response_and_end_of_text(data_root):  # noqa: F811
+    tokenizer = Tokenizer.load(data_root / "tiny" / "tokenizer.json")
+    ids, mask = tasks.encode_pair(tokenizer, "Translate English to Spanish:\nIn the beginning", "En el principio")
+    prompt = tokenizer.encode("### Prompt:\nTranslate English to Spanish:\nIn the beginning\n### Response:\n")
+    response = tokenizer.encode("En el principio")
+    assert ids == prompt + response + [tokenizer.eot_id]
+    assert mask == [0] * len(prompt) + [1] * (len(response) + 1)
+
+
+def test_jsonl_pairs_and_their_errors(tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": "c", "response": "d", "x": 1}\n')
+    assert tasks.read_jsonl_pairs(good) == [("a", "b"), ("c", "d")]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"\n')
+    with pytest.raises(tasks.TaskError, match="bad.jsonl:2: not valid JSON"):
+        tasks.read_jsonl_pairs(bad)
+    bad.write_text('{"prompt": "a", "response": 3}\n')
+    with pytest.raises(tasks.TaskError, match="bad.jsonl:1: needs string fields 'prompt' and 'response'"):
+        tasks.read_jsonl_pairs(bad)
+    with pytest.raises(tasks.TaskError, match="cannot read task file"):
+        tasks.read_jsonl_pairs(tmp_path / "missing.jsonl")
+
+
+# verses of both editions: Spanish lacks one, leaves one empty, cuts one short, and numbers Jonah 2
+# one verse later (its 2:1 is the English 1:4 here, as the Reina-Valera's is the KJV's 1:17)
+JONAH = {(1, 1): "So they took up Jonah,", (1, 2): "and cast him forth into the sea:",
+         (1, 3): "and the sea ceased from her raging.",
+         (1, 4): "Now the LORD had prepared a great fish to swallow up Jonah.",
+         (2, 1): "Then Jonah prayed unto the LORD his God out of the fish's belly, and said,",
+         (2, 2): "I cried unto the LORD,",
+         (2, 3): "and he heard me; out of the belly of hell cried I, and thou heardest my voice.",
+         (2, 4): "For thou hadst cast me,"}
+JONAS = {(1, 1): "Y tomaron á Jonás,", (1, 2): "y echáronlo al mar:", (1, 3): "y el mar se quietó de su furia.",
+         (1, 4): "", (2, 1): "Mas Jehová había prevenido un gran pez que tragase á Jonás.",
+         (2, 2): "Y oró Jonás desde el vientre del pez á Jehová su Dios, y dijo así, clamando:",
+         (2, 3): "Clamé á Jehová,",
+         (2, 4): "y él me oyó; del seno del sepulcro clamé, y mi voz oíste tú allá adentro.",
+         (2, 5): "Echásteme en el profundo,"}
+ENGLISH = {("Gen", 1, 1): "In the beginning God created the heaven and the earth.",
+           ("Gen", 1, 2): "And the earth was without form, and void;",
+           ("Gen", 1, 3): "And God said, Let there be light: and there was light.",
+           ("Ruth", 1, 1): "Now it came to pass in the days when the judges ruled,",
+           ("Mark", 1, 1): "The beginning of the gospel of Jesus Christ, the Son of God;",
+           ("Acts", 1, 1): "The former treatise have I made, O Theophilus,",
+           ("Acts", 1, 2): "Until the day in which he was taken up,",
+           ("Heb", 1, 1): "God, who at sundry times and in divers manners spake",
+           ("Rev", 1, 1): "The Revelation of Jesus Christ,"}
+SPANISH = {("Gen", 1, 1): "En el principio crió Dios los cielos y la tierra.",
+           ("Gen", 1, 2): "Y la tierra estaba desadornada y vacía,",
+           ("Gen", 1, 3): "Y dijo Dios:",
+           ("Ruth", 1, 1): "Y ACONTECIÓ en los días que gobernaban los jueces,",
+           ("Mark", 1, 1): "PRINCIPIO del evangelio de Jesucristo, Hijo de Dios.",
+           ("Acts", 1, 1): "EN el primer tratado, oh Teófilo,",
+           ("Heb", 1, 1): "DIOS, habiendo hablado muchas veces",
+           ("Rev", 1, 1): ""}
+
+
+def test_verses_align_by_number_and_split_by_whole_books():
+    english = {**ENGLISH, **{("Jonah", *key): text for key, text in JONAH.items()}}
+    spanish = {**SPANISH, **{("Jonah", *key): text for key, text in JONAS.items()}}
+    assert tasks.renumbered_chapters(english, spanish) == {("Jonah", 2)}
+    rows, dropped = tasks.aligned_verses(english, spanish)
+    # Acts 1:2 is missing in Spanish, Revelation 1:1 and Jonah 1:4 are empty there and Jonah 2:5
+    # in English; Genesis 1:3 is cut short; Jonah 2's 4 verses are numbered differently
+    assert dropped == {"missing_or_empty": 4, "renumbered_chapter": 4, "length_ratio": 1}
+    rows = [row for row in rows if row[0][0] != "Jonah"]
+    assert [key for key, _, _ in rows] == [("Gen", 1, 1), ("Gen", 1, 2), ("Ruth", 1, 1),
+                                           ("Mark", 1, 1), ("Acts", 1, 1), ("Heb", 1, 1)]
+    splits = tasks.split_by_book(rows)
+    assert [key[0] for key, _, _ in splits["train"]] == ["Gen", "Gen"]
+    assert [key[0] for key, _, _ in splits["val"]] == ["Ruth"]
+    assert [key[0] for key, _, _ in splits["test"]] == ["Acts"]  # Mark and Hebrews are in none
+    pairs = tasks.translation_pairs(splits["test"])
+    assert [(p, r, m["direction"]) for p, r, m in pairs] == [
+        ("Translate English to Spanish:\nThe former treatise have I made, O Theophilus,",
+         "EN el primer tratado, oh Teófilo,", "en-es"),
+        ("Translate Spanish to English:\nEN el primer tratado, oh Teófilo,",
+         "The former treatise have I made, O Theophilus,", "es-en")]
+
+
+def test_verse_text_is_cleaned():
+    assert tasks.clean_verse(" \u00b6 For God so loved  the world, ") == "For God so loved the world,"
+    assert tasks.clean_verse("EN el primer tratado", drop_cap=True) == "En el primer tratado"
+    assert tasks.clean_verse("EN el primer tratado") == "EN el primer tratado"
+    assert tasks.clean_verse("Y ACONTECIÓ en los días", drop_cap=True) == "Y aconteció en los días"
+    assert tasks.clean_verse("¿POR qué se amotinan", drop_cap=True) == "¿Por qué se amotinan"
+    assert tasks.clean_verse("LORD, how are they increased", drop_cap=False) == "LORD, how are they increased"
+    assert tasks.clean_verse("Y", drop_cap=True) == "Y"
+
+
+@pytest.mark.skipif(not (SWORD / "mods.d" / "engKJV2006eb.conf").exists()
+                    or not (SWORD / "mods.d" / "spaRV1909eb.conf").exists(), reason=NO_BIBLES)
+def test_the_debian_bibles_read_and_align():
+    pytest.importorskip("pysword", reason="pysword is not installed (requirements-extra.txt)")
+    english = tasks.read_bible(SWORD, tasks.SWORD_MODULES["en"], books={"Ruth", "Jonah"})
+    spanish = tasks.read_bible(SWORD, tasks.SWORD_MODULES["es"], books={"Ruth", "Jonah"})
+    assert len(english) == len(spanish) == 85 + 48  # Ruth's 4 chapters and Jonah's 4
+    assert english["Ruth", 1, 16].startswith("And Ruth said, Intreat me not to leave thee")
+    assert spanish["Ruth", 1, 1].startswith("Y aconteció en los días que gobernaban los jueces")
+    rows, dropped = tasks.aligned_verses(english, spanish)
+    # the Reina-Valera's Jonah 2:1 is the KJV's 1:17, left empty: chapter 2 is numbered apart
+    assert dropped == {"missing_or_empty": 1, "renumbered_chapter": 10, "length_ratio": 0}
+    assert not spanish["Jonah", 1, 17] and spanish["Jonah", 2, 1].startswith("Mas Jehová había prevenido")
+    assert {split: len(r) for split, r in tasks.split_by_book(rows).items()} == {
+        "train": 0, "val": 122, "test": 0}
+
+
+def test_a_missing_module_names_what_to_install(tmp_path):
+    pytest.importorskip("pysword", reason="pysword is not installed (requirements-extra.txt)")
+    with pytest.raises(tasks.TaskError, match="apt-get install sword-text-kjv sword-text-sparv"):
+        tasks.read_bible(tmp_path, "engKJV2006eb")
+
+
+def write_pairs(path, n, offset=0):
+    path.write_text("".join(json.dumps({"prompt": f"Say {i + offset} twice.",
+                                        "response": f"{i + offset} {i + offset}"}) + "\n"
+                            for i in range(n)))
+    return str(path)
+
+
+def test_prepare_writes_a_task_that_train_py_fine_tunes_on(data_root, tmp_path, capsys):  # noqa: F811
+    pretrained = run(data_root, tmp_path / "pre", "--max_iters=2", "--lr_decay_iters=2")
+    files = {"train": [write_pairs(tmp_path / "train.jsonl", 60)],
+             "val": [write_pairs(tmp_path / "val.jsonl", 20, 100)],
+             "test": [write_pairs(tmp_path / "test.jsonl", 3, 200)]}
+    cfg = configurator.parse(prepare.SPEC, ["--task=pairs", f"--data_root={tmp_path / 'data'}",
+                                            "--dataset=pairs", f"--tokenizer_from={tmp_path / 'pre' / 'last.pt'}"])
+    cfg["task_files"] = files
+    out = prepare.run(cfg)
+    tokenizer = Tokenizer.from_dict(pretrained["tokenizer"])
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["task"]["prompt_template"] == tasks.PROMPT_TEMPLATE and meta["vocab_size"] == tokenizer.vocab_size
+    ids = np.fromfile(out / "train.bin", dtype=np.uint16)
+    mask = np.fromfile(out / "train.mask.bin", dtype=np.uint8)
+    expected = [tasks.encode_pair(tokenizer, p, r) for p, r in tasks.read_jsonl_pairs(files["train"][0])]
+    assert ids.tolist() == [i for pair_ids, _ in expected for i in pair_ids]
+    assert mask.tolist() == [m for _, pair_mask in expected for m in pair_mask]
+    assert tokenizer.decode(ids[mask == 1].tolist()).startswith("0 0<|endoftext|>1 1<|endoftext|>")
+    test = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]
+    assert [(t["prompt"], t["response"]) for t in test] == tasks.read_jsonl_pairs(files["test"][0])
+    assert "| train | 60 |" in (out / "report.md").read_text()
+    tuned = run(tmp_path / "data", tmp_path / "ft", "--dataset=pairs",
+                f"--init_from={tmp_path / 'pre' / 'last.pt'}", "--max_iters=3", "--lr_decay_iters=3")
+    assert tuned["iter_num"] == 3 and tuned["tokenizer"] == pretrained["tokenizer"]
+
+    # eval.py on the tuned checkpoint scores the test pairs; the saved files give sacrebleu's numbers
+    result = eval_script.main([f"--ckpt={tmp_path / 'ft' / 'last.pt'}", f"--out_dir={tmp_path / 'ev'}"])
+    scores = result["task"]["all"]
+    assert scores["pairs"] == 3 and set(scores) >= {"model", "copy", "retrieval"}
+    for system in ("model", "copy", "retrieval"):
+        command = subprocess.run([sys.executable, "-m", "sacrebleu", str(tmp_path / "ev" / "all.references.txt"),
+                                  "-i", str(tmp_path / "ev" / f"all.{system}.txt"), "-m", "bleu", "chrf",
+                                  "-b", "-w", "4"], capture_output=True, text=True, check=True)
+        assert json.loads(command.stdout) == [round(scores[system]["bleu"], 4),
+                                              round(scores[system]["chrf"], 4)]
+    references = (tmp_path / "ev" / "all.references.txt").read_text().splitlines()
+    assert references == ["200 200", "201 201", "202 202"]
+    assert (tmp_path / "ev" / "all.copy.txt").read_text().splitlines() == [
+        "Say 200 twice.", "Say 201 twice.", "Say 202 twice."]
+    assert "| all (3) | retrieval |" in (tmp_path / "ev" / "report.md").read_text()
+
+
+def test_retrieval_takes_the_training_pair_sharing_the_most_words():
+    sources = ["the cat sat", "a dog ran", "the dog sat on the mat"]
+    found = task_eval.retrieve(sources, ["A", "B", "C"], ["dog sat", "Cat!", "nothing shared", "the dog"])
+    # Dice: "dog sat" shares 2 of {the, dog, sat, on, mat} (0.57) against 1 with the others (0.4)
+    assert found == ["C", "A", "A", "C"]
+
+
+def test_a_task_needs_the_pretrained_tokenizer_and_its_files(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        prepare.main(["--task=pairs", f"--data_root={tmp_path}"])
+    assert "set tokenizer_from=out/best.pt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        prepare.main(["--task=pairs", f"--data_root={tmp_path}", f"--tokenizer_from={tmp_path / 'x.pt'}"])
+    assert f"checkpoint {tmp_path / 'x.pt'} does not exist" in capsys.readouterr().err
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.load(tmp_path / "x.pt")

@@ -1,0 +1,101 @@
+"""eval.py on a fine-tuning task's folder (prepare.py with `task`): every test pair's response
+generated greedily from curation/tasks.py's template and scored with sacrebleu's corpus BLEU and chrF
+per direction (or per task, when the pairs have none), beside two baselines on the same pairs:
+copying the source, and retrieval, the response of the training pair whose source shares the most
+words with the test pair's (a model that only recalls training pairs scores about that)."""
+
+import json
+import re
+
+import sacrebleu
+import torch
+
+from curation import tasks
+from training import atomic, metrics
+
+WORD = re.compile(r"\w+")
+
+
+def read_pairs(path):
+    """The pairs of a task's train.jsonl or test.jsonl, as dicts (prompt, response, and source and
+    direction where the task has them)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def source_of(pair):
+    return pair.get("source", pair["prompt"])
+
+
+def generate_responses(model, tokenizer, prompts, batch_size):
+    """The model's greedy response to each prompt, rendered in the template, up to its end-of-text
+    token (at most as many new tokens as fit the context, or twice the prompt's plus 8)."""
+    responses = []
+    for i in range(0, len(prompts), batch_size):
+        batch = [tokenizer.encode(tasks.render_prompt(p)) for p in prompts[i:i + batch_size]]
+        longest = max(len(ids) for ids in batch)
+        new = max(1, min(model.config.block_size - longest, 2 * longest + 8))
+        outputs = model.generate(batch, new, temperature=0, stop_tokens=(tokenizer.eot_id,))
+        responses += [tokenizer.decode(ids) for ids in outputs]
+    return responses
+
+
+def retrieve(train_sources, train_responses, sources, chunk=256):
+    """For each source, the response of the training pair whose source has the highest word
+    overlap with it (Dice coefficient of the two sets of lower-case words); ties: the first."""
+    if not train_sources:
+        return [""] * len(sources)
+    vocab = {}
+    rows = [sorted({vocab.setdefault(w, len(vocab)) for w in WORD.findall(s.lower())})
+            for s in train_sources]
+    index = torch.tensor([[r, w] for r, words in enumerate(rows) for w in words],
+                         dtype=torch.long).reshape(-1, 2)
+    train = torch.sparse_coo_tensor(index.t(), torch.ones(len(index)), (len(rows), len(vocab)),
+                                    check_invariants=True)
+    train_sizes = torch.tensor([len(words) for words in rows], dtype=torch.float32)
+    found = []
+    for start in range(0, len(sources), chunk):
+        queries = [{vocab[w] for w in WORD.findall(s.lower()) if w in vocab}
+                   for s in sources[start:start + chunk]]
+        dense = torch.zeros(len(vocab), len(queries))
+        for j, words in enumerate(queries):
+            dense[list(words), j] = 1.0
+        overlap = torch.sparse.mm(train, dense)  # (train pairs, queries)
+        sizes = torch.tensor([len(set(WORD.findall(s.lower()))) for s in sources[start:start + chunk]],
+                             dtype=torch.float32)
+        dice = 2 * overlap / (train_sizes[:, None] + sizes[None, :]).clamp(min=1)
+        found += [train_responses[i] for i in dice.argmax(dim=0).tolist()]
+    return found
+
+
+def corpus_scores(hypotheses, references):
+    bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
+    return {"bleu": bleu.corpus_score(hypotheses, [references]).score,
+            "chrf": chrf.corpus_score(hypotheses, [references]).score,
+            "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}
+
+
+def evaluate_task(model, tokenizer, folder, out_dir, batch_size):
+    """{group: {"pairs", "model", "copy", "retrieval"}} for the folder's test pairs, each system's
+    BLEU and chrF; the references and every system's hypotheses are written to out_dir, one pair
+    per line, for `sacrebleu references.txt -i hypotheses.txt -m bleu chrf`."""
+    train, test = read_pairs(folder / "train.jsonl"), read_pairs(folder / "test.jsonl")
+    results = {}
+    for group in sorted({p.get("direction", "all") for p in test}):
+        pairs = [p for p in test if p.get("direction", "all") == group]
+        known = [p for p in train if p.get("direction", "all") == group]
+        references = [metrics.one_line(p["response"]) for p in pairs]
+        systems = {
+            "model": generate_responses(model, tokenizer, [p["prompt"] for p in pairs], batch_size),
+            "copy": [source_of(p) for p in pairs],
+            "retrieval": retrieve([source_of(p) for p in known], [p["response"] for p in known],
+                                  [source_of(p) for p in pairs])}
+        atomic.write_text(out_dir / f"{group}.references.txt", "".join(r + "\n" for r in references))
+        results[group] = {"pairs": len(pairs)}
+        for name, hypotheses in systems.items():
+            hypotheses = [metrics.one_line(h) for h in hypotheses]
+            atomic.write_text(out_dir / f"{group}.{name}.txt", "".join(h + "\n" for h in hypotheses))
+            results[group][name] = corpus_scores(hypotheses, references)
+        results[group]["samples"] = [{"prompt": p["prompt"], "reference": p["response"],
+                                      "model": m} for p, m in list(zip(pairs, systems["model"]))[:3]]
+    return results
