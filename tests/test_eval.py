@@ -209,8 +209,8 @@ def test_scored_texts_rescore_the_same_with_the_scorers_command_lines(tmp_path):
                   "A caf\u00e9 in the market\r", ""]
     evaluate_script.write_generations(tmp_path, ["code", "prose", "prose", "prose"],
                                       ["p"] * 4, references, hypotheses)
-    expected = evaluate_script.score_generations(["p"] * 4, list(map(evaluate_script.one_line, references)),
-                                                 list(map(evaluate_script.one_line, hypotheses)))
+    expected = evaluate_script.score_generations(["p"] * 4, list(map(metrics.one_line, references)),
+                                                 list(map(metrics.one_line, hypotheses)))
     bleu, chrf, rouge, rows = rescore_with_the_scorers_command_lines(tmp_path)
     assert rows == 4 and expected["bleu"] > 10 and expected["rouge1"] > 0.3
     assert bleu == pytest.approx(expected["bleu"], abs=1e-6)
@@ -234,7 +234,7 @@ def test_eval_writes_every_generation_case(data_root, tmp_path):  # noqa: F811
     assert any("\n" in c["reference"] for c in cases)  # code: the one-line files flatten it
     for name, key in (("references.txt", "reference"), ("hypotheses.txt", "hypothesis")):
         lines = (out / name).read_text().split("\n")
-        assert lines[:-1] == [evaluate_script.one_line(c[key]) for c in cases] and lines[-1] == ""
+        assert lines[:-1] == [metrics.one_line(c[key]) for c in cases] and lines[-1] == ""
     bleu, chrf, rouge, _ = rescore_with_the_scorers_command_lines(out)
     assert g["bleu"] > 0 and bleu == pytest.approx(g["bleu"], abs=1e-6)
     assert chrf == pytest.approx(g["chrf"], abs=1e-6)

@@ -50,6 +50,10 @@ def test_the_mask_is_exact_at_every_window_boundary(masked_root):
             expected = [int(data[i]) if mask[i] else IGNORE for i in range(start + 1, start + 17)]
             assert row == expected
         assert batches.targets("train", starts) == sum(int(mask[s + 1:s + 17].sum()) for s in starts)
+    # the unigram baseline counts and scores the learned tokens only
+    val = np.fromfile(folder / "val.bin", dtype=np.uint16)[np.fromfile(folder / "val.mask.bin", dtype=np.uint8) == 1]
+    counts = np.bincount(data[mask == 1], minlength=batches.meta["vocab_size"]) + 1.0
+    assert batches.unigram_loss() == pytest.approx(float(np.mean(-np.log(counts / counts.sum())[val])))
     (folder.parent / "short").mkdir()
     for name in ("train.bin", "val.bin", "meta.json", "tokenizer.json"):
         shutil.copy(folder / name, folder.parent / "short" / name)

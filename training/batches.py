@@ -95,8 +95,13 @@ class Batches:
         mask = self.masks[split]
         return int(sum(int(mask[i + 1:i + 1 + self.block_size].sum()) for i in starts))
 
+    def learned(self, split):
+        """The tokens of split the loss counts: those its mask marks, or all of them."""
+        data = self.data[split]
+        return data[self.masks[split] == 1] if split in self.masks else data
+
     def unigram_loss(self):
-        """Cross-entropy (nats) on val of a unigram model of train (add-one smoothing): the loss a
-        model that ignores context would reach."""
-        return float(np.mean(metrics.unigram_nll(self.data["train"], self.data["val"],
+        """Cross-entropy (nats) on val of a unigram model of train (add-one smoothing), both on the
+        tokens the loss counts: the loss a model that ignores context would reach."""
+        return float(np.mean(metrics.unigram_nll(self.learned("train"), self.learned("val"),
                                                  self.meta["vocab_size"])))
