@@ -18,6 +18,7 @@ from pathlib import Path
 
 from training import checkpoint
 from training import configurator
+from curation import tasks
 from serving.streaming import TextStream
 
 SPEC = {
@@ -34,6 +35,8 @@ SPEC = {
     "dtype": ("float32", "weights in 'float32', 'bfloat16' or 'float16'"),
     "compile": (False, "torch.compile the model's forward pass first (pays off on a GPU for long "
                        "samples; the first sample includes the compilation)"),
+    "raw_prompt": (False, "send start as it is to a checkpoint fine-tuned on a task, instead of "
+                          "rendering it in the task's prompt template"),
 }
 
 
@@ -102,9 +105,11 @@ def main(argv=None):
     with configurator.errors_exit(checkpoint.CheckpointError, ValueError):
         check_settings(cfg)
         prompt = read_prompt(cfg["start"])
-        model, tokenizer, _ = checkpoint.load_for_inference(
+        model, tokenizer, ckpt = checkpoint.load_for_inference(
             cfg["ckpt"] or Path(cfg["out_dir"]) / "best.pt", cfg["device"], cfg["dtype"],
             cfg["compile"])
+    if ckpt.get("prompt_template") and not cfg["raw_prompt"]:  # fine-tuned on a task: ask it so
+        prompt = tasks.render_prompt(prompt, ckpt["prompt_template"])
     return draw_samples(model, tokenizer, prompt, cfg)
 
 

@@ -42,6 +42,7 @@ from pathlib import Path
 import waitress
 from flask import Flask, Response, jsonify, request
 
+from curation import tasks
 from curation.tokenizer import EOT
 from serving import completions
 from serving.completions import BadRequest
@@ -218,8 +219,9 @@ def collect(deltas):
     return texts, reasons, usage, logprobs
 
 
-def add_completion_endpoints(app, server, cfg):
-    """POST /v1/completions (OpenAI's shapes, streamed or whole) and POST /generate (one text)."""
+def add_completion_endpoints(app, server, cfg, prompt_template):
+    """POST /v1/completions (OpenAI's shapes, streamed or whole: prompts as sent) and POST /generate
+    (one text; a checkpoint fine-tuned on a task gets its prompt in the task's template)."""
     def parse_request(openai):
         prompts, p, unknown = completions.parse_request(parse_json(request), cfg,
                                                         server.model.config.vocab_size, openai)
@@ -250,6 +252,9 @@ def add_completion_endpoints(app, server, cfg):
         if p["n"] != 1 or p["stream"] or p["echo"] or p["logprobs"] is not None:
             raise BadRequest("/generate returns one completion; use /v1/completions for n, stream, "
                              "echo or logprobs")
+        if prompt_template:
+            prompts = [tasks.render_prompt(q, prompt_template) if isinstance(q, str) else q
+                       for q in prompts]
         t0 = time.time()
         texts, reasons, usage, _ = collect(server.run(prompts, p, disconnected))
         seconds = time.time() - t0
@@ -259,7 +264,7 @@ def add_completion_endpoints(app, server, cfg):
                         if seconds > 0 else None})
 
 
-def add_model_endpoints(app, server, cfg):
+def add_model_endpoints(app, server, cfg, prompt_template):
     """GET /v1/models, /v1/models/<name>, /health, /metrics and the playground page at /."""
     model = server.model
     page = PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", html.escape(cfg["model_name"]))
@@ -280,7 +285,8 @@ def add_model_endpoints(app, server, cfg):
     def health():
         return jsonify({"status": "ok", "model": cfg["model_name"],
                         "parameters": model.parameter_breakdown()["total"],
-                        "block_size": model.config.block_size, "vocab_size": model.config.vocab_size})
+                        "block_size": model.config.block_size, "vocab_size": model.config.vocab_size,
+                        "prompt_template": prompt_template})
 
     @app.get("/metrics")
     def prometheus():
@@ -291,16 +297,17 @@ def add_model_endpoints(app, server, cfg):
         return Response(page, mimetype="text/html")
 
 
-def create_app(model, tokenizer, cfg):
-    """The Flask app: the checks every request goes through, then the endpoints."""
+def create_app(model, tokenizer, cfg, prompt_template=None):
+    """The Flask app: the checks every request goes through, then the endpoints. prompt_template:
+    the task template of a fine-tuned checkpoint, which /generate renders prompts in."""
     app = Flask(__name__)
     server = Server(model, tokenizer, cfg["max_batch"], app.logger)
     app.config["MAX_CONTENT_LENGTH"] = cfg["max_body_bytes"]
     app.config["mini_lm_server"] = server
     install_checks(app, server, cfg)
     add_tokenizer_endpoints(app, model, tokenizer)
-    add_completion_endpoints(app, server, cfg)
-    add_model_endpoints(app, server, cfg)
+    add_completion_endpoints(app, server, cfg, prompt_template)
+    add_model_endpoints(app, server, cfg, prompt_template)
     return app
 
 
@@ -308,8 +315,8 @@ def load(cfg):
     if cfg["max_waiting"] < 1 or cfg["max_batch"] < 1:
         raise configurator.ConfigError(f"max_waiting={cfg['max_waiting']} and max_batch="
                                        f"{cfg['max_batch']} must be at least 1")
-    model, tokenizer, _ = checkpoint.load_for_inference(cfg["ckpt"], cfg["device"], cfg["dtype"])
-    return model, tokenizer
+    model, tokenizer, ckpt = checkpoint.load_for_inference(cfg["ckpt"], cfg["device"], cfg["dtype"])
+    return model, tokenizer, ckpt.get("prompt_template")
 
 
 def main(argv=None):
@@ -320,8 +327,8 @@ def main(argv=None):
         # with more workers than cores it stops spinning between operations: bf16 decoding in the
         # engine ran markedly slower once the main thread had loaded the model itself (BENCHMARKS.md).
         with concurrent.futures.ThreadPoolExecutor(1) as loader:
-            model, tokenizer = loader.submit(load, cfg).result()
-    app = create_app(model, tokenizer, cfg)
+            model, tokenizer, prompt_template = loader.submit(load, cfg).result()
+    app = create_app(model, tokenizer, cfg, prompt_template)
     # channel_request_lookahead: waitress keeps reading the connection while a request runs, so it
     # notices a client that went away (waitress.client_disconnected) and generation stops at once
     http = waitress.create_server(app, host=cfg["host"], port=cfg["port"], threads=cfg["threads"],

@@ -39,9 +39,10 @@ class TaskError(ValueError):
     pass
 
 
-def render_prompt(prompt):
-    """The text a fine-tuned model is given for prompt: it answers after it."""
-    return PROMPT_TEMPLATE.format(prompt=prompt)
+def render_prompt(prompt, template=PROMPT_TEMPLATE):
+    """The text a fine-tuned model is given for prompt: it answers after it. A checkpoint fine-tuned
+    on a task holds the template it learned (its "prompt_template"), which callers pass here."""
+    return template.format(prompt=prompt)
 
 
 def encode_pair(tokenizer, prompt, response):

@@ -41,8 +41,8 @@ def speedrun_ckpt(data_root, tmp_path_factory):  # noqa: F811
 
 def make_app(ckpt, *extra):
     cfg = configurator.parse(serve.SPEC, [f"--ckpt={ckpt}", *extra])
-    model, tokenizer = serve.load(cfg)
-    return serve.create_app(model, tokenizer, cfg), model, tokenizer
+    model, tokenizer, prompt_template = serve.load(cfg)
+    return serve.create_app(model, tokenizer, cfg, prompt_template), model, tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ import pytest
 
 import eval as eval_script
 import prepare
+import sample
+import serve
 from curation import tasks
 from curation.tokenizer import Tokenizer
 from test_train import args, data_root, run  # noqa: F401
@@ -181,6 +183,25 @@ def test_prepare_writes_a_task_that_train_py_fine_tunes_on(data_root, tmp_path, 
     assert (tmp_path / "ev" / "all.copy.txt").read_text().splitlines() == [
         "Say 200 twice.", "Say 201 twice.", "Say 202 twice."]
     assert "| all (3) | retrieval |" in (tmp_path / "ev" / "report.md").read_text()
+
+    # sample.py and serve.py's /generate ask the tuned model in the task's template
+    assert tuned["prompt_template"] == tasks.PROMPT_TEMPLATE and pretrained["prompt_template"] is None
+    model, tokenizer, _ = checkpoint.load_for_inference(tmp_path / "ft" / "last.pt")
+    rendered = tasks.render_prompt("Say 7 twice.")
+    expected = tokenizer.decode(model.generate([tokenizer.encode(rendered)], 5, temperature=0,
+                                               stop_tokens=[tokenizer.eot_id])[0])
+    capsys.readouterr()
+    common = [f"--ckpt={tmp_path / 'ft' / 'last.pt'}", "--start=Say 7 twice.", "--temperature=0",
+              "--num_samples=1", "--max_new_tokens=5"]
+    assert sample.main(common) == [expected] and rendered in capsys.readouterr().out
+    sample.main(common + ["--raw_prompt=True"])
+    assert "### Prompt:" not in capsys.readouterr().out
+    serve_cfg = configurator.parse(serve.SPEC, [f"--ckpt={tmp_path / 'ft' / 'last.pt'}"])
+    served, served_tokenizer, template = serve.load(serve_cfg)
+    client = serve.create_app(served, served_tokenizer, serve_cfg, template).test_client()
+    answer = client.post("/generate", json={"prompt": "Say 7 twice.", "max_tokens": 5, "temperature": 0})
+    assert answer.get_json()["text"] == expected
+    assert client.get("/health").get_json()["prompt_template"] == tasks.PROMPT_TEMPLATE
 
 
 def test_retrieval_takes_the_training_pair_sharing_the_most_words():

@@ -104,6 +104,9 @@ def run_contents(run, state, rng):
         "train_windows_drawn": run.batches.drawn,
         "rng": rng, "config": run.cfg, "history": state.history, "unigram_val_loss": run.unigram,
         "dataset": {"path": str(run.folder), "vocab_size": run.batches.meta["vocab_size"]},
+        # a fine-tuning task's prompt template (curation/tasks.py), which sample.py and serve.py
+        # render prompts in; None for a corpus
+        "prompt_template": run.batches.meta.get("task", {}).get("prompt_template"),
     }
 
 
