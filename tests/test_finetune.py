@@ -3,8 +3,6 @@ with a fresh optimizer, and only the targets the mask marks count, each step's l
 of them whichever way the step is split into micro-batches or ranks."""
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import train
-from test_train import ROOT, args, assert_same_parameters, data_root, run  # noqa: F401
-from training import checkpoint, configurator
+from test_train import args, assert_same_parameters, data_root, run, run_ddp  # noqa: F401
+from training import configurator
 from training.batches import IGNORE, Batches
 
 
@@ -92,12 +90,8 @@ def test_ddp_with_a_loss_mask_equals_one_process_accumulating(masked_root, tmp_p
     common = ["--max_iters=3", "--lr_decay_iters=3", "--eval_interval=100", "--dropout=0.0",
               "--gradient_accumulation_steps=2"]
     single = run(masked_root, tmp_path / "single", *common)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "train.py", *args(masked_root, tmp_path / "ddp", *common)]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[:4000]
-    ddp = checkpoint.load(tmp_path / "ddp" / "last.pt")
-    assert ddp["iter_num"] == 3
+    ddp = run_ddp(masked_root, tmp_path / "ddp", *common)
+    assert len(ddp["rng"]) == 2 and ddp["iter_num"] == 3
     assert_same_parameters(single["model"], ddp["model"], atol=1e-5)
 
 

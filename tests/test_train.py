@@ -38,6 +38,15 @@ def run(data_root, out_dir, *extra):
     return checkpoint.load(Path(out_dir) / "last.pt")
 
 
+def run_ddp(data_root, out_dir, *extra):
+    """train.py under torchrun with 2 ranks (gloo); its last.pt."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "train.py", *args(data_root, out_dir, *extra)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[:4000]
+    return checkpoint.load(Path(out_dir) / "last.pt")
+
+
 def assert_same_parameters(a, b, atol=0.0):
     assert a.keys() == b.keys()
     for k in a:
@@ -80,11 +89,7 @@ def test_ddp_equals_single_process_accumulation(data_root, tmp_path, recipe):
     common = ["--max_iters=4", "--lr_decay_iters=4", "--eval_interval=100", "--dropout=0.0",
               "--gradient_accumulation_steps=2", *recipe]
     single = run(data_root, tmp_path / "single", *common)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "train.py", *args(data_root, tmp_path / "ddp", *common)]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[:4000]
-    ddp = checkpoint.load(tmp_path / "ddp" / "last.pt")
+    ddp = run_ddp(data_root, tmp_path / "ddp", *common)
     assert len(ddp["rng"]) == 2 and ddp["iter_num"] == 4
     assert_same_parameters(single["model"], ddp["model"], atol=1e-5)
 
