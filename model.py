@@ -123,6 +123,11 @@ class KVCache:
             dtype = torch.promote_types(dtype, torch.float32)
         return cls(model.config, batch_size, weight.device, dtype)
 
+    def select(self, rows):
+        """Reorder or repeat the batch's rows in place: beam search gives each beam its parent's."""
+        for kv in self.keys + self.values:
+            kv.narrow(2, 0, self.length).copy_(kv.narrow(2, 0, self.length).index_select(0, rows))
+
     def update(self, layer, k, v):
         keys, values, end = self.keys[layer], self.values[layer], self.length + k.shape[2]
         keys.narrow(2, self.length, k.shape[2]).copy_(k)

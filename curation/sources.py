@@ -24,6 +24,10 @@ Kinds (fields beyond kind, name and weight):
 - git:          repos (URLs or paths git can clone), languages=["python"] (repos.LANGUAGES),
                 licenses=repos.PERMISSIVE (SPDX ids kept), branch=None, cache_dir, max_file_bytes,
                 clone_timeout (repos.py: license detection, vendored/generated/minified rules)
+- bible:        sword_root="/usr/share/sword", languages=["en", "es"], paired=False: the
+                translation task's two Bibles (tasks.py), the books it trains on only (never its
+                test, validation or held-out books), a document per chapter: one per language, or
+                with paired=True one holding each verse in both languages (needs pysword)
 
 A source may yield (doc_id, doc_type, raw, metadata) instead, where it knows more about a document
 (the git source: repository, path, commit, license, language); the metadata dict goes into the
@@ -45,6 +49,7 @@ from pathlib import Path
 from curation import crawl
 from curation.download import download, verify
 from curation import repos
+from curation import tasks
 from curation import web
 from curation import wikitext
 
@@ -69,10 +74,11 @@ FIELDS = {
             "delay_seconds": 1.0, "timeout": 20.0, "retries": 3, "backoff_seconds": 1.0},
     "git": {"repos": None, "languages": ["python"], "licenses": repos.PERMISSIVE, "branch": None,
             "cache_dir": "data/repos", "max_file_bytes": 1_000_000, "clone_timeout": 600},
+    "bible": {"sword_root": "/usr/share/sword", "languages": ["en", "es"], "paired": False},
 }
 REQUIRED = {"files": ["paths"], "jsonl": ["paths"], "hf": ["dataset"], "git": ["repos"]}
 # the optional packages (requirements-extra.txt) each kind imports, besides its extractor's
-PACKAGES = {"warc": ["fastwarc", "resiliparse"], "web": ["resiliparse"]}
+PACKAGES = {"warc": ["fastwarc", "resiliparse"], "web": ["resiliparse"], "bible": ["pysword"]}
 
 
 class SourceError(ValueError):
@@ -122,6 +128,13 @@ def resolve_sources(sources):
         if kind == "git" and unknown_languages:
             raise SourceError(f"{where} (git): unknown language(s) {sorted(unknown_languages)}; "
                               f"known: {sorted(repos.LANGUAGES)}")
+        if kind == "bible" and (not full["languages"]
+                                or set(full["languages"]) - set(tasks.SWORD_MODULES)):
+            raise SourceError(f"{where} (bible): languages must be a non-empty list of "
+                              f"{sorted(tasks.SWORD_MODULES)} (got {full['languages']!r})")
+        if kind == "bible" and full["paired"] and sorted(full["languages"]) != ["en", "es"]:
+            raise SourceError(f"{where} (bible): paired=True pairs English with Spanish: "
+                              "languages=['en', 'es']")
         if full["name"] in names:
             raise SourceError(f"{where}: source name {full['name']!r} is used twice; give each a name=")
         names.add(full["name"])
@@ -311,6 +324,36 @@ def iter_warc(spec, warn):
     yield from web.iter_warc_files(paths, spec, warn)
 
 
+# ------------------------------------------------------------------------- the translation task's Bibles
+
+def iter_bible(spec, warn):
+    """The training books of the translation task's Bibles, a document per chapter, verse per line.
+    Paired: each aligned verse in both languages, English first in odd chapters and Spanish first
+    in even ones, so both directions are seen; verses that tasks.aligned_verses leaves out are not
+    in it. Monolingual: every nonempty verse of each language."""
+    try:
+        bibles = {lang: tasks.read_bible(spec["sword_root"], tasks.SWORD_MODULES[lang])
+                  for lang in spec["languages"]}
+    except tasks.TaskError as e:
+        raise SourceError(f"source {spec['name']!r} (bible): {e}") from None
+    if spec["paired"]:
+        rows, _ = tasks.aligned_verses(bibles["en"], bibles["es"])
+        lines = {}
+        for (book, chapter, _), english, spanish in tasks.split_by_book(rows)["train"]:
+            pair = (english, spanish) if chapter % 2 else (spanish, english)
+            lines.setdefault(("en-es", book, chapter), []).append("\n".join(pair))
+        chapters = {key: "\n\n".join(verses) for key, verses in lines.items()}
+    else:
+        lines = {}
+        for lang, verses in bibles.items():
+            for (book, chapter, _), text in verses.items():
+                if text and tasks.BOOK_SPLIT.get(book, "train") == "train":
+                    lines.setdefault((lang, book, chapter), []).append(text)
+        chapters = {key: "\n".join(verses) for key, verses in lines.items()}
+    for (lang, book, chapter), text in chapters.items():
+        yield f"{lang}:{book}.{chapter}", "prose", text
+
+
 COLLECTORS = {"files": iter_files, "jsonl": iter_jsonl, "wiki_offline": iter_wiki_offline,
               "wiki_dump": iter_wiki_dump, "hf": iter_hf, "git": repos.iter_git, "warc": iter_warc,
-              "web": crawl.iter_web}
+              "web": crawl.iter_web, "bible": iter_bible}

@@ -11,6 +11,8 @@ from pathlib import Path
 import prepare
 from test_prepare import config as prepare_config
 from test_prepare import make_corpus
+from test_tasks import write_pairs
+from training import configurator
 
 ROOT = Path(__file__).resolve().parent.parent
 # missing on the GPU machine, or not known to be there: the device path needs none of them
@@ -23,13 +25,23 @@ def test_rehearsal_without_the_packages_the_gpu_machine_lacks(tmp_path):
     (tmp_path / "corpus").mkdir()
     prepare.run(prepare_config(make_corpus(tmp_path / "corpus"), data, dataset="offline",
                                vocab_size=300))
-    bins = {name: hashlib.sha256((data / "offline" / name).read_bytes()).hexdigest()
-            for name in ("train.bin", "val.bin")}
+    task = configurator.parse(prepare.SPEC, ["--task=pairs", f"--data_root={data}",
+                                             "--dataset=translation_offline",
+                                             f"--tokenizer_from={data / 'offline' / 'tokenizer.json'}"])
+    task["task_files"] = {"train": [write_pairs(tmp_path / "train.jsonl", 40)],
+                          "val": [write_pairs(tmp_path / "val.jsonl", 10, 100)],
+                          "test": [write_pairs(tmp_path / "test.jsonl", 3, 200)]}
+    prepare.run(task)
+    carried = [("offline", "train.bin"), ("offline", "val.bin"),
+               *[("translation_offline", name) for name in ("train.bin", "val.bin", "train.mask.bin",
+                                                            "val.mask.bin", "train.jsonl", "test.jsonl")]]
+    bins = {(folder, name): hashlib.sha256((data / folder / name).read_bytes()).hexdigest()
+            for folder, name in carried}
     packed = subprocess.run([sys.executable, "-m", "benchmarks.gpu_run", "--pack", f"--data_root={data}"],
                             cwd=ROOT, capture_output=True, text=True)
     assert packed.returncode == 0, packed.stderr
-    for name in bins:  # the device has only what was carried
-        (data / "offline" / name).unlink()
+    for folder, name in bins:  # the device has only what was carried
+        (data / folder / name).unlink()
 
     blocked = tmp_path / "blocked"
     blocked.mkdir()
@@ -43,13 +55,18 @@ def test_rehearsal_without_the_packages_the_gpu_machine_lacks(tmp_path):
     log = (out / "gpu_run.log").read_text() if (out / "gpu_run.log").exists() else ""
     assert result.returncode == 0, result.stdout + result.stderr + log[-5000:]
 
-    assert {name: hashlib.sha256((data / "offline" / name).read_bytes()).hexdigest()
-            for name in bins} == bins  # restored from the carry, byte for byte
+    assert {(folder, name): hashlib.sha256((data / folder / name).read_bytes()).hexdigest()
+            for folder, name in bins} == bins  # restored from the carry, byte for byte
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["stages"]) == ["tests", "kernels", "train", "eval", "generation"]
+    assert list(summary["stages"]) == ["tests", "kernels", "train", "eval", "generation", "finetune",
+                                       "task_eval"]
     assert all(stage["status"] == "ok" for stage in summary["stages"].values())
     assert "is not on the GPU machine" not in log
     assert "max_minutes" in log and "tokens/s" in log and "| LayerNorm |" in log
     report = json.loads((out / "eval" / "eval.json").read_text())
     assert "rouge1, rouge2, rougeL" in report["generation"]["not_computed"]  # blocked, and said so
     assert report["likelihood"]["overall"]["perplexity"] > 1
+    task_report = json.loads((out / "task_eval" / "eval.json").read_text())
+    assert task_report["task"]["all"]["pairs"] == 3 and "retrieval" in task_report["task"]["all"]
+    tuned = task_report["training"]
+    assert tuned["config"]["init_from"].endswith("best.pt") and tuned["iter_num"] == 4

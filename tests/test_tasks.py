@@ -13,7 +13,7 @@ import eval as eval_script
 import prepare
 import sample
 import serve
-from curation import tasks
+from curation import sources, tasks
 from curation.tokenizer import Tokenizer
 from test_train import args, data_root, run  # noqa: F401
 from training import checkpoint, configurator, task_eval
@@ -101,6 +101,35 @@ def test_verses_align_by_number_and_split_by_whole_books():
          "EN el primer tratado, oh Teófilo,", "en-es"),
         ("Translate Spanish to English:\nEN el primer tratado, oh Teófilo,",
          "The former treatise have I made, O Theophilus,", "es-en")]
+
+
+def test_the_bible_source_holds_the_books_the_task_trains_on_and_no_other(monkeypatch):
+    """prepare.py's bible source (a pretraining mix with the task's text): a document per chapter,
+    never a verse of the test, validation or held-out books."""
+    pytest.importorskip("pysword", reason="pysword is not installed (requirements-extra.txt)")
+    english = {**ENGLISH, **{("Jonah", *key): text for key, text in JONAH.items()},
+               ("Gen", 2, 1): "Thus the heavens and the earth were finished,"}
+    spanish = {**SPANISH, **{("Jonah", *key): text for key, text in JONAS.items()},
+               ("Gen", 2, 1): "Y fueron acabados los cielos y la tierra,"}
+    editions = {tasks.SWORD_MODULES["en"]: english, tasks.SWORD_MODULES["es"]: spanish}
+    monkeypatch.setattr(tasks, "read_bible", lambda root, module: editions[module])
+
+    def documents(**fields):
+        spec = sources.resolve_sources([dict(kind="bible", **fields)])[0]
+        return {doc_id: text for doc_id, doc_type, text in sources.iter_source(spec, None)}
+
+    assert documents() == {  # every nonempty verse, even one the pairs leave out (Genesis 1:3)
+        "en:Gen.1": "\n".join(english["Gen", 1, v] for v in (1, 2, 3)),
+        "en:Gen.2": english["Gen", 2, 1], "en:Rev.1": english["Rev", 1, 1],
+        "es:Gen.1": "\n".join(spanish["Gen", 1, v] for v in (1, 2, 3)), "es:Gen.2": spanish["Gen", 2, 1]}
+    assert list(documents(languages=["es"])) == ["es:Gen.1", "es:Gen.2"]
+    assert documents(paired=True) == {  # aligned verses only; English first in odd chapters
+        "en-es:Gen.1": "\n\n".join(f"{english['Gen', 1, v]}\n{spanish['Gen', 1, v]}" for v in (1, 2)),
+        "en-es:Gen.2": f"{spanish['Gen', 2, 1]}\n{english['Gen', 2, 1]}"}
+    with pytest.raises(sources.SourceError, match="paired=True pairs English with Spanish"):
+        documents(paired=True, languages=["en"])
+    with pytest.raises(sources.SourceError, match="languages must be a non-empty list"):
+        documents(languages=["fr"])
 
 
 def test_verse_text_is_cleaned():

@@ -1,5 +1,5 @@
 """eval.py on a fine-tuning task's folder (prepare.py with `task`): every test pair's response
-generated greedily from curation/tasks.py's template and scored with sacrebleu's corpus BLEU and chrF
+generated (greedy, or by beam search) from curation/tasks.py's template and scored with sacrebleu's corpus BLEU and chrF
 per direction (or per task, when the pairs have none), beside two baselines on the same pairs:
 copying the source, and retrieval, the response of the training pair whose source shares the most
 words with the test pair's (a model that only recalls training pairs scores about that)."""
@@ -11,6 +11,7 @@ import sacrebleu
 import torch
 
 from curation import tasks
+from model import KVCache, left_pad
 from training import atomic, metrics
 
 WORD = re.compile(r"\w+")
@@ -27,17 +28,85 @@ def source_of(pair):
     return pair.get("source", pair["prompt"])
 
 
-def generate_responses(model, tokenizer, prompts, batch_size):
-    """The model's greedy response to each prompt, rendered in the template, up to its end-of-text
-    token (at most as many new tokens as fit the context, or twice the prompt's plus 8)."""
+def generate_responses(model, tokenizer, prompts, batch_size, beam_size=1):
+    """The model's response to each prompt, rendered in the template, up to its end-of-text token
+    (at most as many new tokens as fit the context, or twice the prompt's plus 8): greedy, or the
+    best of beam_size beams."""
     responses = []
     for i in range(0, len(prompts), batch_size):
         batch = [tokenizer.encode(tasks.render_prompt(p)) for p in prompts[i:i + batch_size]]
         longest = max(len(ids) for ids in batch)
         new = max(1, min(model.config.block_size - longest, 2 * longest + 8))
-        outputs = model.generate(batch, new, temperature=0, stop_tokens=(tokenizer.eot_id,))
+        if beam_size > 1:
+            outputs = beam_search(model, batch, new, tokenizer.eot_id, beam_size)
+        else:
+            outputs = model.generate(batch, new, temperature=0, stop_tokens=(tokenizer.eot_id,))
         responses += [tokenizer.decode(ids) for ids in outputs]
     return responses
+
+
+def best_continuations(step_scores, parents, finished, step, last, eot_id):
+    """One step of beam search for one prompt. step_scores: the 2k best (score, parent beam, token)
+    over all its beams and the vocabulary, best first. A candidate ending in end-of-text (or any
+    candidate on the last step) among the k best is a finished hypothesis, scored per token (GNMT's
+    length normalisation with alpha 1: otherwise the shortest wins); the k best others live on.
+    Returns [(score, parent beam, token)] of the live beams, k of them or fewer."""
+    k = len(step_scores) // 2
+    live = []
+    for rank, (score, beam, token) in enumerate(step_scores):
+        if score == float("-inf") or len(live) == k:
+            break
+        if token == eot_id or last:
+            if rank < k:
+                hypothesis = parents[beam] + ([] if token == eot_id else [token])
+                finished.append((score / (step + 1), hypothesis))
+        else:
+            live.append((score, beam, token))
+    return live
+
+
+@torch.inference_mode()
+def beam_search(model, prompts, max_new_tokens, eot_id, beam_size=4):
+    """The new tokens of each prompt's best hypothesis by beam search (length-normalised log
+    probability; a prompt stops once beam_size hypotheses have ended), all prompts' beams decoded
+    together through one KV cache whose rows follow their beams."""
+    model.eval()
+    device, k = model.lm_head.weight.device, beam_size
+    rows = torch.arange(len(prompts), device=device).repeat_interleave(k)
+    idx, pad = left_pad(prompts, device)
+    if idx.shape[1] + max_new_tokens > model.config.block_size:
+        raise ValueError(f"prompt plus {max_new_tokens} new tokens do not fit block_size")
+    idx, pad = idx[rows], (pad[rows] if bool(pad.any()) else None)
+    cache = KVCache.for_model(model, len(rows))
+    logits = model(idx, cache=cache, pad_lengths=pad, last_only=True)[0][:, -1]
+    scores = torch.full((len(prompts), k), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # every beam starts as the prompt: expand only the first
+    sequences = [[] for _ in rows]
+    finished = [[] for _ in prompts]
+    for step in range(max_new_tokens):
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        vocab = log_probs.shape[-1]
+        total = (scores.reshape(-1, 1) + log_probs).reshape(len(prompts), k * vocab)
+        top_scores, top_ids = total.topk(2 * k, dim=1)
+        parent_rows, tokens, new_scores = [], [], []
+        for p, (row_scores, row_ids) in enumerate(zip(top_scores.tolist(), top_ids.tolist())):
+            live = []
+            if len(finished[p]) < k:
+                candidates = [(s, i // vocab, i % vocab) for s, i in zip(row_scores, row_ids)]
+                live = best_continuations(candidates, sequences[p * k:(p + 1) * k],
+                                          finished[p], step, step == max_new_tokens - 1, eot_id)
+            live += [(float("-inf"), 0, eot_id)] * (k - len(live))  # finished: idle rows
+            parent_rows += [p * k + beam for _, beam, _ in live]
+            tokens += [token for _, _, token in live]
+            new_scores += [score for score, _, _ in live]
+        if all(len(f) >= k for f in finished) or step == max_new_tokens - 1:
+            break
+        sequences = [sequences[r] + [t] for r, t in zip(parent_rows, tokens)]
+        scores = torch.tensor(new_scores, device=device).reshape(len(prompts), k)
+        cache.select(torch.tensor(parent_rows, device=device))
+        logits = model(torch.tensor(tokens, device=device)[:, None], cache=cache, pad_lengths=pad,
+                       last_only=True)[0][:, -1]
+    return [max(f, key=lambda h: h[0])[1] if f else [] for f in finished]
 
 
 def retrieve(train_sources, train_responses, sources, chunk=256):
@@ -75,7 +144,7 @@ def corpus_scores(hypotheses, references):
             "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}
 
 
-def evaluate_task(model, tokenizer, folder, out_dir, batch_size):
+def evaluate_task(model, tokenizer, folder, out_dir, batch_size, beam_size=1):
     """{group: {"pairs", "model", "copy", "retrieval"}} for the folder's test pairs, each system's
     BLEU and chrF; the references and every system's hypotheses are written to out_dir, one pair
     per line, for `sacrebleu references.txt -i hypotheses.txt -m bleu chrf`."""
@@ -86,7 +155,8 @@ def evaluate_task(model, tokenizer, folder, out_dir, batch_size):
         known = [p for p in train if p.get("direction", "all") == group]
         references = [metrics.one_line(p["response"]) for p in pairs]
         systems = {
-            "model": generate_responses(model, tokenizer, [p["prompt"] for p in pairs], batch_size),
+            "model": generate_responses(model, tokenizer, [p["prompt"] for p in pairs], batch_size,
+                                        beam_size),
             "copy": [source_of(p) for p in pairs],
             "retrieval": retrieve([source_of(p) for p in known], [p["response"] for p in known],
                                   [source_of(p) for p in pairs])}
