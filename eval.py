@@ -47,7 +47,10 @@ SPEC = {
     "prompt_tokens": (64, "prompt length in the generation task (cut to block_size - 1)"),
     "reference_tokens": (64, "reference continuation length = tokens generated"),
     "temperature": (0.0, "0 = greedy"),
+    "task_split": ("test", "a fine-tuning task's pairs to answer: 'test' (to report) or 'val' (to "
+                           "choose decoding settings on)"),
     "beam_size": (1, "a fine-tuning task's responses: 1 = greedy, more = beam search with this many beams"),
+    "length_penalty": (1.0, "beam search ranks finished hypotheses by log probability / length ** this"),
     "top_k": (0, "sampling: keep the k likeliest tokens (0: all)"),
     "top_p": (1.0, "sampling: nucleus probability"),
     "seed": (1337, "sampling seed"),
@@ -76,14 +79,22 @@ def data_folder(cfg, ckpt):
 def evaluate_on_task(cfg, model, tokenizer, ckpt, folder, out_dir):
     """A fine-tuning task's evaluation (training/task_eval.py): BLEU and chrF of the model's
     responses to the test pairs, beside copying the source and retrieval, per direction."""
-    scores = task_eval.evaluate_task(model, tokenizer, folder, out_dir, cfg["batch_size"],
-                                     cfg["beam_size"])
-    result = {"checkpoint": str(cfg["ckpt"]), "evaluated_on": f"{folder}/test.jsonl", "task": scores,
+    pairs = folder / f"{cfg['task_split']}.jsonl"
+    if cfg["task_split"] not in ("val", "test") or not pairs.exists():
+        raise EvalError(f"task_split={cfg['task_split']!r}: {pairs} not found (a task folder has "
+                        f"val.jsonl and test.jsonl; `{configurator.prepare_command(folder)}` writes them)")
+    if cfg["beam_size"] < 1 or cfg["length_penalty"] < 0:
+        raise EvalError(f"beam_size={cfg['beam_size']} must be >= 1 and length_penalty="
+                        f"{cfg['length_penalty']} >= 0")
+    scores = task_eval.evaluate_task(model, tokenizer, folder, pairs, out_dir, cfg["batch_size"],
+                                     cfg["beam_size"], cfg["length_penalty"])
+    result = {"checkpoint": str(cfg["ckpt"]), "evaluated_on": str(pairs), "task": scores,
               "training": {"iter_num": ckpt.get("iter_num"), "config": ckpt["config"]},
               "eval_config": cfg}
     atomic.write_text(out_dir / "eval.json", json.dumps(result, indent=1, default=str))
-    decoding = "greedy" if cfg["beam_size"] == 1 else f"beam search, {cfg['beam_size']} beams"
-    lines = [f"# Evaluation of {cfg['ckpt']} on {folder}/test.jsonl ({decoding})", "",
+    decoding = ("greedy" if cfg["beam_size"] == 1 else
+                f"beam search, {cfg['beam_size']} beams, length penalty {cfg['length_penalty']}")
+    lines = [f"# Evaluation of {cfg['ckpt']} on {pairs} ({decoding})", "",
              "| pairs | system | BLEU | chrF |", "|---|---|---:|---:|"]
     for group, row in scores.items():
         lines += [f"| {group} ({row['pairs']:,}) | {name} | {row[name]['bleu']:.2f} | "

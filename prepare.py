@@ -323,7 +323,7 @@ def task_pairs(cfg):
 
 def prepare_task(cfg, out):
     """A fine-tuning task's data: train/val bins of template-rendered pairs with their loss masks,
-    test.jsonl, meta.json and report.md, encoded with tokenizer_from's tokenizer."""
+    the pairs of every split as JSONL, meta.json and report.md, encoded with tokenizer_from's tokenizer."""
     source = cfg["tokenizer_from"]
     if not source:
         raise configurator.ConfigError("a task is encoded with the pretrained model's tokenizer: set "
@@ -347,7 +347,8 @@ def prepare_task(cfg, out):
         write_tokens(out / f"{split}.mask.bin", mask, np.uint8)
         write_tokens(out / f"{split}.bin", ids, dtype)
         meta["splits"][split] = {"pairs": len(splits[split]), "tokens": len(ids), "targets": sum(mask)}
-    for split in ("train", "test"):  # the test pairs for eval.py, the train pairs for its retrieval
+    for split in ("train", "val", "test"):  # eval.py's pairs (val to choose its decoding settings on,
+        # test to report) and the train pairs its retrieval baseline searches
         atomic.write_text(out / f"{split}.jsonl", "".join(
             json.dumps({"prompt": p, "response": r, **m}, ensure_ascii=False) + "\n"
             for p, r, m in splits[split]))

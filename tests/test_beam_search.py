@@ -93,6 +93,10 @@ def test_batched_prompts_of_different_lengths_match_one_at_a_time(beams):
     assert any(len(f) < 10 for f in found) and any(len(f) == 10 for f in found)
 
 
-def test_a_search_that_cannot_fit_the_context_is_refused():
-    with pytest.raises(ValueError, match="block_size"):
-        task_eval.beam_search(tiny_model(), [[1] * 20], 5, EOT, beam_size=2)
+def test_a_prompt_too_long_keeps_its_last_tokens():
+    model = tiny_model(vocab=12, seed=2, scale=3.0)
+    long = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11] * 2  # 22 tokens; 24 - 5 new leaves room for 19
+    assert task_eval.beam_search(model, [long], 5, 0, beam_size=3) == \
+        task_eval.beam_search(model, [long[-19:]], 5, 0, beam_size=3)
+    with pytest.raises(ValueError, match="no room for a prompt"):
+        task_eval.beam_search(model, [[1]], 24, 0, beam_size=2)

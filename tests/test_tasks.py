@@ -8,15 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import eval as eval_script
 import prepare
 import sample
 import serve
 from curation import sources, tasks
+from model import GPT, GPTConfig
 from curation.tokenizer import Tokenizer
 from test_train import args, data_root, run  # noqa: F401
-from training import checkpoint, configurator, task_eval
+from training import checkpoint, configurator, metrics, task_eval
 
 SWORD = Path("/usr/share/sword")
 NO_BIBLES = "Debian's sword-text-kjv and sword-text-sparv are not installed (`make test` installs them)"
@@ -190,8 +192,9 @@ def test_prepare_writes_a_task_that_train_py_fine_tunes_on(data_root, tmp_path, 
     assert ids.tolist() == [i for pair_ids, _ in expected for i in pair_ids]
     assert mask.tolist() == [m for _, pair_mask in expected for m in pair_mask]
     assert tokenizer.decode(ids[mask == 1].tolist()).startswith("0 0<|endoftext|>1 1<|endoftext|>")
-    test = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]
-    assert [(t["prompt"], t["response"]) for t in test] == tasks.read_jsonl_pairs(files["test"][0])
+    for split in ("val", "test"):
+        pairs = [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
+        assert [(t["prompt"], t["response"]) for t in pairs] == tasks.read_jsonl_pairs(files[split][0])
     assert "| train | 60 |" in (out / "report.md").read_text()
     tuned = run(tmp_path / "data", tmp_path / "ft", "--dataset=pairs",
                 f"--init_from={tmp_path / 'pre' / 'last.pt'}", "--max_iters=3", "--lr_decay_iters=3")
@@ -216,6 +219,16 @@ def test_prepare_writes_a_task_that_train_py_fine_tunes_on(data_root, tmp_path, 
     # sample.py and serve.py's /generate ask the tuned model in the task's template
     assert tuned["prompt_template"] == tasks.PROMPT_TEMPLATE and pretrained["prompt_template"] is None
     model, tokenizer, _ = checkpoint.load_for_inference(tmp_path / "ft" / "last.pt")
+    # the validation pairs by beam search, as task_eval answers them in other batches
+    beam = ["--task_split=val", "--beam_size=3", "--length_penalty=1.5", "--batch_size=3"]
+    result = eval_script.main([f"--ckpt={tmp_path / 'ft' / 'last.pt'}", f"--out_dir={tmp_path / 'ev'}", *beam])
+    assert result["evaluated_on"].endswith("val.jsonl") and result["task"]["all"]["pairs"] == 20
+    prompts = [p for p, _ in tasks.read_jsonl_pairs(files["val"][0])]
+    assert (tmp_path / "ev" / "all.model.txt").read_text().splitlines() == [
+        metrics.one_line(r) for r in task_eval.generate_responses(model, tokenizer, prompts, 8, 3, 1.5)]
+    with pytest.raises(SystemExit):
+        eval_script.main([f"--ckpt={tmp_path / 'ft' / 'last.pt'}", "--task_split=train"])
+    assert "task_split='train'" in capsys.readouterr().err
     rendered = tasks.render_prompt("Say 7 twice.")
     expected = tokenizer.decode(model.generate([tokenizer.encode(rendered)], 5, temperature=0,
                                                stop_tokens=[tokenizer.eot_id])[0])
@@ -231,6 +244,24 @@ def test_prepare_writes_a_task_that_train_py_fine_tunes_on(data_root, tmp_path, 
     answer = client.post("/generate", json={"prompt": "Say 7 twice.", "max_tokens": 5, "temperature": 0})
     assert answer.get_json()["text"] == expected
     assert client.get("/health").get_json()["prompt_template"] == tasks.PROMPT_TEMPLATE
+
+
+def test_a_response_has_the_room_its_own_prompt_leaves_whatever_it_is_batched_with(data_root):  # noqa: F811
+    """A batch answers in the room its longest prompt leaves: prompts go into batches by length, so
+    a short prompt batched beside a long one is not cut short (a random model never stops)."""
+    tokenizer = Tokenizer.load(data_root / "tiny" / "tokenizer.json")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=96, n_layer=2, n_head=2,
+                          n_embd=16, zero_init=False)).eval()
+    prompts = ["a1", "long " * 12 + "1", "a2", "long " * 12 + "2"]
+    lengths = [len(tokenizer.encode(tasks.render_prompt(p))) for p in prompts]
+    assert lengths[0] == lengths[2] < lengths[1] == lengths[3] < 96  # batches of equal lengths
+    alone = task_eval.generate_responses(model, tokenizer, prompts, 1)
+    assert task_eval.generate_responses(model, tokenizer, prompts, 2) == alone
+    assert task_eval.generate_responses(model, tokenizer, prompts, 2, beam_size=2) == \
+        task_eval.generate_responses(model, tokenizer, prompts, 1, beam_size=2)
+    long_room = 96 - lengths[1]
+    assert all(len(tokenizer.encode(r)) >= long_room for r in alone)  # a short one's exceeds it
 
 
 def test_retrieval_takes_the_training_pair_sharing_the_most_words():

@@ -28,28 +28,34 @@ def source_of(pair):
     return pair.get("source", pair["prompt"])
 
 
-def generate_responses(model, tokenizer, prompts, batch_size, beam_size=1):
-    """The model's response to each prompt, rendered in the template, up to its end-of-text token
-    (at most as many new tokens as fit the context, or twice the prompt's plus 8): greedy, or the
-    best of beam_size beams."""
-    responses = []
-    for i in range(0, len(prompts), batch_size):
-        batch = [tokenizer.encode(tasks.render_prompt(p)) for p in prompts[i:i + batch_size]]
+def generate_responses(model, tokenizer, prompts, batch_size, beam_size=1, length_penalty=1.0):
+    """The model's response to each prompt, rendered in the template, up to its end-of-text token:
+    greedy, or the best of beam_size beams. A batch answers in at most as many new tokens as the
+    context leaves after its longest prompt (and twice its length plus 8), so prompts are batched
+    in order of length: each one's room to answer is then about its own, whatever the others."""
+    encoded = [tokenizer.encode(tasks.render_prompt(p)) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    responses = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = [encoded[i] for i in rows]
         longest = max(len(ids) for ids in batch)
         new = max(1, min(model.config.block_size - longest, 2 * longest + 8))
         if beam_size > 1:
-            outputs = beam_search(model, batch, new, tokenizer.eot_id, beam_size)
+            outputs = beam_search(model, batch, new, tokenizer.eot_id, beam_size, length_penalty)
         else:
             outputs = model.generate(batch, new, temperature=0, stop_tokens=(tokenizer.eot_id,))
-        responses += [tokenizer.decode(ids) for ids in outputs]
+        for i, ids in zip(rows, outputs):
+            responses[i] = tokenizer.decode(ids)
     return responses
 
 
-def best_continuations(step_scores, parents, finished, step, last, eot_id):
+def best_continuations(step_scores, parents, finished, step, last, eot_id, length_penalty):
     """One step of beam search for one prompt. step_scores: the 2k best (score, parent beam, token)
     over all its beams and the vocabulary, best first. A candidate ending in end-of-text (or any
-    candidate on the last step) among the k best is a finished hypothesis, scored per token (GNMT's
-    length normalisation with alpha 1: otherwise the shortest wins); the k best others live on.
+    candidate on the last step) among the k best is a finished hypothesis, scored by its log
+    probability / length ** length_penalty (GNMT's normalisation: at 0 the shortest tends to win,
+    above 1 longer ones gain); the k best others live on.
     Returns [(score, parent beam, token)] of the live beams, k of them or fewer."""
     k = len(step_scores) // 2
     live = []
@@ -59,23 +65,25 @@ def best_continuations(step_scores, parents, finished, step, last, eot_id):
         if token == eot_id or last:
             if rank < k:
                 hypothesis = parents[beam] + ([] if token == eot_id else [token])
-                finished.append((score / (step + 1), hypothesis))
+                finished.append((score / (step + 1) ** length_penalty, hypothesis))
         else:
             live.append((score, beam, token))
     return live
 
 
 @torch.inference_mode()
-def beam_search(model, prompts, max_new_tokens, eot_id, beam_size=4):
+def beam_search(model, prompts, max_new_tokens, eot_id, beam_size=4, length_penalty=1.0):
     """The new tokens of each prompt's best hypothesis by beam search (length-normalised log
     probability; a prompt stops once beam_size hypotheses have ended), all prompts' beams decoded
-    together through one KV cache whose rows follow their beams."""
+    together through one KV cache whose rows follow their beams. A prompt too long to leave room
+    for max_new_tokens keeps its last tokens, as generation's sliding window would."""
     model.eval()
-    device, k = model.lm_head.weight.device, beam_size
+    device, k, room = model.lm_head.weight.device, beam_size, model.config.block_size - max_new_tokens
+    if room < 1:
+        raise ValueError(f"{max_new_tokens} new tokens leave no room for a prompt in "
+                         f"block_size={model.config.block_size}")
     rows = torch.arange(len(prompts), device=device).repeat_interleave(k)
-    idx, pad = left_pad(prompts, device)
-    if idx.shape[1] + max_new_tokens > model.config.block_size:
-        raise ValueError(f"prompt plus {max_new_tokens} new tokens do not fit block_size")
+    idx, pad = left_pad([p[-room:] for p in prompts], device)
     idx, pad = idx[rows], (pad[rows] if bool(pad.any()) else None)
     cache = KVCache.for_model(model, len(rows))
     logits = model(idx, cache=cache, pad_lengths=pad, last_only=True)[0][:, -1]
@@ -94,7 +102,8 @@ def beam_search(model, prompts, max_new_tokens, eot_id, beam_size=4):
             if len(finished[p]) < k:
                 candidates = [(s, i // vocab, i % vocab) for s, i in zip(row_scores, row_ids)]
                 live = best_continuations(candidates, sequences[p * k:(p + 1) * k],
-                                          finished[p], step, step == max_new_tokens - 1, eot_id)
+                                          finished[p], step, step == max_new_tokens - 1, eot_id,
+                                          length_penalty)
             live += [(float("-inf"), 0, eot_id)] * (k - len(live))  # finished: idle rows
             parent_rows += [p * k + beam for _, beam, _ in live]
             tokens += [token for _, _, token in live]
@@ -144,11 +153,13 @@ def corpus_scores(hypotheses, references):
             "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}
 
 
-def evaluate_task(model, tokenizer, folder, out_dir, batch_size, beam_size=1):
-    """{group: {"pairs", "model", "copy", "retrieval"}} for the folder's test pairs, each system's
+def evaluate_task(model, tokenizer, folder, pairs_file, out_dir, batch_size, beam_size=1,
+                  length_penalty=1.0):
+    """{group: {"pairs", "model", "copy", "retrieval"}} for pairs_file's pairs (the folder's
+    test.jsonl or val.jsonl), each system's
     BLEU and chrF; the references and every system's hypotheses are written to out_dir, one pair
     per line, for `sacrebleu references.txt -i hypotheses.txt -m bleu chrf`."""
-    train, test = read_pairs(folder / "train.jsonl"), read_pairs(folder / "test.jsonl")
+    train, test = read_pairs(folder / "train.jsonl"), read_pairs(pairs_file)
     results = {}
     for group in sorted({p.get("direction", "all") for p in test}):
         pairs = [p for p in test if p.get("direction", "all") == group]
@@ -156,7 +167,7 @@ def evaluate_task(model, tokenizer, folder, out_dir, batch_size, beam_size=1):
         references = [metrics.one_line(p["response"]) for p in pairs]
         systems = {
             "model": generate_responses(model, tokenizer, [p["prompt"] for p in pairs], batch_size,
-                                        beam_size),
+                                        beam_size, length_penalty),
             "copy": [source_of(p) for p in pairs],
             "retrieval": retrieve([source_of(p) for p in known], [p["response"] for p in known],
                                   [source_of(p) for p in pairs])}
