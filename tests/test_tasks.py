@@ -134,6 +134,19 @@ def test_the_bible_source_holds_the_books_the_task_trains_on_and_no_other(monkey
         documents(languages=["fr"])
 
 
+def test_the_bible_mix_config_adds_all_the_verses_to_the_demo_corpus():
+    pytest.importorskip("pysword", reason="pysword is not installed (requirements-extra.txt)")
+    cfg = configurator.parse(prepare.SPEC, [str(Path(prepare.__file__).parent / "config" / "prepare_bible_mix.py")])
+    specs = sources.resolve_sources(cfg["sources"])
+    assert [s["kind"] for s in specs] == ["files", "wiki_offline", "bible"] and specs[2]["paired"]
+    weights = {s["name"]: s["weight"] for s in specs}
+    # whatever the verses come to, they all go in and the demo's sources share the rest evenly
+    for verses in (1_000_000, 1_700_000, 2_500_000):
+        quota = prepare.allocate({"code": 5_000_000, "wiki": 5_000_000, "bible": verses}, weights,
+                                 cfg["target_tokens"])
+        assert quota["bible"] == verses and abs(quota["code"] - quota["wiki"]) <= 1
+
+
 def test_verse_text_is_cleaned():
     assert tasks.clean_verse(" \u00b6 For God so loved  the world, ") == "For God so loved the world,"
     assert tasks.clean_verse("EN el primer tratado", drop_cap=True) == "En el primer tratado"
