@@ -42,7 +42,7 @@ SPEC = {
     "stride": (0, "sliding-window stride in tokens (0: half of block_size)"),
     "batch_size": (8, "windows or prompts per forward pass"),
     "max_tokens": (0, "score at most this many tokens per source (0: all)"),
-    "device": ("auto", "'auto', 'cpu', 'cuda' ..."),
+    "device": ("auto", "'auto' (cuda, else mps, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps' ..."),
     "gen_documents": (100, "documents in the generation task"),
     "prompt_tokens": (64, "prompt length in the generation task (cut to block_size - 1)"),
     "reference_tokens": (64, "reference continuation length = tokens generated"),

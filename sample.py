@@ -31,7 +31,7 @@ SPEC = {
     "top_k": (200, "sample from the k likeliest tokens only (0: all)"),
     "top_p": (1.0, "sample from the smallest set of tokens whose probability reaches p (1: all)"),
     "seed": (1337, "random seed; sample i uses seed + i"),
-    "device": ("auto", "'auto', 'cpu', 'cuda', 'cuda:1' ..."),
+    "device": ("auto", "'auto' (cuda, else mps, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps' ..."),
     "dtype": ("float32", "weights in 'float32', 'bfloat16' or 'float16'"),
     "compile": (False, "torch.compile the model's forward pass first (pays off on a GPU for long "
                        "samples; the first sample includes the compilation)"),

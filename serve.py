@@ -59,7 +59,7 @@ SPEC = {
     "max_tokens_limit": (1024, "largest max_tokens a request may ask for"),
     "max_n": (8, "largest n (completions per prompt) a request may ask for"),
     "max_body_bytes": (1_000_000, "larger request bodies get 413"),
-    "device": ("auto", "'auto', 'cpu', 'cuda' ..."),
+    "device": ("auto", "'auto' (cuda, else mps, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps' ..."),
     "dtype": ("float32", "weights: 'float32', 'bfloat16' (half the bytes), 'float16' or 'float64' "
                          "(tests)"),
     "threads": (8, "waitress worker threads (concurrent requests)"),

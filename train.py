@@ -26,7 +26,6 @@ import contextlib
 import json
 import math
 import os
-import resource
 import sys
 import time
 from dataclasses import dataclass, field, fields, replace
@@ -96,7 +95,8 @@ SPEC = {
     "min_lr": (1e-4, "learning rate at the end of the decay (~learning_rate / 10; Muon's in proportion)"),
     "max_bad_steps": (5, "stop after this many consecutive steps with a non-finite loss or gradient"),
     # system
-    "device": ("auto", "'auto' (cuda if present), 'cpu', 'cuda', 'cuda:1' ..."),
+    "device": ("auto", "'auto' (cuda if present, else mps on an Apple GPU, else cpu), 'cpu', 'cuda', "
+                       "'cuda:1', 'mps' ..."),
     "dtype": ("auto", "'auto' (bf16 on GPUs with native bf16, fp16 with a gradient scaler on older "
                       "GPUs, fp32 on CPU), 'float32', 'bfloat16', 'float16'"),
     "compile": (True, "torch.compile the model"),
@@ -132,6 +132,7 @@ def train(cfg):
         return run_training(cfg, False, 0, 1, device)
     rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     ranks.micro_steps_per_rank(cfg["gradient_accumulation_steps"], world, cfg["batch_size"])  # early
+    hardware.check_ddp(device, world)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
@@ -266,11 +267,11 @@ def set_up(cfg, ddp, rank, world, device):
               f"{'; the LM head is the token embedding' if config.tied_head else ''}); "
               f"{world} rank(s), {run.tokens_per_step:,} tokens per step ({micro_steps} micro-step(s) "
               f"of {cfg['batch_size']} sequences per rank); unigram baseline val loss {run.unigram:.3f}")
-        print(f"device: {device}" + (f", {hardware.describe_gpu(device)}" if device.type == "cuda" else ""))
+        print(f"device: {hardware.describe_device(device)}")
         print(f"precision: {dtype_reason}")
         print(f"kernels: {backend_reason}")
         print(f"attention: {hardware.describe_attention(config.attention, backend, device)}")
-        print(f"compile: {'torch.compile' if cfg['compile'] else 'off (eager)'}", flush=True)
+        print(f"compile: {hardware.describe_compile(cfg['compile'], device)}", flush=True)
         if fine_tune:
             print(f"fine-tuning {cfg['init_from']}: its weights, model and tokenizer, a fresh "
                   f"optimizer and schedule; loss on {'masked' if batches.masks else 'all'} targets")
@@ -378,8 +379,7 @@ def log_step(run, state, lr, loss, grad_norm, seconds):
     """The log line and the logged scalars of one step: loss, lr, grad norm, tokens/s, MFU, memory."""
     tokens_per_s = run.tokens_per_step / seconds
     mfu = run.flops_per_token * tokens_per_s / run.peak_flops if run.peak_flops else None
-    memory_gb = (torch.cuda.max_memory_allocated(run.device) / 1e9 if run.device.type == "cuda"
-                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+    memory_gb = hardware.peak_memory_gb(run.device)
     print(f"iter {state.iter_num}: loss {loss:.4f}, lr {lr:.2e}, grad norm {grad_norm:.3f}, "
           f"{seconds * 1000:.0f} ms, {tokens_per_s:,.0f} tokens/s"
           + (f", MFU {mfu:.1%}" if mfu is not None else "") + f", memory {memory_gb:.2f} GB",
@@ -429,8 +429,7 @@ def run_training(cfg, ddp, rank, world, device):
                                       "the last good state")
             state = replace(state, iter_num=state.iter_num + 1,
                             tokens_seen=state.tokens_seen + run.tokens_per_step)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            hardware.synchronize(device)
             if run.master and state.iter_num % cfg["log_interval"] == 0:
                 log_step(run, state, lr, loss, grad_norm, time.time() - t0)
 

@@ -93,3 +93,58 @@ def test_use_kernels_sets_every_module_and_keeps_the_config():
     assert backends == {"torch"} and model.config.kernels == "auto"
     # 2 LayerNorms per block + the final one, the attention's softmax, and the loss
     assert sum(hasattr(m, "backend") for m in model.modules()) == 5
+
+
+@pytest.fixture(params=[(14, True), (13, False)], ids=["macos14", "macos13"])
+def apple_gpu(request, monkeypatch):
+    """Pretend this machine has no CUDA and an Apple GPU, on macOS 14 or 13 (bf16 from 14)."""
+    version, bf16 = request.param
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: version >= major)
+    monkeypatch.setattr(fused_kernels, "HAVE_TRITON", True)
+    return bf16
+
+
+def test_auto_picks_mps_after_cuda_and_stays_in_pytorchs_kernels_and_float32(apple_gpu):
+    mps = hardware.resolve_device("auto")
+    assert mps == torch.device("mps") and hardware.resolve_device("mps") == mps
+    dtype, reason = hardware.choose_dtype("auto", mps)
+    assert dtype == torch.float32 and "Apple GPU" in reason
+    backend, reason = hardware.choose_kernels("auto", mps, dtype)
+    assert backend == "torch" and "CUDA GPUs" in reason
+    assert hardware.describe_attention("sdpa", backend, mps) == \
+        "sdpa (PyTorch's scaled_dot_product_attention, MPS kernel)"
+    assert "not run on one" in hardware.describe_device(mps)
+    assert "prototype" in hardware.describe_compile(True, mps)
+    hardware.check_compile(True, dtype, mps)
+    assert hardware.peak_flops(mps) == 0.0 and hardware.describe_gpu(mps) is None
+    assert not fused_kernels.ampere_or_newer(mps)
+
+
+def test_mps_refuses_what_it_cannot_run(apple_gpu):
+    mps = torch.device("mps")
+    with pytest.raises(ValueError, match="Triton kernels run on CUDA GPUs"):
+        hardware.choose_kernels("triton", mps)
+    with pytest.raises(ValueError, match="process groups"):
+        hardware.check_ddp(mps, 2)
+    hardware.check_ddp(mps, 1)
+    with pytest.raises(ValueError, match="no float64"):
+        hardware.check_weights_dtype(torch.float64, mps)
+    assert hardware.choose_dtype("float16", mps) == (torch.float16, "float16 as asked (autocast on MPS)")
+    if apple_gpu:  # macOS 14
+        assert hardware.choose_dtype("bfloat16", mps)[0] == torch.bfloat16
+        hardware.check_weights_dtype(torch.bfloat16, mps)
+    else:
+        with pytest.raises(ValueError, match="macOS 14"):
+            hardware.choose_dtype("bfloat16", mps)
+        with pytest.raises(ValueError, match="macOS 14"):
+            hardware.check_weights_dtype(torch.bfloat16, mps)
+
+
+def test_asking_for_mps_without_one_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="sees no Apple GPU"):
+        hardware.resolve_device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert hardware.resolve_device("auto") == torch.device("cpu")

@@ -73,7 +73,7 @@ def load_model(path, device="cpu"):
 
 def load_for_inference(path, device="auto", dtype="float32", compile=False):
     """(model, tokenizer, checkpoint) as sample.py, serve.py and eval.py use them: on the device
-    ('auto': CUDA if present, else CPU), weights in dtype (a name in INFERENCE_DTYPES),
+    ('auto': CUDA if present, else MPS, else CPU), weights in dtype (a name in INFERENCE_DTYPES),
     Linear weights laid out for batch-1 decoding, and with compile the forward compiled (prefill and
     decoding both go through it). What this device cannot run is refused before any work."""
     if dtype not in INFERENCE_DTYPES:
@@ -81,6 +81,7 @@ def load_for_inference(path, device="auto", dtype="float32", compile=False):
     device, torch_dtype = hardware.resolve_device(device), INFERENCE_DTYPES[dtype]
     model, tokenizer, ckpt = load_model(path, device)
     hardware.choose_kernels(model.config.kernels, device, torch_dtype)  # refuses what the GPU can't run
+    hardware.check_weights_dtype(torch_dtype, device)
     hardware.check_compile(compile, torch_dtype, device)
     model = model.to(torch_dtype).optimize_for_decoding()
     if compile:
@@ -114,7 +115,8 @@ def save_run(run, state, name):
     """Gather every rank's random state (a collective: all ranks call this), then rank 0 writes
     out_dir/name atomically."""
     rng = {"torch": torch.get_rng_state(),
-           "cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None}
+           "cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
+           "mps": torch.mps.get_rng_state() if run.device.type == "mps" else None}
     all_rng = [rng]
     if run.ddp:
         all_rng = [None] * run.world
@@ -152,6 +154,8 @@ def restore_run(run, ckpt):
         torch.set_rng_state(rng[run.rank]["torch"])
         if run.device.type == "cuda" and rng[run.rank]["cuda"] is not None:
             torch.cuda.set_rng_state(rng[run.rank]["cuda"], run.device)
+        if run.device.type == "mps" and rng[run.rank].get("mps") is not None:
+            torch.mps.set_rng_state(rng[run.rank]["mps"])
     elif run.master:
         print(f"warning: the checkpoint was written by {len(rng)} ranks, this run has {run.world}: "
               "dropout masks will differ from an uninterrupted run", file=sys.stderr)

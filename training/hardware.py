@@ -6,7 +6,14 @@ from there a GPU has native bf16, Triton's supported targets start, and PyTorch'
 runs. Below it (T4 is 7.5, V100 is 7.0) bf16 is emulated and slow, Triton is best effort and its
 compiler rejects bf16, so training there uses fp16 with a gradient scaler and PyTorch's kernels.
 Everything reads the card through torch.cuda.get_device_properties (the tests fake its answers).
+
+Apple's GPUs (MPS) come after CUDA and before the CPU. There the Triton kernels do not run (they
+are CUDA-only), attention is PyTorch's sdpa, and training stays in float32 unless asked otherwise:
+bf16 needs macOS 14, and autocast on MPS is newer and less proven than on CUDA. These choices
+follow PyTorch's documentation; the project has not run on a Mac (the tests fake the backend).
 """
+
+import resource
 
 import torch
 
@@ -19,18 +26,25 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_device(name):
-    """'auto' is cuda when a GPU is visible, else cpu; anything else as torch.device reads it."""
+    """'auto' is cuda when a GPU is visible, else mps on an Apple GPU, else cpu; anything else as
+    torch.device reads it."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"device={name!r} is not a device: use 'auto', 'cpu', 'cuda' or "
-                         "'cuda:N'") from None
+        raise ValueError(f"device={name!r} is not a device: use 'auto', 'cpu', 'cuda', 'cuda:N' "
+                         "or 'mps'") from None
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device='mps' but this PyTorch sees no Apple GPU (MPS needs macOS 12.3+ "
+                         "on Apple silicon or an AMD GPU): use 'auto' or 'cpu'")
+    return device
 
 
 def describe_gpu(device):
-    """'NVIDIA H200 (compute capability 9.0)', or None on a CPU."""
+    """'NVIDIA H200 (compute capability 9.0)', or None on a CPU or an Apple GPU."""
     if device.type != "cuda":
         return None
     props = torch.cuda.get_device_properties(device)
@@ -48,7 +62,14 @@ def choose_dtype(name, device):
         dtype = DTYPES[name]
         if dtype == torch.bfloat16 and gpu and not fused_kernels.ampere_or_newer(device):
             return dtype, f"bfloat16 as asked; {gpu} has no native bf16 (emulated, slow)"
-        return dtype, f"{name} as asked"
+        if (dtype == torch.bfloat16 and device.type == "mps"
+                and not torch.backends.mps.is_macos_or_newer(14, 0)):
+            raise ValueError("dtype=bfloat16 on MPS needs macOS 14 or newer: use dtype=auto "
+                             "(float32) or float16")
+        return dtype, f"{name} as asked" + (" (autocast on MPS)" if device.type == "mps" else "")
+    if device.type == "mps":
+        return torch.float32, ("float32 on the Apple GPU: autocast on MPS is not the default "
+                               "here (dtype=bfloat16 on macOS 14+, or float16, to try it)")
     if gpu is None:
         return torch.float32, "float32: CPU autocast gains nothing for training here"
     if fused_kernels.ampere_or_newer(device):  # native bf16 from compute capability 8.0
@@ -65,6 +86,9 @@ def choose_kernels(name, device, dtype=None):
     if name == "torch":
         return "torch", "PyTorch's, as asked"
     if name == "triton":
+        if device.type == "mps":
+            raise ValueError("kernels='triton' on MPS: the Triton kernels run on CUDA GPUs; use "
+                             "kernels=auto (PyTorch's there)")
         if gpu and dtype == torch.bfloat16 and not fused_kernels.ampere_or_newer(device):
             raise ValueError(f"kernels='triton' with bfloat16 on {gpu}: Triton's compiler rejects "
                              "bf16 below compute capability 8.0; use dtype=float16 or kernels=auto")
@@ -72,7 +96,7 @@ def choose_kernels(name, device, dtype=None):
             return "triton", f"Triton's, as asked (best effort on {gpu}: Triton supports 8.0+)"
         return "triton", "Triton's, as asked"
     if gpu is None:
-        return "torch", "PyTorch's: the Triton kernels run on CUDA GPUs"
+        return "torch", "PyTorch's: the Triton kernels run on CUDA GPUs"  # CPU and MPS
     if not fused_kernels.HAVE_TRITON:
         return "torch", "PyTorch's: the triton package is not installed"
     if fused_kernels.ampere_or_newer(device):
@@ -84,6 +108,8 @@ def describe_attention(attention, kernel_backend, device):
     """One line on which attention runs, for the log."""
     gpu = describe_gpu(device)
     if attention == "sdpa":
+        if device.type == "mps":
+            return "sdpa (PyTorch's scaled_dot_product_attention, MPS kernel)"
         if gpu is None:
             return "sdpa (PyTorch's scaled_dot_product_attention, CPU kernel)"
         if fused_kernels.ampere_or_newer(device):
@@ -96,6 +122,16 @@ def describe_attention(attention, kernel_backend, device):
     return "eager (plain PyTorch, the reference)"
 
 
+def check_weights_dtype(dtype, device):
+    """Inference weights in dtype: refuse what MPS lacks (float64; bfloat16 before macOS 14)."""
+    if device.type != "mps":
+        return
+    if dtype == torch.float64:
+        raise ValueError("dtype=float64 on MPS: Apple GPUs have no float64; use float32")
+    if dtype == torch.bfloat16 and not torch.backends.mps.is_macos_or_newer(14, 0):
+        raise ValueError("dtype=bfloat16 on MPS needs macOS 14 or newer: use float32 or float16")
+
+
 def check_compile(compile_, dtype, device):
     """torch.compile generates Triton code on GPUs: refuse the combination its compiler rejects."""
     gpu = describe_gpu(device)
@@ -103,6 +139,48 @@ def check_compile(compile_, dtype, device):
         raise ValueError(f"compile=True with bfloat16 on {gpu}: the Triton code torch.compile "
                          "generates cannot use bf16 below compute capability 8.0; use dtype=auto "
                          "(float16 there) or compile=False")
+
+
+def describe_device(device):
+    """The device line of a run's log: the GPU's name and compute capability, or what MPS is."""
+    if device.type == "cuda":
+        return f"{device}, {describe_gpu(device)}"
+    if device.type == "mps":
+        return "mps (an Apple GPU through Metal; the project has not run on one: choices below " \
+               "follow PyTorch's documentation)"
+    return str(device)
+
+
+def describe_compile(compile_, device):
+    if not compile_:
+        return "off (eager)"
+    return "torch.compile" + (" (its MPS backend is a prototype in PyTorch: compile=False if it "
+                              "fails)" if device.type == "mps" else "")
+
+
+def check_ddp(device, world):
+    """Several processes train together through nccl (CUDA) or gloo (CPU); neither takes MPS tensors."""
+    if device.type == "mps" and world > 1:
+        raise ValueError(f"{world} processes on MPS: PyTorch's process groups (nccl, gloo) do not "
+                         "take MPS tensors; train in one process on an Apple GPU")
+
+
+def synchronize(device):
+    """Wait for the device's queued work (so a step's time is the step's)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def peak_memory_gb(device):
+    """The most memory the run has held: CUDA's allocator peak, Metal's allocation on MPS, the
+    process's peak resident set on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 def peak_flops(device, override=0.0):
