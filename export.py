@@ -1,29 +1,34 @@
-"""export.py: a checkpoint of GPT-2's recipe as a Hugging Face transformers folder.
+"""export.py: a checkpoint as a Hugging Face transformers folder.
 
     python export.py --ckpt=out/best.pt --out=out/hf
     python -c "from transformers import AutoModelForCausalLM, AutoTokenizer; \\
-               m = AutoModelForCausalLM.from_pretrained('out/hf'); t = AutoTokenizer.from_pretrained('out/hf')"
+               m = AutoModelForCausalLM.from_pretrained('out/hf', trust_remote_code=True); \\
+               t = AutoTokenizer.from_pretrained('out/hf')"
 
-The folder holds config.json and model.safetensors (a GPT2LMHeadModel), generation_config.json,
-and tokenizer.json with tokenizer_config.json (a fast byte-level BPE tokenizer with the same ids,
-the same pre-tokenizing pattern and <|endoftext|> as its end-of-text token). Loading it needs
-transformers only, no code of this project and no trust_remote_code. The tests check that the
-logits equal model.py's, that the tokenizer gives the same ids, and that greedy generate() gives
-the same text.
+Every folder holds config.json, model.safetensors, generation_config.json, and tokenizer.json with
+tokenizer_config.json (a fast byte-level BPE tokenizer with the same ids, the same pre-tokenizing
+pattern and <|endoftext|> as its end-of-text token). The model depends on the recipe:
 
-Only GPT-2's architecture has an exact counterpart: learned positions, GELU, no QK-norm, no value
-embeddings, no soft-cap (biases off export as zeros; an untied head exports untied). A checkpoint of
-train.py's default recipe uses rotary positions, ReLU², QK-norm and value embeddings, which no
-standard transformers architecture holds all of; it is refused, with the options named. transformers
-is needed here and in the tests, not to train, evaluate or serve.
+- GPT-2's (config/gpt2.py: learned positions, GELU, no QK-norm, no value embeddings, no soft-cap)
+  is transformers' own GPT2LMHeadModel (biases off export as zeros; an untied head exports
+  untied): loading needs no code of this project and no trust_remote_code.
+- Any other, train.py's default among them (rotary positions, ReLU², QK-norm, value embeddings),
+  has no standard transformers architecture, so the folder carries its own: modeling_mini_lm.py
+  (serving/modeling_mini_lm.py, torch and transformers only, no import of this project), which
+  `trust_remote_code=True` loads.
+
+The tests check, for both, that the logits equal model.py's, that the tokenizer gives the same ids,
+and that greedy generate() gives the same text. transformers is needed here and in the tests, not
+to train, evaluate or serve.
 """
 
+import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from training import checkpoint
+from training import atomic, checkpoint
 from model import GPT2_RECIPE
 from training import configurator
 from curation.tokenizer import EOT
@@ -41,17 +46,15 @@ class ExportError(ValueError):
     pass
 
 
-def check_exportable(model_args, path):
-    """Refuse a checkpoint whose architecture GPT2LMHeadModel cannot compute exactly."""
-    differ = {k: model_args.get(k, v) for k, v in GPT2_ARCHITECTURE.items() if model_args.get(k, v) != v}
-    if differ:
-        settings = ", ".join(f"{k}={v!r}" for k, v in differ.items())
-        raise ExportError(
-            f"{path} cannot be exported: {settings} {'has' if len(differ) == 1 else 'have'} no "
-            "counterpart in GPT-2's architecture "
-            "(transformers' GPT2LMHeadModel), and no standard transformers architecture computes "
-            "this combination exactly. Export a checkpoint trained with config/gpt2.py, or serve "
-            "this one with serve.py (its OpenAI-compatible API needs no export)")
+MODELING_FILE = Path(__file__).resolve().parent / "serving" / "modeling_mini_lm.py"
+# the model settings modeling_mini_lm.MiniLMConfig takes (everything inference needs)
+REMOTE_CODE_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "position",
+                    "activation", "qk_norm", "value_embeddings", "logit_softcap", "tied_head")
+
+
+def is_gpt2_architecture(config):
+    """True when transformers' GPT2LMHeadModel computes this model exactly."""
+    return all(getattr(config, k) == v for k, v in GPT2_ARCHITECTURE.items())
 
 
 def byte_to_unicode():
@@ -135,47 +138,74 @@ def hf_state_dict(state, n_layer, bias):
     return out
 
 
-def export(cfg):
-    try:  # an optional dependency (requirements-extra.txt): imported where it is used
-        from transformers import GPT2Config, GPT2LMHeadModel
-    except ImportError as e:
-        raise ExportError(f"export.py needs transformers ({e}): pip install -r "
-                          "requirements-extra.txt -c requirements.lock") from None
-    ckpt = checkpoint.load(cfg["ckpt"])
-    args = ckpt["model_args"]
-    check_exportable(args, cfg["ckpt"])
-    model, tokenizer, _ = checkpoint.load_model(cfg["ckpt"])
+def write_gpt2(model, tokenizer, folder):
+    """model as transformers' GPT2LMHeadModel, saved into folder."""
+    from transformers import GPT2Config, GPT2LMHeadModel  # optional (requirements-extra.txt)
+    c = model.config
     config = GPT2Config(
-        vocab_size=args["vocab_size"], n_positions=args["block_size"], n_embd=args["n_embd"],
-        n_layer=args["n_layer"], n_head=args["n_head"], n_inner=4 * args["n_embd"],
+        vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+        n_head=c.n_head, n_inner=4 * c.n_embd,
         activation_function="gelu",  # exact GELU, as F.gelu in model.py (GPT-2's own is tanh's)
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
-        bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id,
-        tie_word_embeddings=args.get("tied_head", True))
+        bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id, tie_word_embeddings=c.tied_head)
     hf_model = GPT2LMHeadModel(config)
     missing, unexpected = hf_model.load_state_dict(
-        hf_state_dict(model.state_dict(), args["n_layer"], args.get("bias", True)), strict=False)
+        hf_state_dict(model.state_dict(), c.n_layer, c.bias), strict=False)
     if unexpected or [k for k in missing if not k.endswith("attn.bias")]:
         raise ExportError(f"weights do not line up with GPT2LMHeadModel: missing {missing}, "
                           f"unexpected {unexpected}")
     hf_model.generation_config.pad_token_id = tokenizer.eot_id
+    hf_model.save_pretrained(folder)
+
+
+def write_remote_code(model, tokenizer, folder):
+    """model for modeling_mini_lm.py, saved into folder with that file: its weights under model.py's
+    own names (the tied LM head once, as the token embedding), its config.json with auto_map."""
+    from safetensors.torch import save_file  # comes with transformers (requirements-extra.txt)
+    c, eot = model.config, tokenizer.eot_id
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if c.tied_head:
+        del state["lm_head.weight"]  # the same tensor as transformer.wte.weight
+    folder.mkdir(parents=True)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = {"architectures": ["MiniLMForCausalLM"], "model_type": "mini_lm",
+              "auto_map": {"AutoConfig": "modeling_mini_lm.MiniLMConfig",
+                           "AutoModelForCausalLM": "modeling_mini_lm.MiniLMForCausalLM"},
+              **{k: getattr(c, k) for k in REMOTE_CODE_KEYS},
+              "bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
+    atomic.write_text(folder / "config.json", json.dumps(config, indent=2))
+    atomic.write_text(folder / "generation_config.json", json.dumps(
+        {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}, indent=2))
+    shutil.copy(MODELING_FILE, folder / MODELING_FILE.name)
+
+
+def export(cfg):
+    try:  # an optional dependency (requirements-extra.txt)
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise ExportError(f"export.py needs transformers ({e}): pip install -r "
+                          "requirements-extra.txt -c requirements.lock") from None
+    model, tokenizer, _ = checkpoint.load_model(cfg["ckpt"])
     out = Path(cfg["out"])
     if out.exists() and not out.is_dir():
         raise ExportError(f"out={out} is a file, not a folder: name a folder to write")
     tmp = out.with_name(f".{out.name}.tmp")  # written whole, then renamed into place
     shutil.rmtree(tmp, ignore_errors=True)
-    hf_model.save_pretrained(tmp)
-    hf_tokenizer(tokenizer, args["block_size"]).save_pretrained(tmp)
+    gpt2 = is_gpt2_architecture(model.config)
+    (write_gpt2 if gpt2 else write_remote_code)(model, tokenizer, tmp)
+    hf_tokenizer(tokenizer, model.config.block_size).save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    return out
+    return out, gpt2
 
 
 def main(argv=None):
     cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="export.py")
     with configurator.errors_exit(ExportError, checkpoint.CheckpointError):
-        out = export(cfg)
-    print(f"wrote {out}: load it with AutoModelForCausalLM.from_pretrained({str(out)!r}) and "
+        out, gpt2 = export(cfg)
+    trust = "" if gpt2 else ", trust_remote_code=True"
+    print(f"wrote {out} ({'GPT2LMHeadModel' if gpt2 else 'modeling_mini_lm.py, for this recipe'}): "
+          f"load it with AutoModelForCausalLM.from_pretrained({str(out)!r}{trust}) and "
           f"AutoTokenizer.from_pretrained({str(out)!r})")
     return out
 

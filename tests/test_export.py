@@ -1,5 +1,6 @@
-"""export.py: a GPT-2-recipe checkpoint loads in Hugging Face transformers with no project code and
-computes the same logits, token ids and greedy text; other recipes are refused with the reason."""
+"""export.py: a checkpoint loads in Hugging Face transformers and computes the same logits, token
+ids and greedy text: GPT-2's recipe as GPT2LMHeadModel with no project code, train.py's default
+recipe and every other option (untied head, soft-cap) through the folder's own modeling file."""
 import json
 import random
 
@@ -9,20 +10,26 @@ import torch
 
 from training import checkpoint
 import export
+from model import left_pad
 from test_train import GPT2, SPEEDRUN, data_root, run  # noqa: F401  (fixture and helpers)
 
 transformers = pytest.importorskip("transformers", reason="export.py's tests need transformers")
 
 
-@pytest.fixture(scope="module")
-def exported(data_root, tmp_path_factory):  # noqa: F811
-    out = tmp_path_factory.mktemp("export")
-    run(data_root, out / "run", "--max_iters=30", *GPT2)
+RECIPES = {"gpt2": GPT2, "default": [], "speedrun": SPEEDRUN}
+
+
+@pytest.fixture(scope="module", params=list(RECIPES))
+def exported(request, data_root, tmp_path_factory):  # noqa: F811
+    """(model, tokenizer, hf_model, hf_tokenizer, folder, recipe) of a short run of each recipe."""
+    out = tmp_path_factory.mktemp(f"export_{request.param}")
+    run(data_root, out / "run", "--max_iters=30", *RECIPES[request.param])
     export.main([f"--ckpt={out / 'run' / 'last.pt'}", f"--out={out / 'hf'}"])
     model, tokenizer, _ = checkpoint.load_model(out / "run" / "last.pt")
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(out / "hf").eval()
-    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out / "hf")
-    return model, tokenizer, hf_model, hf_tokenizer, out
+    trust = request.param != "gpt2"  # GPT-2's loads as transformers' own code
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(out / "hf", trust_remote_code=trust).eval()
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out / "hf", trust_remote_code=trust)
+    return model, tokenizer, hf_model, hf_tokenizer, out, request.param
 
 
 def texts(data_root):  # noqa: F811
@@ -38,17 +45,25 @@ def texts(data_root):  # noqa: F811
                           for _ in range(100)]
 
 
-def test_the_folder_is_plain_transformers(exported):
-    *_, out = exported
+def test_the_folder_is_transformers_own_or_carries_its_model(exported):
+    *_, out, recipe = exported
     files = {p.name for p in (out / "hf").iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= files
-    assert not [f for f in files if f.endswith(".py")]  # nothing to trust_remote_code
     config = json.loads((out / "hf" / "config.json").read_text())
-    assert config["model_type"] == "gpt2" and config["architectures"] == ["GPT2LMHeadModel"]
+    if recipe == "gpt2":
+        assert not [f for f in files if f.endswith(".py")]  # nothing to trust_remote_code
+        assert config["model_type"] == "gpt2" and config["architectures"] == ["GPT2LMHeadModel"]
+    else:
+        assert [f for f in files if f.endswith(".py")] == ["modeling_mini_lm.py"]
+        assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_mini_lm.MiniLMForCausalLM"
+        source = (out / "hf" / "modeling_mini_lm.py").read_text()
+        imported = {line.split()[1].split(".")[0] for line in source.splitlines()
+                    if line.startswith(("import ", "from "))}
+        assert imported == {"torch", "transformers"}  # none of this project
 
 
 def test_logits_equal_on_random_ids_and_real_text(exported, data_root):  # noqa: F811
-    model, tokenizer, hf_model, _, _ = exported
+    model, tokenizer, hf_model, *_ = exported
     block, vocab = model.config.block_size, model.config.vocab_size
     torch.manual_seed(0)
     batches = [torch.randint(0, vocab, (3, block)), torch.randint(0, vocab, (2, 7))]
@@ -62,7 +77,7 @@ def test_logits_equal_on_random_ids_and_real_text(exported, data_root):  # noqa:
 
 
 def test_the_tokenizer_gives_the_same_ids(exported, data_root):  # noqa: F811
-    _, tokenizer, _, hf_tokenizer, _ = exported
+    _, tokenizer, _, hf_tokenizer, *_ = exported
     for text in texts(data_root):
         ours = tokenizer.encode(text)
         assert hf_tokenizer.encode(text, add_special_tokens=False) == ours, text[:80]
@@ -72,7 +87,7 @@ def test_the_tokenizer_gives_the_same_ids(exported, data_root):  # noqa: F811
 
 
 def test_greedy_generate_gives_the_same_text(exported):
-    model, tokenizer, hf_model, hf_tokenizer, _ = exported
+    model, tokenizer, hf_model, hf_tokenizer, *_ = exported
     for prompt in ("The river", "def step_3(value, scale=3):", "A"):
         # within the context: GPT-2's learned positions end there (model.py would slide on)
         new = model.config.block_size - len(tokenizer.encode(prompt))
@@ -86,19 +101,25 @@ def test_greedy_generate_gives_the_same_text(exported):
         assert hf_tokenizer.decode(theirs) == tokenizer.decode(ours)
 
 
-@pytest.mark.parametrize("recipe, named", [([], "position='rotary'"),
-                                           (SPEEDRUN, "logit_softcap=15.0")], ids=["default", "speedrun"])
-def test_other_recipes_are_refused_with_the_reason(data_root, tmp_path, capsys, recipe, named):  # noqa: F811
-    run(data_root, tmp_path / "run", "--max_iters=2", *recipe)
-    with pytest.raises(SystemExit) as exit_:
-        export.main([f"--ckpt={tmp_path / 'run' / 'last.pt'}", f"--out={tmp_path / 'hf'}"])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and named in err and "GPT2LMHeadModel" in err
-    assert not (tmp_path / "hf").exists()
+def test_left_padded_batches_equal_model_py(exported):
+    """With an attention_mask, padded keys are invisible and positions count from each sequence's
+    first token, as in model.py's left-padded batches."""
+    model, tokenizer, hf_model, *_, recipe = exported
+    prompts = [tokenizer.encode("The river runs"), tokenizer.encode("def f(x):\n    return x"),
+               tokenizer.encode("A")]
+    idx, pad = left_pad(prompts, "cpu")
+    mask = (torch.arange(idx.shape[1])[None] >= pad[:, None]).long()
+    # GPT2LMHeadModel takes the positions as position_ids; modeling_mini_lm.py counts them itself
+    positions = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if recipe == "gpt2" else {}
+    with torch.no_grad():
+        ours = model(idx, pad_lengths=pad)[0]
+        theirs = hf_model(idx, attention_mask=mask, **positions).logits
+    for row, p in enumerate(pad.tolist()):  # the real positions; what padding rows compute is unread
+        torch.testing.assert_close(theirs[row, p:], ours[row, p:], rtol=1e-4, atol=1e-4)
 
 
 def test_an_out_path_that_is_a_file_is_refused(exported, tmp_path, capsys):
-    *_, out = exported
+    *_, out, _ = exported
     taken = tmp_path / "taken"
     taken.write_text("mine")
     with pytest.raises(SystemExit):
