@@ -7,8 +7,8 @@
 It needs the kernels compiled, not interpreted: run it without TRITON_INTERPRET=1.
 
 Which launches: the real launchers (fused_kernels/*.py) are called on CPU tensors of the shapes the
-CPU demo and mini_lm train and decode with (config/cpu_demo.py, config/mini_lm.py; fp32 and bf16;
-forward and backward; with and without biases and padding), with every kernel's `run` replaced by a
+CPU demo and mini_lm train and decode with (config/cpu_demo.py, config/mini_lm.py; fp32, bf16 and
+fp16; forward and backward; with and without biases and padding), with every kernel's `run` replaced by a
 recorder, so the block sizes, warps and dtypes compiled are the ones the launchers pick at run time
 and cannot drift from them. Each distinct launch is then bound and specialised for a target the way
 Triton's JIT does it when it launches (its binder: dtypes, 16-byte divisibility, constants) and
@@ -99,12 +99,12 @@ def launch_all(n_embd, n_head, block_size, vocab_size, dtype, rows=4):
 
 
 def project_launches():
-    """The distinct launches of both runs in fp32 and bf16: [(name, Launch)]."""
+    """The distinct launches of both runs in fp32, bf16 and fp16: [(name, Launch)]."""
     names = {kernel: name for name, kernel in kernels().items()}
     distinct = {}
     with recording() as launches:
         for shape in RUNS.values():
-            for dtype in (torch.float32, torch.bfloat16):
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):  # fp16: dtype=float16 asked
                 launch_all(**shape, dtype=dtype)
     for launch in launches:
         key = (names[launch.kernel], describe(launch))
