@@ -43,6 +43,8 @@ SPEC = {
     "batch_size": (8, "windows or prompts per forward pass"),
     "max_tokens": (0, "score at most this many tokens per source (0: all)"),
     "device": ("auto", "'auto' (cuda, else mps, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps' ..."),
+    "dtype": ("float32", "weights in 'float32', 'bfloat16', 'float16', or 'int8' (CPU: int8 Linear "
+                         "weights, bf16 activations)"),
     "gen_documents": (100, "documents in the generation task"),
     "prompt_tokens": (64, "prompt length in the generation task (cut to block_size - 1)"),
     "reference_tokens": (64, "reference continuation length = tokens generated"),
@@ -219,7 +221,7 @@ def evaluate(cfg):
     device = hardware.resolve_device(cfg["device"])
     if device.type == "cpu" and cfg["keep_freed_memory"]:
         cpu_memory.keep_freed_memory()
-    model, tokenizer, ckpt = checkpoint.load_for_inference(cfg["ckpt"], device)
+    model, tokenizer, ckpt = checkpoint.load_for_inference(cfg["ckpt"], device, cfg["dtype"])
     print(f"device: {device}; kernels: "
           f"{hardware.choose_kernels(model.config.kernels, device)[1]}", flush=True)
     block = model.config.block_size

@@ -32,7 +32,8 @@ SPEC = {
     "top_p": (1.0, "sample from the smallest set of tokens whose probability reaches p (1: all)"),
     "seed": (1337, "random seed; sample i uses seed + i"),
     "device": ("auto", "'auto' (cuda, else mps, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps' ..."),
-    "dtype": ("float32", "weights in 'float32', 'bfloat16' or 'float16'"),
+    "dtype": ("float32", "weights in 'float32', 'bfloat16' or 'float16', or 'int8' (CPU: int8 Linear "
+                         "weights, bf16 activations; faster, not exact)"),
     "compile": (False, "torch.compile the model's forward pass first (pays off on a GPU for long "
                        "samples; the first sample includes the compilation)"),
     "raw_prompt": (False, "send start as it is to a checkpoint fine-tuned on a task, instead of "

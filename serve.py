@@ -60,8 +60,8 @@ SPEC = {
     "max_n": (8, "largest n (completions per prompt) a request may ask for"),
     "max_body_bytes": (1_000_000, "larger request bodies get 413"),
     "device": ("auto", "'auto' (cuda, else mps, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps' ..."),
-    "dtype": ("float32", "weights: 'float32', 'bfloat16' (half the bytes), 'float16' or 'float64' "
-                         "(tests)"),
+    "dtype": ("float32", "weights: 'float32', 'bfloat16' (half the bytes), 'float16', 'float64' "
+                         "(tests) or 'int8' (CPU: int8 Linear weights, bf16 activations)"),
     "threads": (8, "waitress worker threads (concurrent requests)"),
     "max_batch": (16, "sequences decoded together at most (and per request); more requests wait "
                       "their turn"),

@@ -1,6 +1,7 @@
 """bench.py model: on CPU, train.py's training step (tokens/s per attention and compile setting,
 where its time goes), the loss's memory, and batch-1 generation against the memory-bandwidth limit."""
 
+import copy
 import statistics
 import time
 
@@ -9,6 +10,7 @@ from benchmarks.common import SMALL, interleaved_rates, machine, mini_lm, traini
 from model import GPT, GPTConfig, KVCache
 from training import cpu_memory
 import fused_kernels
+from fused_kernels import int8
 
 
 def sgemm_gflops(n=2048, repeats=5):
@@ -62,11 +64,13 @@ def saved_for_backward_bytes(loss_fn, logits, targets):
 
 def weight_bytes_per_token(model):
     """Bytes of weights one batch-1 decoding step reads: every matrix once (the tied embedding is
-    read as the LM head), plus one position-embedding row."""
+    read as the LM head; int8 matrices with their scales), plus one position-embedding row."""
     import torch.nn as nn
     linear = sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
                  if isinstance(m, nn.Linear))
-    return linear + model.config.n_embd * model.lm_head.weight.element_size()
+    quantized = sum(m.weight.numel() + m.scales.numel() * m.scales.element_size()
+                    for m in model.modules() if isinstance(m, int8.Int8Linear))
+    return linear + quantized + model.config.n_embd * model.transformer.wte.weight.element_size()
 
 
 def matvec_bandwidth(dtype, megabytes=168, repeats=20):
@@ -93,14 +97,15 @@ def weights_only_rate(model, repeats=10):
     Python add to. Median of repeats; mini_lm's weights are far larger than any CPU cache."""
     import torch
     import torch.nn as nn
-    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-    vectors = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in weights}
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, int8.Int8Linear))]
+    dtype = torch.bfloat16 if isinstance(layers[0], int8.Int8Linear) else layers[0].weight.dtype
+    vectors = {m.in_features: torch.randn(1, m.in_features, dtype=dtype) for m in layers}
     times = []
     with torch.inference_mode():
         for _ in range(repeats + 1):
             t0 = time.perf_counter()
-            for w in weights:
-                torch.nn.functional.linear(vectors[w.shape[1]], w)
+            for m in layers:
+                m(vectors[m.in_features])
             times.append(time.perf_counter() - t0)
     return 1 / statistics.median(times[1:])
 
@@ -187,15 +192,19 @@ def bench_generation_cpu(quick=False):
     new = 20 if quick else 500
     config = dict(mini_lm(), n_layer=2) if quick else mini_lm()
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**config)).eval()
-    limits = {}
+    base = GPT(GPTConfig(**config)).eval()
+    bandwidth, limits, medians = {}, {}, {}
     print("| weights | KV cache | new tokens | tokens/s (median) | runs | memory-bound limit | "
           "share of limit | weight products alone | share of those |\n"
           "|---|---|---:|---:|---|---:|---:|---:|---:|")
-    for dtype, use_cache in ((torch.float32, True), (torch.float32, False), (torch.bfloat16, True)):
-        model = model.to(dtype).optimize_for_decoding()
-        if dtype not in limits:
-            limits[dtype] = matvec_bandwidth(dtype) * 1e9 / weight_bytes_per_token(model)
+    for dtype, use_cache in (("float32", True), ("float32", False), ("bfloat16", True), ("int8", True)):
+        model = copy.deepcopy(base).to(torch.bfloat16 if dtype == "int8" else getattr(torch, dtype))
+        model = model.optimize_for_decoding()
+        if dtype == "int8":  # its limit: the best bandwidth the wider types reached, over its bytes
+            model = int8.quantize(model)
+        else:
+            bandwidth.setdefault(dtype, matvec_bandwidth(getattr(torch, dtype)))
+        limits[dtype] = max(bandwidth.values()) * 1e9 / weight_bytes_per_token(model)
         model.generate([[1] * 16], 3, temperature=0, use_cache=use_cache)
         rates, floors = [], []
         for _ in range(3 if use_cache else 1):  # uncached is slow, and its figure is far off anyway
@@ -204,16 +213,19 @@ def bench_generation_cpu(quick=False):
             out = model.generate([[1] * 16], new, temperature=0, use_cache=use_cache)
             rates.append(len(out[0]) / (time.perf_counter() - t0))
         rate, floor = statistics.median(rates), statistics.median(floors)
-        print(f"| {str(dtype).split('.')[1]} | {'yes' if use_cache else 'no'} | {len(out[0])} | "
+        medians.setdefault(dtype, rate)
+        print(f"| {dtype} | {'yes' if use_cache else 'no'} | {len(out[0])} | "
               f"{rate:,.1f} | {', '.join(f'{r:,.1f}' for r in rates)} | {limits[dtype]:,.0f} | "
               f"{rate / limits[dtype]:.0%} | {floor:,.0f} | {rate / floor:.0%} |", flush=True)
-    cfg = model.config
+    cfg = base.config
     kv_bytes = cfg.n_layer * 2 * cfg.n_embd * (16 + new / 2) * 4  # fp32 cache, mean position
+    print(f"\nint8 weights against float32, with the KV cache, this run: "
+          f"{medians['int8'] / medians['float32']:.2f}x tokens/s")
     print(f"\n(limit = best matrix-vector bandwidth measured in this run / "
-          f"{weight_bytes_per_token(model.float()) / 1e6:.0f} MB of fp32 weights read per token; "
+          f"{weight_bytes_per_token(base.float()) / 1e6:.0f} MB of fp32 weights read per token; "
           f"the KV cache adds {kv_bytes / 1e6:.1f} MB per token on average over {new} new tokens, "
           f"not counted in the limit)")
-    model = model.float().optimize_for_decoding()
+    model = base.float().optimize_for_decoding()
     prompt = torch.randint(cfg.vocab_size, (1, min(1000, cfg.block_size - 1)))
     prefill = {False: [], True: []}
     with torch.inference_mode():

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from curation.tokenizer import Tokenizer
+from fused_kernels import int8
 from model import GPT, GPT2_RECIPE, GPTConfig
 from training import atomic, configurator, hardware
 
@@ -73,17 +74,24 @@ def load_model(path, device="cpu"):
 
 def load_for_inference(path, device="auto", dtype="float32", compile=False):
     """(model, tokenizer, checkpoint) as sample.py, serve.py and eval.py use them: on the device
-    ('auto': CUDA if present, else MPS, else CPU), weights in dtype (a name in INFERENCE_DTYPES),
-    Linear weights laid out for batch-1 decoding, and with compile the forward compiled (prefill and
-    decoding both go through it). What this device cannot run is refused before any work."""
-    if dtype not in INFERENCE_DTYPES:
-        raise ValueError(f"dtype={dtype!r} must be one of {list(INFERENCE_DTYPES)}")
-    device, torch_dtype = hardware.resolve_device(device), INFERENCE_DTYPES[dtype]
+    ('auto': CUDA if present, else MPS, else CPU), weights in dtype (a name in INFERENCE_DTYPES, or
+    'int8': bf16 with int8 Linear weights, on CPUs; fused_kernels/int8.py), Linear weights laid out
+    for batch-1 decoding, and with compile the forward compiled (prefill and decoding both go
+    through it). What this device cannot run is refused before any work."""
+    if dtype not in INFERENCE_DTYPES and dtype != "int8":
+        raise ValueError(f"dtype={dtype!r} must be one of {list(INFERENCE_DTYPES) + ['int8']}")
+    device = hardware.resolve_device(device)
+    torch_dtype = torch.bfloat16 if dtype == "int8" else INFERENCE_DTYPES[dtype]
+    if dtype == "int8" and device.type != "cpu":
+        raise ValueError(f"dtype=int8 runs on CPUs (PyTorch's int8-weight kernel), not {device}: "
+                         "use bfloat16 on a GPU")
     model, tokenizer, ckpt = load_model(path, device)
     hardware.choose_kernels(model.config.kernels, device, torch_dtype)  # refuses what the GPU can't run
     hardware.check_weights_dtype(torch_dtype, device)
     hardware.check_compile(compile, torch_dtype, device)
     model = model.to(torch_dtype).optimize_for_decoding()
+    if dtype == "int8":
+        model = int8.quantize(model)
     if compile:
         # dynamic=True: the KV cache grows one token per step, and each length would otherwise be
         # compiled anew
