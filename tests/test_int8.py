@@ -1,6 +1,6 @@
 """int8 weight-only quantization for CPU generation (fused_kernels/int8.py): the weights' round trip
 within half a scale step, the layer against a plain dequantized product, and a checkpoint loaded
-with dtype=int8 by sample.py and eval.py, the file on disk unchanged."""
+with dtype=int8 by sample.py, serve.py and eval.py, the file on disk unchanged."""
 
 import hashlib
 
@@ -10,10 +10,11 @@ from torch import nn
 
 import eval as eval_script
 import sample
+import serve
 from fused_kernels import int8
 from model import GPT, GPTConfig
 from test_train import data_root, run  # noqa: F401
-from training import checkpoint
+from training import checkpoint, configurator
 
 
 def test_weights_round_trip_within_half_a_step_of_their_rows_scale():
@@ -68,6 +69,11 @@ def test_sample_and_eval_load_a_checkpoint_as_int8_and_leave_it_as_trained(data_
     expected = tokenizer.decode(model.generate([tokenizer.encode("The ")], 8, temperature=0,
                                                stop_tokens=[tokenizer.eot_id])[0])
     assert texts == [expected]
+    serve_cfg = configurator.parse(serve.SPEC, [f"--ckpt={ckpt}", "--dtype=int8"])
+    served, served_tokenizer, template = serve.load(serve_cfg)
+    client = serve.create_app(served, served_tokenizer, serve_cfg, template).test_client()
+    answer = client.post("/v1/completions", json={"prompt": "The ", "max_tokens": 8, "temperature": 0})
+    assert answer.status_code == 200 and answer.get_json()["choices"][0]["text"] == expected
     exact = eval_script.main([f"--ckpt={ckpt}", f"--out_dir={tmp_path / 'e32'}", "--gen_documents=0"])
     quantized = eval_script.main([f"--ckpt={ckpt}", f"--out_dir={tmp_path / 'e8'}", "--gen_documents=0",
                                   "--dtype=int8"])
