@@ -195,8 +195,9 @@ def main(argv=None):
     summary = {"device": device, "torch": torch.__version__, "stages": {}}
     deadline = time.time() + 60 * cfg["budget_minutes"]
     with open(out_dir / "gpu_run.log", "a", encoding="utf-8") as log:
-        names = list(stage_commands(cfg, 0, with_task))
-        for name, command in stage_commands(cfg, 0, with_task).items():
+        stages = stage_commands(cfg, 0, with_task)
+        names = list(stages)
+        for name, command in stages.items():
             left = deadline - time.time()
             if name == "train":  # what the stages behind it leave, less compile and the last eval
                 behind = sum(STAGE_LIMITS[s] for s in names[names.index("train") + 1:])

@@ -29,8 +29,9 @@ class Int8Linear(nn.Module):
     def __init__(self, linear):
         super().__init__()
         if linear.bias is not None:
-            raise ValueError("int8: Linear layers with a bias are not supported (the recipe has none; "
-                             "config/gpt2.py's bias=True checkpoints stay in float32 or bfloat16)")
+            raise ValueError("dtype=int8: Linear layers with a bias are not supported (train.py's "
+                             "recipes have none); a checkpoint trained with bias=True runs in "
+                             "float32 or bfloat16")
         q, scales = quantize_rows(linear.weight)
         self.register_buffer("weight", q)
         self.register_buffer("scales", scales.to(torch.bfloat16))
