@@ -374,10 +374,9 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------------------- generation
 
     def optimize_for_decoding(self):
-        """Lay out Linear weights for batch-1 decoding, which multiplies one vector by each weight:
-        fp32 on CPU column-major (MKL streams that layout faster: BENCHMARKS.md), anything else
-        row-major (bf16 GEMV is fastest that way). Values and shapes are unchanged; meant for
-        inference, after any dtype change (model.to(torch.bfloat16).optimize_for_decoding())."""
+        """Lay out Linear weights for batch-1 decoding: fp32 on CPU column-major (MKL streams it
+        faster: BENCHMARKS.md), anything else row-major (bf16 GEMV's fastest). Values and shapes
+        unchanged; call after any dtype change (model.to(torch.bfloat16).optimize_for_decoding())."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 w = module.weight
@@ -444,8 +443,7 @@ class GPT(nn.Module):
                     return
                 idx = torch.cat([idx, token[:, None]], dim=1)
                 if cache is not None and cache.length < block:
-                    logits = self(token[:, None], cache=cache, pad_lengths=pad,
-                                  last_only=True)[0][:, -1]
+                    logits = self.decode_step(token[:, None], cache, pad)
                 else:
                     cache = None  # full: slide the window, as generation without a cache does
                     if idx.shape[1] > block:
@@ -456,6 +454,11 @@ class GPT(nn.Module):
                     logits = self._last_logits(idx, pad)
         finally:
             self.train(was_training)
+
+    def decode_step(self, tokens, cache, pad_lengths=None):
+        """(B, V) logits of one new token per row (tokens (B, 1)) after the cached positions:
+        generation's inner step, the one checkpoint.load_for_inference compiles on CPUs."""
+        return self(tokens, cache=cache, pad_lengths=pad_lengths, last_only=True)[0][:, -1]
 
     def _last_logits(self, idx, pad):
         return self(idx[:, -self.config.block_size:], pad_lengths=pad, last_only=True)[0][:, -1]

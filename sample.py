@@ -34,8 +34,9 @@ SPEC = {
     "device": ("auto", "'auto' (cuda, else mps, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps' ..."),
     "dtype": ("float32", "weights in 'float32', 'bfloat16' or 'float16', or 'int8' (CPU: int8 Linear "
                          "weights, bf16 activations; faster, not exact)"),
-    "compile": (False, "torch.compile the model's forward pass first (pays off on a GPU for long "
-                       "samples; the first sample includes the compilation)"),
+    "compile": (False, "torch.compile the decoding (on a GPU the forward pass; on a CPU the decoding "
+                       "step, with Inductor's inference settings); the first sample includes the "
+                       "compilation, tens of seconds on a CPU, so it pays off for long samples"),
     "raw_prompt": (False, "send start as it is to a checkpoint fine-tuned on a task, instead of "
                           "rendering it in the task's prompt template"),
 }

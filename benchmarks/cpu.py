@@ -8,7 +8,7 @@ import time
 from benchmarks.common import SMALL, interleaved_rates, machine, mini_lm, training_step
 
 from model import GPT, GPTConfig, KVCache
-from training import cpu_memory
+from training import checkpoint, cpu_memory
 import fused_kernels
 from fused_kernels import int8
 
@@ -73,41 +73,30 @@ def weight_bytes_per_token(model):
     return linear + quantized + model.config.n_embd * model.transformer.wte.weight.element_size()
 
 
-def matvec_bandwidth(dtype, megabytes=168, repeats=20):
-    """Best GB/s of a vector-matrix product over a weight of that size, in both memory layouts."""
+def cache_bytes_per_token(model, positions):
+    """Bytes of KV cache one decoding step reads at a mean of `positions` cached positions."""
+    cfg, element = model.config, KVCache.for_model(model, 1).keys[0].element_size()
+    return cfg.n_layer * 2 * cfg.n_embd * positions * element
+
+
+def stream_bandwidth(nbytes, repeats=10):
+    """Best GB/s of reading nbytes from memory, as a float32 vector-matrix product over a matrix
+    of that size in both layouts (a step's weights and cache, read once each, in one matrix):
+    what fits in the CPU's caches streams faster than what comes from DRAM, so the bandwidth of
+    a model's decoding is measured at the size of what a step reads."""
     import torch
     k = 2560
-    n = int(megabytes * 1e6 / (k * torch.tensor([], dtype=dtype).element_size()))
-    w = torch.randn(n, k).to(dtype)
-    x = torch.randn(1, k).to(dtype)
+    w = torch.randn(max(1, int(nbytes / (4 * k))), k)
+    x = torch.randn(1, k)
     best = 0.0
     for weight in (w, w.t().contiguous().t()):
         for _ in range(3):
             torch.nn.functional.linear(x, weight)
-        t0 = time.perf_counter()
         for _ in range(repeats):
-            torch.nn.functional.linear(x, weight)
-        best = max(best, w.numel() * w.element_size() * repeats / (time.perf_counter() - t0) / 1e9)
-    return best
-
-
-def weights_only_rate(model, repeats=10):
-    """Decoding steps/s if a step did nothing but multiply one vector by each of the model's weight
-    matrices, in its own layout: the floor of its weight reads, which attention, LayerNorm, GELU and
-    Python add to. Median of repeats; mini_lm's weights are far larger than any CPU cache."""
-    import torch
-    import torch.nn as nn
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, int8.Int8Linear))]
-    dtype = torch.bfloat16 if isinstance(layers[0], int8.Int8Linear) else layers[0].weight.dtype
-    vectors = {m.in_features: torch.randn(1, m.in_features, dtype=dtype) for m in layers}
-    times = []
-    with torch.inference_mode():
-        for _ in range(repeats + 1):
             t0 = time.perf_counter()
-            for m in layers:
-                m(vectors[m.in_features])
-            times.append(time.perf_counter() - t0)
-    return 1 / statistics.median(times[1:])
+            torch.nn.functional.linear(x, weight)
+            best = max(best, w.numel() * 4 / (time.perf_counter() - t0) / 1e9)
+    return best
 
 
 def bench_model_cpu(quick=False):
@@ -184,47 +173,65 @@ def bench_model_cpu(quick=False):
                   f"{rate / eager_rate[32000]:.2f}x |", flush=True)
 
 
+def decoding_models(base, dtype):
+    """(eager, compiled) copies of base for batch-1 CPU decoding in dtype ('float32', 'bfloat16'
+    or 'int8'), as checkpoint.load_for_inference prepares them."""
+    import torch
+    model = copy.deepcopy(base).to(torch.bfloat16 if dtype == "int8" else getattr(torch, dtype))
+    model = model.optimize_for_decoding()
+    if dtype == "int8":
+        model = int8.quantize(model)
+    compiled = copy.deepcopy(model)
+    compiled.decode_step = checkpoint.compile_for_cpu_decoding(compiled.decode_step)
+    return model, compiled
+
+
 def bench_generation_cpu(quick=False):
-    """Batch-1 generation tokens/s of the mini_lm size against its memory-bandwidth limit."""
+    """Batch-1 generation tokens/s of the mini_lm size, eager and compiled, against the
+    memory-bandwidth limit of each."""
     import torch
 
-    print("\nGeneration, batch 1, mini_lm size (random weights), 16-token prompt:\n")
+    print("\nGeneration, batch 1, mini_lm size (random weights), 16-token prompt, greedy:\n")
     new = 20 if quick else 500
     config = dict(mini_lm(), n_layer=2) if quick else mini_lm()
     torch.manual_seed(0)
     base = GPT(GPTConfig(**config)).eval()
-    bandwidth, limits, medians = {}, {}, {}
-    print("| weights | KV cache | new tokens | tokens/s (median) | runs | memory-bound limit | "
-          "share of limit | weight products alone | share of those |\n"
+    for p in base.parameters():  # no all-zero matrices (zero_init, the untied head's start)
+        if p.dim() == 2:
+            torch.nn.init.normal_(p, std=0.02)
+    print("| weights | decoding step | first call | tokens/s (median) | runs | MB read per token | "
+          "GB/s at that size | memory-bound limit | share of limit |\n"
           "|---|---|---:|---:|---|---:|---:|---:|---:|")
-    for dtype, use_cache in (("float32", True), ("float32", False), ("bfloat16", True), ("int8", True)):
-        model = copy.deepcopy(base).to(torch.bfloat16 if dtype == "int8" else getattr(torch, dtype))
-        model = model.optimize_for_decoding()
-        if dtype == "int8":  # its limit: the best bandwidth the wider types reached, over its bytes
-            model = int8.quantize(model)
-        else:
-            bandwidth.setdefault(dtype, matvec_bandwidth(getattr(torch, dtype)))
-        limits[dtype] = max(bandwidth.values()) * 1e9 / weight_bytes_per_token(model)
-        model.generate([[1] * 16], 3, temperature=0, use_cache=use_cache)
-        rates, floors = [], []
-        for _ in range(3 if use_cache else 1):  # uncached is slow, and its figure is far off anyway
-            floors.append(weights_only_rate(model))  # beside each run: this machine's speed drifts
+    medians = {}
+    for dtype in ("float32", "bfloat16", "int8"):
+        models = dict(zip(("eager", "compiled"), decoding_models(base, dtype)))
+        nbytes = (weight_bytes_per_token(models["eager"])
+                  + cache_bytes_per_token(models["eager"], 16 + new / 2))
+        firsts, rates = {}, {mode: [] for mode in models}
+        for mode, model in models.items():  # the first call compiles
             t0 = time.perf_counter()
-            out = model.generate([[1] * 16], new, temperature=0, use_cache=use_cache)
-            rates.append(len(out[0]) / (time.perf_counter() - t0))
-        rate, floor = statistics.median(rates), statistics.median(floors)
-        medians.setdefault(dtype, rate)
-        print(f"| {dtype} | {'yes' if use_cache else 'no'} | {len(out[0])} | "
-              f"{rate:,.1f} | {', '.join(f'{r:,.1f}' for r in rates)} | {limits[dtype]:,.0f} | "
-              f"{rate / limits[dtype]:.0%} | {floor:,.0f} | {rate / floor:.0%} |", flush=True)
+            model.generate([[1] * 16], 3, temperature=0)
+            firsts[mode] = time.perf_counter() - t0
+        bandwidth = stream_bandwidth(nbytes)
+        for _ in range(3):  # in turns, beside each other: this machine's speed drifts
+            for mode, model in models.items():
+                t0 = time.perf_counter()
+                out = model.generate([[1] * 16], new, temperature=0)
+                rates[mode].append(len(out[0]) / (time.perf_counter() - t0))
+        limit = bandwidth * 1e9 / nbytes
+        for mode, runs in rates.items():
+            medians[dtype, mode] = rate = statistics.median(runs)
+            print(f"| {dtype} | {mode} | {firsts[mode]:.1f} s | {rate:,.1f} | "
+                  f"{', '.join(f'{r:,.1f}' for r in runs)} | {nbytes / 1e6:,.0f} | "
+                  f"{bandwidth:.1f} | {limit:,.0f} | {rate / limit:.0%} |", flush=True)
+        del models
+    fp32 = medians["float32", "eager"]
+    print("\nAgainst eager float32 (the default), this run: " + ", ".join(
+        f"{dtype} {mode} {rate / fp32:.2f}x" for (dtype, mode), rate in medians.items()))
+    print(f"\n(MB read per token: the weights once, plus the KV cache at the mean position of "
+          f"{new} new tokens after the prompt; limit = that / the bandwidth of reading that many "
+          f"bytes, measured in this run)")
     cfg = base.config
-    kv_bytes = cfg.n_layer * 2 * cfg.n_embd * (16 + new / 2) * 4  # fp32 cache, mean position
-    print(f"\nint8 weights against float32, with the KV cache, this run: "
-          f"{medians['int8'] / medians['float32']:.2f}x tokens/s")
-    print(f"\n(limit = best matrix-vector bandwidth measured in this run / "
-          f"{weight_bytes_per_token(base.float()) / 1e6:.0f} MB of fp32 weights read per token; "
-          f"the KV cache adds {kv_bytes / 1e6:.1f} MB per token on average over {new} new tokens, "
-          f"not counted in the limit)")
     model = base.float().optimize_for_decoding()
     prompt = torch.randint(cfg.vocab_size, (1, min(1000, cfg.block_size - 1)))
     prefill = {False: [], True: []}

@@ -1,9 +1,16 @@
 """bench.py train / eval / serve: the scripts themselves. train.py in fresh processes (its log.jsonl),
 eval.py's perplexity pass, and a real serve.py process driven over HTTP."""
 
+import concurrent.futures
 import json
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+import urllib.request
+from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks.common import machine, mini_lm, model_of
@@ -18,9 +25,6 @@ from training import metrics
 def bench_train(quick=False):
     """Runs train.py in fresh processes (so peak memory is each setting's own) and reads its
     log.jsonl."""
-    import subprocess
-    import sys
-    import tempfile
     base = ["config/cpu_demo.py", "--eval_interval=100000", "--sample_interval=0",
             "--log_interval=1", "--tensorboard=False", "--checkpoint_interval=0"]
     mini = base + ["--n_layer=10", "--n_head=8", "--n_embd=512", "--block_size=1024", "--batch_size=4",
@@ -70,72 +74,82 @@ def bench_eval(quick=False):
             print(f"| {label} | {block} | {stride} | 8 | {len(nll):,} | {rate:,.0f} |", flush=True)
 
 
-def bench_serve(quick=False):
-    """A real serve.py process per model size (random weights, the demo tokenizer), driven over HTTP."""
-    import concurrent.futures
-    import socket
-    import subprocess
-    import sys
-    import tempfile
-    import urllib.request
-    from dataclasses import asdict
-    from pathlib import Path
+def post(url, body):
+    """(JSON answer, seconds) of one POST."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=600) as r:
+        out = json.loads(r.read())
+    return out, time.perf_counter() - t0
 
+
+def start_server(path, *options):
+    """(process, url, seconds until /health answered) of serve.py on a free port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "serve.py", f"--ckpt={path}", f"--port={port}", *options],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    while proc.poll() is None:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1)
+            return proc, url, time.perf_counter() - t0
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"serve.py {' '.join(options)} exited with {proc.returncode}")
+
+
+def concurrent_clients(url, clients, requests_each, body):
+    """(aggregate completion tokens/s, sorted latencies) of `clients` threads each sending
+    requests_each completions one after another."""
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(lambda _: post(url + "/v1/completions", body),
+                                range(clients * requests_each)))
+    wall = time.perf_counter() - t0
+    return (sum(r[0]["usage"]["completion_tokens"] for r in results) / wall,
+            sorted(r[1] for r in results))
+
+
+def bench_serve(quick=False):
+    """A real serve.py process per model size and decoding setting (random weights, the demo
+    tokenizer), driven over HTTP: one client, then 4 and 8 at once."""
     import torch
 
     tokenizer = Tokenizer.load(Path("data/demo/tokenizer.json"))
-    cpu_demo = model_of("config/cpu_demo.py")
-    print(f"machine: {machine()}\n\n| model | weights | one stream tokens/s | 8 clients: aggregate "
-          "tokens/s | 64-token completion p50 / p95 (8 clients) |\n|---|---|---:|---:|---:|")
-
-    def post(url, body):
-        req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-        t0 = time.perf_counter()
-        with urllib.request.urlopen(req, timeout=600) as r:
-            out = json.loads(r.read())
-        return out, time.perf_counter() - t0
-
-    for label, config in (("cpu_demo (4.9M)", cpu_demo), ("mini_lm (48.4M)", mini_lm())):
-        torch.manual_seed(0)
-        model = GPT(GPTConfig(**config))
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.pt"
-            checkpoint.save({"format_version": checkpoint.FORMAT_VERSION, "model": model.state_dict(),
-                             "model_args": asdict(model.config), "tokenizer": tokenizer.to_dict(),
-                             "config": {}}, path)
-            for dtype in ("float32", "bfloat16"):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", 0))
-                    port = s.getsockname()[1]
-                proc = subprocess.Popen([sys.executable, "serve.py", f"--ckpt={path}", f"--port={port}",
-                                         f"--dtype={dtype}"], stdout=subprocess.DEVNULL)
-                url = f"http://127.0.0.1:{port}"
-                try:
-                    for _ in range(600):
-                        try:
-                            urllib.request.urlopen(url + "/health", timeout=1)
-                            break
-                        except OSError:
-                            time.sleep(0.1)
-                    n = 16 if quick else 128
-                    body = {"prompt": "The river", "max_tokens": n, "temperature": 0, "stop": ["\u0000"]}
-                    post(url + "/generate", body)
-                    single = [post(url + "/generate", body)[0]["tokens_per_second"] for _ in range(3)]
-                    body64 = {"prompt": "The river", "max_tokens": 16 if quick else 64, "temperature": 0,
-                              "stop": ["\u0000"]}
-                    requests = 2 if quick else 4
-                    t0 = time.perf_counter()
-                    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                        results = list(pool.map(lambda _: post(url + "/v1/completions", body64),
-                                                range(8 * requests)))
-                    wall = time.perf_counter() - t0
-                    tokens = sum(r[0]["usage"]["completion_tokens"] for r in results)
-                    latencies = sorted(r[1] for r in results)
-                    p50 = latencies[len(latencies) // 2]
-                    p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
-                    print(f"| {label} | {dtype} | {statistics.median(single):,.1f} | {tokens / wall:,.1f} | "
-                          f"{p50:.2f} s / {p95:.2f} s |", flush=True)
-                finally:
-                    proc.terminate()
-                    proc.wait(timeout=30)
+    settings = [("cpu_demo (4.9M)", model_of("config/cpu_demo.py"), dtype, False)
+                for dtype in ("float32", "bfloat16")]
+    settings += [("mini_lm (48.4M)", mini_lm(), dtype, compile_) for dtype in
+                 ("float32", "bfloat16", "int8") for compile_ in (False, True)]
+    print(f"machine: {machine()}\n\n| model | weights | decoding step | start-up | one client "
+          "tokens/s | 4 clients: aggregate tokens/s | 8 clients: aggregate tokens/s | 64-token "
+          "completion p50 / p95 (8 clients) |\n|---|---|---|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, config, dtype, compile_ in settings:
+            path = Path(tmp) / f"{label.split()[0]}.pt"
+            if not path.exists():
+                torch.manual_seed(0)
+                model = GPT(GPTConfig(**config))
+                checkpoint.save({"format_version": checkpoint.FORMAT_VERSION,
+                                 "model": model.state_dict(), "model_args": asdict(model.config),
+                                 "tokenizer": tokenizer.to_dict(), "config": {}}, path)
+            proc, url, start_up = start_server(path, f"--dtype={dtype}", f"--compile={compile_}")
+            try:
+                body = {"prompt": "The river", "max_tokens": 16 if quick else 128,
+                        "temperature": 0, "stop": ["\u0000"]}
+                post(url + "/generate", body)
+                single = [post(url + "/generate", body)[0]["tokens_per_second"] for _ in range(3)]
+                body = dict(body, max_tokens=16 if quick else 64)
+                rates = {n: concurrent_clients(url, n, 2 if quick else 4, body) for n in (4, 8)}
+                latencies = rates[8][1]
+                p50 = latencies[len(latencies) // 2]
+                p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
+                print(f"| {label} | {dtype} | {'compiled' if compile_ else 'eager'} | "
+                      f"{start_up:.0f} s | {statistics.median(single):,.1f} | {rates[4][0]:,.1f} | "
+                      f"{rates[8][0]:,.1f} | {p50:.2f} s / {p95:.2f} s |", flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)

@@ -33,7 +33,7 @@ class Int8Linear(nn.Module):
                              "recipes have none); a checkpoint trained with bias=True runs in "
                              "float32 or bfloat16")
         q, scales = quantize_rows(linear.weight)
-        self.register_buffer("weight", q)
+        self.register_buffer("weight", q.contiguous())  # the kernel reads rows, whatever the layout
         self.register_buffer("scales", scales.to(torch.bfloat16))
         self.in_features, self.out_features = linear.in_features, linear.out_features
 

@@ -31,6 +31,21 @@ import torch
 from model import KVCache, left_pad, sample
 
 
+def warm_up(model):
+    """Run prefill and the decoding step as the engine runs them (one row, then several; padding
+    lengths always given; new tensors, as _step makes them), so that a compiled step compiles
+    before the first request. The sizes differ from each other: a compiler that saw two equal
+    sizes may assume they always are, and compile again at the first request where they are not."""
+    device = model.lm_head.weight.device
+    with torch.inference_mode():
+        for rows in (1, 3):
+            cache = KVCache.for_model(model, rows)
+            pads = torch.zeros(rows, dtype=torch.long, device=device)
+            model(torch.zeros(rows, 5, dtype=torch.long, device=device), cache=cache, pad_lengths=pads)
+            model.decode_step(torch.zeros(rows, 1, dtype=torch.long, device=device), cache,
+                              torch.zeros(rows, dtype=torch.long, device=device))
+
+
 def score_tokens(logits, tokens, k):
     """[(log-probability of token j under logits[j], [(id, log-probability)] of the k likeliest
     tokens there)] for each j: rows of logits are the model's predictions where each token came."""
@@ -243,8 +258,7 @@ class Engine:
             pads = torch.tensor([self.cache.length - (own - 1) for _, _, own in self.rows],
                                 device=self.device)
             x = torch.tensor(tokens, device=self.device)[:, None]
-            self.logits = self.model(x, cache=self.cache, pad_lengths=pads,
-                                     last_only=True)[0][:, -1]
+            self.logits = self.model.decode_step(x, self.cache, pads)
 
     def _loop(self):
         while True:

@@ -41,6 +41,9 @@ def test_the_layer_is_the_dequantized_product_in_bf16():
     torch.testing.assert_close(y.float(), expected, rtol=2e-2, atol=2e-2)
     with pytest.raises(ValueError, match="bias"):
         int8.Int8Linear(nn.Linear(4, 4, bias=True))
+    # a column-major weight (optimize_for_decoding's fp32 layout) quantizes to the same layer
+    linear.weight.data = linear.weight.data.t().contiguous().t()
+    torch.testing.assert_close(int8.Int8Linear(linear)(x), y, rtol=0, atol=0)
 
 
 def test_a_quantized_model_keeps_its_logits_close():

@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 from training import configurator
 import serve
@@ -231,6 +232,23 @@ def test_engine_batches_staggered_requests_like_separate_generation(recipe, requ
     with rotary ones (the engine re-aligns cached keys: their positions must stay each row's own)."""
     flask_app, model, tokenizer = make_app(request.getfixturevalue(recipe), "--dtype=float64")
     assert model.config.position == ("learned" if recipe == "gpt2_ckpt" else "rotary")
+    check_staggered_requests(flask_app, model, tokenizer)
+
+
+def test_engine_on_the_compiled_decoding_step_answers_as_the_eager_model(ckpt, app):
+    """serve.py --compile=True (on CPU the decoding step compiled with Inductor's inference
+    settings, before the first request): the same staggered requests get the eager float32
+    model's greedy tokens, and none of their batch sizes or lengths compiles again."""
+    flask_app, model, tokenizer = make_app(ckpt, "--compile=True")
+    assert "decode_step" in vars(model)  # the compiled step, set on the model by load_for_inference
+    with torch.compiler.set_stance("fail_on_recompile"):
+        check_staggered_requests(flask_app, app[1], tokenizer)
+
+
+def check_staggered_requests(flask_app, reference, tokenizer):
+    """Four requests of different lengths submitted to the app's engine while the others decode:
+    each gets what reference.generate gives it alone."""
+    model = flask_app.config["mini_lm_server"].engine.model
     engine = flask_app.config["mini_lm_server"].engine
     prompts = [tokenizer.encode(t) for t in ("The river", "A", "def step_3(value, scale):", "The old")]
     params = [{"max_tokens": min(n, model.config.block_size - len(prompt)), "temperature": 0,
@@ -244,8 +262,8 @@ def test_engine_batches_staggered_requests_like_separate_generation(recipe, requ
         last = None
         for last in job:
             pass
-        expected = model.generate([prompt], p["max_tokens"], temperature=0,
-                                  stop_tokens=[tokenizer.eot_id])
+        expected = reference.generate([prompt], p["max_tokens"], temperature=0,
+                                      stop_tokens=[tokenizer.eot_id])
         assert last == expected
 
 

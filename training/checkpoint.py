@@ -76,8 +76,9 @@ def load_for_inference(path, device="auto", dtype="float32", compile=False):
     """(model, tokenizer, checkpoint) as sample.py, serve.py and eval.py use them: on the device
     ('auto': CUDA if present, else MPS, else CPU), weights in dtype (a name in INFERENCE_DTYPES, or
     'int8': bf16 with int8 Linear weights, on CPUs; fused_kernels/int8.py), Linear weights laid out
-    for batch-1 decoding, and with compile the forward compiled (prefill and decoding both go
-    through it). What this device cannot run is refused before any work."""
+    for batch-1 decoding, and with compile: on a GPU the forward compiled (prefill and decoding),
+    on a CPU the decoding step (model.decode_step) compiled for inference (CPU_DECODE_COMPILE),
+    prefill eager. What this device cannot run is refused before any work."""
     if dtype not in INFERENCE_DTYPES and dtype != "int8":
         raise ValueError(f"dtype={dtype!r} must be one of {list(INFERENCE_DTYPES) + ['int8']}")
     device = hardware.resolve_device(device)
@@ -92,11 +93,35 @@ def load_for_inference(path, device="auto", dtype="float32", compile=False):
     model = model.to(torch_dtype).optimize_for_decoding()
     if dtype == "int8":
         model = int8.quantize(model)
-    if compile:
-        # dynamic=True: the KV cache grows one token per step, and each length would otherwise be
-        # compiled anew
+    # dynamic=True: the KV cache grows one token per step (and a server's batch changes size),
+    # and each size would otherwise be compiled anew
+    if compile and device.type == "cpu":
+        model.decode_step = compile_for_cpu_decoding(model.decode_step)
+    elif compile:
         model.forward = torch.compile(model.forward, dynamic=True)
     return model, tokenizer, ckpt
+
+
+# Inductor's settings for CPU decoding, where each step reads every weight once for a few rows of
+# activations (BENCHMARKS.md, "Generation"): the weights frozen into the compiled code as constants
+# (inference only; a second, repacked copy of them), and each product chosen by timing Inductor's
+# C++ micro-kernel templates against PyTorch's (max-autotune; the compile takes tens of seconds).
+CPU_DECODE_COMPILE = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+
+
+def compile_for_cpu_decoding(decode_step):
+    """decode_step compiled with CPU_DECODE_COMPILE. The settings are applied around each call
+    (compilation happens inside the first call, or any later one that recompiles) rather than
+    through torch.compile's options, which did not turn freezing on, and rather than globally,
+    which would change a later training compile in the same process. (Dropping dynamo's guards on
+    the modules saves a little per step but let a second model reuse the first one's frozen
+    weights: tests/test_decoding.py.)"""
+    compiled = torch.compile(decode_step, dynamic=True)
+
+    def step(tokens, cache, pad_lengths=None):
+        with torch._inductor.config.patch(CPU_DECODE_COMPILE):
+            return compiled(tokens, cache, pad_lengths)
+    return step
 
 
 # ------------------------------------------------------------------ a training run's checkpoints

@@ -113,8 +113,7 @@ def beam_search(model, prompts, max_new_tokens, eot_id, beam_size=4, length_pena
         sequences = [sequences[r] + [t] for r, t in zip(parent_rows, tokens)]
         scores = torch.tensor(new_scores, device=device).reshape(len(prompts), k)
         cache.select(torch.tensor(parent_rows, device=device))
-        logits = model(torch.tensor(tokens, device=device)[:, None], cache=cache, pad_lengths=pad,
-                       last_only=True)[0][:, -1]
+        logits = model.decode_step(torch.tensor(tokens, device=device)[:, None], cache, pad)
     return [max(f, key=lambda h: h[0])[1] if f else [] for f in finished]
 
 
