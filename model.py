@@ -414,9 +414,7 @@ class GPT(nn.Module):
         idx, pad = left_pad(prompts, device)
         width = idx.shape[1]
         pad = pad if bool(pad.any()) else None
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=device).manual_seed(seed)
+        generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
         stop = torch.tensor(sorted(set(stop_tokens)), device=device, dtype=torch.long)
         new_tokens = [[] for _ in prompts]
         done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
@@ -456,8 +454,7 @@ class GPT(nn.Module):
             self.train(was_training)
 
     def decode_step(self, tokens, cache, pad_lengths=None):
-        """(B, V) logits of one new token per row (tokens (B, 1)) after the cached positions:
-        generation's inner step, the one checkpoint.load_for_inference compiles on CPUs."""
+        """(B, V) logits after one new token per row, (B, 1): what load_for_inference compiles."""
         return self(tokens, cache=cache, pad_lengths=pad_lengths, last_only=True)[0][:, -1]
 
     def _last_logits(self, idx, pad):
