@@ -132,7 +132,7 @@ def train(cfg):
         return run_training(cfg, False, 0, 1, device)
     rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     ranks.micro_steps_per_rank(cfg["gradient_accumulation_steps"], world, cfg["batch_size"])  # early
-    hardware.check_ddp(device, world)
+    hardware.check_ddp(device, world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)

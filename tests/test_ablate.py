@@ -6,10 +6,10 @@ import pytest
 
 import ablate
 from model import GPT2_RECIPE
-from test_train import args, data_root, run  # noqa: F401  (fixture and helpers)
+from test_train import args, run
 
 
-def test_variants_in_turns_and_gpt2_equals_train_py(data_root, tmp_path, capsys):  # noqa: F811
+def test_variants_in_turns_and_gpt2_equals_train_py(data_root, tmp_path, capsys):
     common = ["--max_iters=6", "--lr_decay_iters=6", "--eval_interval=3", "--dropout=0.0"]
     results = ablate.main(args(data_root, tmp_path / "ablation", *common,
                                "--variants=gpt2,muon,rotary,all"))
@@ -30,7 +30,7 @@ def test_variants_in_turns_and_gpt2_equals_train_py(data_root, tmp_path, capsys)
     assert [r["iter"] for r in records if r["kind"] == "eval"] == [0, 3, 6]
 
 
-def test_unknown_variant_is_named(data_root, tmp_path, capsys):  # noqa: F811
+def test_unknown_variant_is_named(data_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
         ablate.main(args(data_root, tmp_path / "x", "--variants=gpt2,muonn"))
     assert "muonn" in capsys.readouterr().err

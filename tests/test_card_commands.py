@@ -15,8 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
-from training import checkpoint
+from training import checkpoint, hardware
 import prepare
 from test_prepare import config as prepare_config
 from test_prepare import make_corpus
@@ -49,19 +50,45 @@ def project(tmp_path_factory):
 
 def run(project, *command):
     folder, env = project
-    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
+
+
+def expected_choices():
+    """The precision and kernel lines train.py must log on this machine's default device."""
+    if not torch.cuda.is_available():
+        return "precision: float32", "kernels: PyTorch's"
+    if torch.cuda.get_device_capability()[0] >= 8:
+        return "precision: bfloat16 autocast", "kernels: Triton's fused kernels"
+    return "precision: float16 autocast", "kernels: PyTorch's"
+
+
+@pytest.mark.parametrize("name, capability", [("NVIDIA H100 80GB HBM3", (9, 0)),
+                                              ("Tesla T4", (7, 5))])
+def test_the_expected_lines_follow_the_device(monkeypatch, name, capability):
+    """On a (faked) GPU, expected_choices() names what training/hardware.py decides there, so the
+    card test expects a GPU's precision and kernels when it runs on one."""
+    props = type("Props", (), {"name": name, "major": capability[0], "minor": capability[1]})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *args: props)
+    device = torch.device("cuda")
+    precision, kernels = expected_choices()
+    assert f"precision: {hardware.choose_dtype('auto', device)[1]}".startswith(precision)
+    assert f"kernels: {hardware.choose_kernels('auto', device)[1]}".startswith(kernels)
 
 
 def test_the_card_commands_as_written(project):
     folder, env = project
     log = run(project, "python", "train.py", "config/mini_lm.py", *TINY)
-    assert "precision: float32" in log and "kernels: PyTorch's" in log and "attention: sdpa" in log
+    assert all(line in log for line in expected_choices()) and "attention: sdpa" in log
     single = checkpoint.load(folder / "out" / "best.pt")
     assert single["config"]["dataset"] == "mini_lm" and single["config"]["gradient_accumulation_steps"] == 8
 
-    run(project, "torchrun", "--nproc_per_node=4", "train.py", *TINY, "--out_dir", "out_ddp")
+    # four ranks: on four GPUs as written, on CPUs (gloo) where the machine has fewer GPUs
+    fewer_gpus = ["--device", "cpu"] if 0 < torch.cuda.device_count() < 4 else []
+    run(project, "torchrun", "--nproc_per_node=4", "train.py", *TINY, *fewer_gpus, "--out_dir", "out_ddp")
     ddp = checkpoint.load(folder / "out_ddp" / "last.pt")
     last = checkpoint.load(folder / "out" / "last.pt")
     assert len(ddp["rng"]) == 4 and ddp["iter_num"] == last["iter_num"] == 6

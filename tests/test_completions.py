@@ -6,8 +6,7 @@ import pytest
 
 from training import checkpoint
 from training import metrics
-from test_serve import app, ckpt, make_app  # noqa: F401  (fixtures and helpers)
-from test_train import data_root  # noqa: F401  (the fixture ckpt needs)
+from test_serve import app, make_app  # noqa: F401  (a fixture and a helper)
 
 
 def test_echoed_prompt_logprobs_equal_eval_token_log_likelihoods(ckpt):

@@ -15,14 +15,21 @@ import torch
 import eval as evaluate_script
 from training import metrics
 from model import GPT, GPTConfig
-from test_train import GPT2, SPEEDRUN, data_root, run  # noqa: F401  (fixture and helpers)
+from test_train import GPT2, SPEEDRUN, run
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny_model(block=8, vocab=50):
+    """Random weights in every matrix: the recipe's zero-initialised projections would make each
+    prediction depend on the last token only, and a wrong context would go unnoticed."""
     torch.manual_seed(0)
-    return GPT(GPTConfig(block_size=block, vocab_size=vocab, n_layer=2, n_head=2, n_embd=16)).eval()
+    model = GPT(GPTConfig(block_size=block, vocab_size=vocab, n_layer=2, n_head=2, n_embd=16)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3)
+    return model
 
 
 @torch.no_grad()
@@ -56,12 +63,26 @@ def test_stride_one_scores_every_token_with_full_context():
     np.testing.assert_allclose(nll, brute_force_nll(model, tokens, 8), rtol=1e-5, atol=1e-6)
 
 
-def test_every_token_is_scored_once_whatever_the_stride():
+@torch.no_grad()
+def first_window_nll(model, tokens, stride):
+    """Each target t (the prediction of tokens[t + 1]) scored alone, with the inputs of the first
+    window that reaches it: windows of block_size inputs start at 0, stride, 2 stride ..., and the
+    first whose inputs reach position t starts at the smallest multiple of stride >= t + 1 - block."""
+    block, out = model.config.block_size, []
+    for t in range(len(tokens) - 1):
+        begin = stride * max(0, -(-(t + 1 - block) // stride))
+        logits = model(torch.from_numpy(np.asarray(tokens[begin:t + 1]))[None])[0][0, -1].double()
+        out.append(float(torch.logsumexp(logits, 0) - logits[tokens[t + 1]]))
+    return np.array(out)
+
+
+def test_every_token_is_scored_once_with_its_windows_context_whatever_the_stride():
     model = tiny_model()
     tokens = np.random.default_rng(2).integers(0, 50, 37)
     for stride in (1, 3, 4, 7, 8):
-        nll = metrics.sliding_window_nll(model, tokens, stride=stride)
-        assert nll.shape == (36,) and np.isfinite(nll).all()
+        nll = metrics.sliding_window_nll(model, tokens, stride=stride, batch_size=3)
+        np.testing.assert_allclose(nll, first_window_nll(model, tokens, stride), rtol=1e-5,
+                                   atol=1e-6, err_msg=f"stride={stride}")
     with pytest.raises(ValueError, match="stride=9"):
         metrics.sliding_window_nll(model, tokens, stride=9)
 
@@ -155,7 +176,7 @@ def test_generation_metrics_known_answers():
 
 
 @pytest.mark.parametrize("recipe", [GPT2, [], SPEEDRUN], ids=["gpt2", "default", "speedrun"])
-def test_eval_end_to_end_on_a_trained_tiny_model(data_root, tmp_path, recipe):  # noqa: F811
+def test_eval_end_to_end_on_a_trained_tiny_model(data_root, tmp_path, recipe):
     run(data_root, tmp_path / "o", "--max_iters=30", "--eval_interval=10", *recipe)
     out = tmp_path / "eval"
     result = evaluate_script.main([f"--ckpt={tmp_path / 'o' / 'best.pt'}", f"--out_dir={out}",
@@ -222,7 +243,7 @@ def test_scored_texts_rescore_the_same_with_the_scorers_command_lines(tmp_path):
     assert [c["hypothesis"] for c in cases] == hypotheses
 
 
-def test_eval_writes_every_generation_case(data_root, tmp_path):  # noqa: F811
+def test_eval_writes_every_generation_case(data_root, tmp_path):
     run(data_root, tmp_path / "o", "--max_iters=20")
     out = tmp_path / "eval"
     result = evaluate_script.main([f"--ckpt={tmp_path / 'o' / 'last.pt'}", f"--out_dir={out}",
@@ -242,7 +263,7 @@ def test_eval_writes_every_generation_case(data_root, tmp_path):  # noqa: F811
     assert "sacrebleu references.txt -i hypotheses.txt" in (out / "report.md").read_text()
 
 
-def test_eval_on_raw_text_files(data_root, tmp_path):  # noqa: F811
+def test_eval_on_raw_text_files(data_root, tmp_path):
     run(data_root, tmp_path / "o", "--max_iters=2")
     text = tmp_path / "notes.txt"
     text.write_text("The old town has a market. The river crosses the town. " * 10)
@@ -252,7 +273,7 @@ def test_eval_on_raw_text_files(data_root, tmp_path):  # noqa: F811
     assert "kneser_ney" not in result["baselines"]  # no train split to count n-grams on
 
 
-def test_eval_bad_inputs(data_root, tmp_path, capsys):  # noqa: F811
+def test_eval_bad_inputs(data_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         evaluate_script.main([f"--ckpt={tmp_path / 'missing.pt'}"])
     assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err

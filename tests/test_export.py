@@ -11,7 +11,7 @@ import torch
 from training import checkpoint
 import export
 from model import left_pad
-from test_train import GPT2, SPEEDRUN, data_root, run  # noqa: F401  (fixture and helpers)
+from test_train import GPT2, SPEEDRUN, run
 
 transformers = pytest.importorskip("transformers", reason="export.py's tests need transformers")
 
@@ -20,7 +20,7 @@ RECIPES = {"gpt2": GPT2, "default": [], "speedrun": SPEEDRUN}
 
 
 @pytest.fixture(scope="module", params=list(RECIPES))
-def exported(request, data_root, tmp_path_factory):  # noqa: F811
+def exported(request, data_root, tmp_path_factory):
     """(model, tokenizer, hf_model, hf_tokenizer, folder, recipe) of a short run of each recipe."""
     out = tmp_path_factory.mktemp(f"export_{request.param}")
     run(data_root, out / "run", "--max_iters=30", *RECIPES[request.param])
@@ -32,7 +32,7 @@ def exported(request, data_root, tmp_path_factory):  # noqa: F811
     return model, tokenizer, hf_model, hf_tokenizer, out, request.param
 
 
-def texts(data_root):  # noqa: F811
+def texts(data_root):
     """Real text: the prepared corpus's own documents, code and prose, plus hard cases."""
     import prepare
     docs = [d["text"] for source in ("code", "prose")
@@ -62,7 +62,7 @@ def test_the_folder_is_transformers_own_or_carries_its_model(exported):
         assert imported == {"torch", "transformers"}  # none of this project
 
 
-def test_logits_equal_on_random_ids_and_real_text(exported, data_root):  # noqa: F811
+def test_logits_equal_on_random_ids_and_real_text(exported, data_root):
     model, tokenizer, hf_model, *_ = exported
     block, vocab = model.config.block_size, model.config.vocab_size
     torch.manual_seed(0)
@@ -76,7 +76,7 @@ def test_logits_equal_on_random_ids_and_real_text(exported, data_root):  # noqa:
             torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
 
 
-def test_the_tokenizer_gives_the_same_ids(exported, data_root):  # noqa: F811
+def test_the_tokenizer_gives_the_same_ids(exported, data_root):
     _, tokenizer, _, hf_tokenizer, *_ = exported
     for text in texts(data_root):
         ours = tokenizer.encode(text)

@@ -218,5 +218,5 @@ def test_email_redaction_replaces_what_the_plain_pattern_does():
     for text in cases:
         counts = Counter()
         expected = plain.subn("<EMAIL>", text)
-        assert filters.redact_pii(text, counts) == expected[0] or "<IP_ADDRESS>" in text, text
+        assert filters.redact_pii(text, counts) == expected[0], text  # the pieces form no IP
         assert counts["emails"] == expected[1], text

@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 
 import train
-from test_train import args, assert_same_parameters, data_root, run, run_ddp  # noqa: F401
+from test_train import args, assert_same_parameters, run, run_ddp
 from training import configurator
 from training.batches import IGNORE, Batches
 
 
 @pytest.fixture(scope="module")
-def masked_root(data_root, tmp_path_factory):  # noqa: F811
+def masked_root(data_root, tmp_path_factory):
     """The tiny dataset with a loss mask: runs of 0s and 1s of random lengths, so windows hold
     different numbers of targets and a window's edge falls inside a run."""
     root = tmp_path_factory.mktemp("masked")
@@ -95,7 +95,7 @@ def test_ddp_with_a_loss_mask_equals_one_process_accumulating(masked_root, tmp_p
     assert_same_parameters(single["model"], ddp["model"], atol=1e-5)
 
 
-def test_fine_tuning_starts_from_the_checkpoint_with_a_fresh_optimizer(data_root, masked_root,  # noqa: F811
+def test_fine_tuning_starts_from_the_checkpoint_with_a_fresh_optimizer(data_root, masked_root,
                                                                       tmp_path, capsys):
     pretrained = run(data_root, tmp_path / "pre", "--max_iters=4", "--lr_decay_iters=4")
     source = tmp_path / "pre" / "last.pt"
@@ -121,7 +121,7 @@ def test_fine_tuning_starts_from_the_checkpoint_with_a_fresh_optimizer(data_root
     assert_same_parameters(straight["model"], resumed["model"])
 
 
-def test_fine_tuning_refuses_data_of_another_tokenizer(data_root, tmp_path, capsys):  # noqa: F811
+def test_fine_tuning_refuses_data_of_another_tokenizer(data_root, tmp_path, capsys):
     run(data_root, tmp_path / "pre", "--max_iters=1", "--lr_decay_iters=1")
     other = tmp_path / "other"
     shutil.copytree(data_root / "tiny", other / "tiny")

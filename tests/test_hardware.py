@@ -148,3 +148,13 @@ def test_asking_for_mps_without_one_is_refused(monkeypatch):
         hardware.resolve_device("mps")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert hardware.resolve_device("auto") == torch.device("cpu")
+
+
+def test_more_ranks_on_a_machine_than_its_gpus_are_refused_by_name(monkeypatch):
+    """torchrun --nproc_per_node=4 on a one-GPU machine: one clear line before any process group,
+    not a CUDA error from the ranks that have no GPU."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="4 processes on this machine but it has 1 CUDA GPU"):
+        hardware.check_ddp(torch.device("cuda"), 4, 4)
+    hardware.check_ddp(torch.device("cuda"), 8, 1)  # one rank here, seven elsewhere
+    hardware.check_ddp(torch.device("cpu"), 4, 4)  # gloo: any number

@@ -13,7 +13,7 @@ import sample
 import serve
 from fused_kernels import int8
 from model import GPT, GPTConfig
-from test_train import data_root, run  # noqa: F401
+from test_train import run
 from training import checkpoint, configurator
 
 
@@ -61,7 +61,7 @@ def test_a_quantized_model_keeps_its_logits_close():
     assert (approx.argmax(-1) == exact.argmax(-1)).float().mean() > 0.9
 
 
-def test_sample_and_eval_load_a_checkpoint_as_int8_and_leave_it_as_trained(data_root, tmp_path, capsys):  # noqa: F811
+def test_sample_and_eval_load_a_checkpoint_as_int8_and_leave_it_as_trained(data_root, tmp_path, capsys):
     run(data_root, tmp_path / "run", "--max_iters=20", "--lr_decay_iters=20")
     ckpt = tmp_path / "run" / "last.pt"
     before = hashlib.sha256(ckpt.read_bytes()).hexdigest()

@@ -90,6 +90,29 @@ SOFTMAX_CASES = [
 ]
 
 
+def visible_keys(batch, tq, tk, pad):
+    """(batch, 1, tq, tk) booleans, written out from the rule rather than taken from fused_kernels:
+    the tq queries are the last of tk positions; query i sees key j when j is not after it
+    (a lower triangle shifted right by tk - tq) and j is not left padding of its row, except that
+    a padding query always sees itself."""
+    causal = torch.ones(tq, tk, dtype=torch.bool).tril(diagonal=tk - tq)
+    mask = causal.repeat(batch, 1, 1)
+    for b, p in enumerate(pad or []):
+        mask[b, :, :p] = False
+        for i in range(tq):
+            if tk - tq + i < p:
+                mask[b, i, tk - tq + i] = True
+    return mask[:, None].to(DEVICE)
+
+
+@pytest.mark.parametrize("shape, pad", SOFTMAX_CASES)
+def test_the_mask_rule_is_the_one_written_out(shape, pad):
+    b, _, tq, tk = shape
+    padding = torch.tensor(pad, device=DEVICE) if pad is not None else None
+    got = fused_kernels.attention_mask(tq, tk, padding, DEVICE).expand(b, 1, tq, tk)
+    assert torch.equal(got, visible_keys(b, tq, tk, pad))
+
+
 @pytest.mark.parametrize("shape, pad", SOFTMAX_CASES)
 @pytest.mark.parametrize("max_block", [4096, 64])
 def test_causal_softmax_fp32(shape, pad, max_block, monkeypatch):
@@ -100,6 +123,8 @@ def test_causal_softmax_fp32(shape, pad, max_block, monkeypatch):
     y = sm_mod.causal_softmax(x, 0.37, pad)
     y2 = fused_kernels.causal_softmax_torch(x2, 0.37, pad)
     close(y, y2)
+    mask = visible_keys(shape[0], shape[2], shape[3], pad.tolist() if pad is not None else None)
+    close(y, torch.softmax((0.37 * x2.detach()).masked_fill(~mask, float("-inf")), dim=-1))
     dy = torch.randn_like(y)
     y.backward(dy)
     y2.backward(dy.double())
@@ -108,14 +133,14 @@ def test_causal_softmax_fp32(shape, pad, max_block, monkeypatch):
 
 
 def test_causal_softmax_kernel_applies_attention_mask_padding_rows_included():
-    """The kernel's in-register mask is fused_kernels.attention_mask, the rule model.py gives sdpa and
-    eager attention: masked keys get exactly 0, a padding query all its weight on itself."""
+    """The kernel's in-register mask is the rule model.py gives sdpa and eager attention (here
+    written out independently): masked keys get exactly 0, a padding query all its weight on itself."""
     torch.manual_seed(0)
     pad = torch.tensor([3, 0, 6], device=DEVICE)
     for tq, tk in ((3, 7), (7, 7)):  # 3 queries over a 7-key cache, then a prefill
         x = torch.randn(3, 2, tq, tk, device=DEVICE)
         y = sm_mod.causal_softmax(x, 0.5, pad)
-        mask = fused_kernels.attention_mask(tq, tk, pad, DEVICE)
+        mask = visible_keys(3, tq, tk, pad.tolist())
         expected = torch.softmax((0.5 * x).masked_fill(~mask, float("-inf")), dim=-1)
         close(y, expected)
         assert torch.all(y[~mask.expand_as(y)] == 0)

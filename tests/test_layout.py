@@ -171,7 +171,7 @@ def test_make_lock_refreshes_the_pins_from_what_the_registry_serves(tmp_path):
         ["make", "-C", str(ROOT), "lock", f"PYTHON={sys.executable}", f"VENV={tmp_path / 'venv'}",
          f"REQUIREMENTS={tmp_path / 'req.txt'}", f"LOCK={lock}",
          f"PIP_OPTIONS=--no-index --find-links {wheels}"],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stdout + result.stderr
     pins = [line for line in lock.read_text().splitlines() if not line.startswith("#")]
     assert "lock-probe==1.1" in pins and "lock-probe==0.9" not in pins

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import eval as evaluate_script
-from test_train import GPT2, data_root, run  # noqa: F401  (fixture and helpers)
+from test_train import GPT2, run
 
 nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed")
 nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed")
@@ -17,7 +17,7 @@ NOTEBOOKS = ROOT / "notebooks"
 def execute(name):
     """Run a notebook (not saved back) in its own kernel, in notebooks/ as Jupyter would."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+    nbclient.NotebookClient(nb, timeout=280, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     return nb
 
@@ -33,7 +33,7 @@ def outputs(nb):
 
 
 @pytest.fixture(scope="module")
-def runs(data_root, tmp_path_factory):  # noqa: F811
+def runs(data_root, tmp_path_factory):
     """Two tiny runs (the default recipe and GPT-2's) and an eval.py folder for the first."""
     out = tmp_path_factory.mktemp("notebook_runs")
     run(data_root, out / "default", "--max_iters=20", "--eval_interval=10", "--log_interval=5")
@@ -44,7 +44,7 @@ def runs(data_root, tmp_path_factory):  # noqa: F811
     return out
 
 
-def test_data_exploration(data_root, monkeypatch):  # noqa: F811
+def test_data_exploration(data_root, monkeypatch):
     monkeypatch.setenv("MINI_LM_DATA", str(data_root / "tiny"))
     text, images = outputs(execute("01_data_exploration.ipynb"))
     assert "| code |" in text and "| prose |" in text and "near_duplicate" not in text.split("rule")[0]

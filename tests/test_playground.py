@@ -11,9 +11,8 @@ import urllib.request
 
 import pytest
 
-from test_serve import LiveServer, ckpt  # noqa: F401  (a checkpoint trained for 30 steps)
+from test_serve import LiveServer
 from test_serve_hostile import long_ckpt, send  # noqa: F401  (a model that never stops early)
-from test_train import data_root  # noqa: F401  (the fixture ckpt needs)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -90,7 +89,7 @@ def test_generate_streams_and_errors_are_put_in_words(browser, ckpt, tmp_path):
         server.stop()
 
 
-def test_text_arrives_in_pieces_and_a_busy_server_says_so(browser, long_ckpt, tmp_path):  # noqa: F811
+def test_text_arrives_in_pieces_and_a_busy_server_says_so(browser, long_ckpt, tmp_path):
     """One batch row and one waiting place: a long request holds the row, a second waits, and the
     page's request is turned away with 503. Then the page streams 300 tokens itself: the text is
     seen growing before the status says it finished."""
@@ -115,7 +114,7 @@ def test_text_arrives_in_pieces_and_a_busy_server_says_so(browser, long_ckpt, tm
         words = wait_for_status(browser, "HTTP 503")
         assert "busy" in words and "retry after 1 s" in words
         holders[0].close()  # the client goes away: the server frees the row and the waiting one runs
-        waiting.join(timeout=300)
+        waiting.join(timeout=280)
 
         set_field(browser, "max", "300")
         set_field(browser, "temp", "0")

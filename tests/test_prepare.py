@@ -250,8 +250,13 @@ def test_vocabularies_above_65536_use_uint32(corpus, tmp_path, monkeypatch):
     real = prepare.train_tokenizer
 
     def big_vocab(*args):
+        """The trained tokenizer, pretending to 70,000 ids: every id it encodes moved up by 65,536
+        (end-of-text stays), so ids above uint16's range reach the bins."""
         tokenizer = real(*args)
-        tokenizer.vocab_size = 70_000  # pretend: only the dtype decision reads it
+        tokenizer.vocab_size = 70_000
+        encode_batch = tokenizer.encode_batch
+        tokenizer.encode_batch = lambda texts, workers: [[i + 65_536 for i in ids]
+                                                         for ids in encode_batch(texts, workers)]
         return tokenizer
 
     monkeypatch.setattr(prepare, "train_tokenizer", big_vocab)
@@ -260,6 +265,9 @@ def test_vocabularies_above_65536_use_uint32(corpus, tmp_path, monkeypatch):
     meta, bins = load(out)
     assert meta["dtype"] == "uint32" and bins["train"].dtype == np.uint32
     assert (out / "train.bin").stat().st_size == 4 * meta["splits"]["train"]["tokens"]
+    tokens = np.concatenate([bins["train"], bins["val"]])
+    text_ids = tokens[tokens != meta["eot_token_id"]]
+    assert len(text_ids) > 0 and text_ids.min() >= 65_536  # none cut to 16 bits
 
 
 def test_allocate_water_fills():

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,22 +23,56 @@ def free_port():
         return s.getsockname()[1]
 
 
+def start_head(env, log_dir, attempts=3):
+    """(process, port) of `ray start --head --block` on a free port, retried on a fresh port if
+    another process takes it first. --block keeps the command running as the owner of the
+    cluster's processes: terminating it stops them, and only them (`ray stop` would stop every
+    Ray process on the machine, a user's own cluster included)."""
+    for _ in range(attempts):
+        port = free_port()
+        log = log_dir / f"ray-head-{port}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                                     f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                                     "--disable-usage-stats"], env=env, stdout=out,
+                                    stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if "Ray runtime started" in log.read_text():
+                return proc, port
+            time.sleep(0.5)
+        stop_head(proc)
+    raise AssertionError(f"ray start --head failed {attempts} times; last output:\n"
+                         f"{log.read_text()[-3000:]}")
+
+
+def stop_head(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """A one-node cluster on 127.0.0.1 (2 CPUs)."""
+    """A one-node cluster on 127.0.0.1 (2 CPUs). The driver's RAY_AUTH_MODE, which
+    cluster.connect may set, is restored afterwards."""
     marker = tmp_path_factory.mktemp("fault") / "killed"
-    port = free_port()
+    auth_mode = os.environ.get("RAY_AUTH_MODE")
     # RAY_AUTH_MODE=disabled: a cluster on 127.0.0.1 for one test, whatever ~/.ray holds
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    started = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                              "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-                             env=env, capture_output=True, text=True, timeout=120)
-    assert started.returncode == 0, started.stdout + started.stderr
+    proc, port = start_head(env, tmp_path_factory.mktemp("ray_head"))
     try:
         yield f"127.0.0.1:{port}", marker
     finally:
         ray.shutdown()
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+        stop_head(proc)
+        if auth_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = auth_mode
 
 
 def output_files(folder):

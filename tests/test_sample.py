@@ -9,16 +9,16 @@ import torch
 
 from training import checkpoint
 import sample
-from test_train import GPT2, data_root, run  # noqa: F401  (fixture and helpers)
+from test_train import GPT2, run
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def out_dir(data_root, tmp_path_factory):  # noqa: F811
+def out_dir(ckpt, tmp_path_factory):
+    """A folder whose best.pt (sample.py's default) is conftest's 30-step checkpoint."""
     out = tmp_path_factory.mktemp("sample_out")
-    run(data_root, out, "--max_iters=30")
-    (out / "last.pt").rename(out / "best.pt")  # sample.py's default is <out_dir>/best.pt
+    (out / "best.pt").symlink_to(ckpt)
     return out
 
 
@@ -58,9 +58,21 @@ def test_prompt_from_a_file_and_an_empty_prompt(out_dir, capsys, tmp_path):
 
 
 def test_bfloat16_weights_and_top_p(out_dir, capsys):
+    """The samples are the bf16 model's, drawn from the top 90% of the probability, seed 1337 + i:
+    a script that ignored --dtype or --top_p would draw other tokens."""
     texts, printed = draw(out_dir, capsys, "--start=The", "--dtype=bfloat16", "--top_p=0.9",
                           "--top_k=0", "--num_samples=2")
     assert len(texts) == 2 and printed.out.count("-" * 72) == 2
+    model, tokenizer, _ = checkpoint.load_for_inference(out_dir / "best.pt", "cpu", "bfloat16")
+    assert model.lm_head.weight.dtype == torch.bfloat16
+    expected = [tokenizer.decode(model.generate([tokenizer.encode("The")], 12, temperature=0.8,
+                                                top_p=0.9, stop_tokens=[tokenizer.eot_id],
+                                                seed=1337 + i)[0]) for i in range(2)]
+    assert texts == expected
+    float32, _, _ = checkpoint.load_for_inference(out_dir / "best.pt", "cpu", "float32")
+    assert expected != [tokenizer.decode(float32.generate([tokenizer.encode("The")], 12,
+                                                          temperature=0.8, stop_tokens=[tokenizer.eot_id],
+                                                          seed=1337 + i)[0]) for i in range(2)]
 
 
 def test_a_split_utf8_character_is_printed_once_whole():
@@ -87,11 +99,11 @@ def test_bad_settings_are_named(out_dir, capsys, extra, message):
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_gpt2_recipe_checkpoint_from_the_command_line(data_root, tmp_path):  # noqa: F811
+def test_gpt2_recipe_checkpoint_from_the_command_line(data_root, tmp_path):
     run(data_root, tmp_path, "--max_iters=4", *GPT2)
     result = subprocess.run([sys.executable, "sample.py", f"--ckpt={tmp_path / 'last.pt'}",
                              "--start", "The", "--num_samples", "1", "--max_new_tokens", "5"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+                            cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("-" * 72 + "\nThe") and "sample 1:" in result.stderr
 

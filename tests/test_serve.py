@@ -12,20 +12,13 @@ import torch
 
 from training import configurator
 import serve
-from test_train import GPT2, SPEEDRUN, data_root, run  # noqa: F401  (fixture and helpers)
+from test_train import GPT2, SPEEDRUN, run
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def ckpt(data_root, tmp_path_factory):  # noqa: F811
-    out = tmp_path_factory.mktemp("serve_ckpt")
-    run(data_root, out, "--max_iters=30")
-    return out / "last.pt"
-
-
-@pytest.fixture(scope="module")
-def gpt2_ckpt(data_root, tmp_path_factory):  # noqa: F811
+def gpt2_ckpt(data_root, tmp_path_factory):
     """A checkpoint of GPT-2's recipe (learned positions, GELU, AdamW), beside the default one."""
     out = tmp_path_factory.mktemp("serve_gpt2_ckpt")
     run(data_root, out, "--max_iters=30", *GPT2)
@@ -33,7 +26,7 @@ def gpt2_ckpt(data_root, tmp_path_factory):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def speedrun_ckpt(data_root, tmp_path_factory):  # noqa: F811
+def speedrun_ckpt(data_root, tmp_path_factory):
     """A checkpoint with every recipe option: an untied head and soft-capped logits too."""
     out = tmp_path_factory.mktemp("serve_speedrun_ckpt")
     run(data_root, out, "--max_iters=30", *SPEEDRUN)
@@ -247,24 +240,40 @@ def test_engine_on_the_compiled_decoding_step_answers_as_the_eager_model(ckpt, a
 
 def check_staggered_requests(flask_app, reference, tokenizer):
     """Four requests of different lengths submitted to the app's engine while the others decode:
-    each gets what reference.generate gives it alone."""
-    model = flask_app.config["mini_lm_server"].engine.model
+    each gets what reference.generate gives it alone, and the engine did decode them together
+    (each decoding step slowed to 20 ms, so that requests 10 ms apart overlap)."""
     engine = flask_app.config["mini_lm_server"].engine
+    model = engine.model
     prompts = [tokenizer.encode(t) for t in ("The river", "A", "def step_3(value, scale):", "The old")]
     params = [{"max_tokens": min(n, model.config.block_size - len(prompt)), "temperature": 0,
                "top_k": None, "top_p": 1.0, "seed": None, "n": 1}
               for n, prompt in zip((12, 5, 20, 9), prompts)]  # within the context, as run() ensures
-    jobs = []
-    for prompt, p in zip(prompts, params):
-        jobs.append(engine.submit([prompt], p, tokenizer.eot_id))
-        time.sleep(0.01)  # arrive while the others are decoding
-    for job, prompt, p in zip(jobs, prompts, params):
-        last = None
-        for last in job:
-            pass
-        expected = reference.generate([prompt], p["max_tokens"], temperature=0,
-                                      stop_tokens=[tokenizer.eot_id])
-        assert last == expected
+    batch_sizes, own_step = [], vars(model).get("decode_step")
+    model.decode_step = slowed_step(model.decode_step, batch_sizes)
+    try:
+        jobs = []
+        for prompt, p in zip(prompts, params):
+            jobs.append(engine.submit([prompt], p, tokenizer.eot_id))
+            time.sleep(0.01)  # arrive while the others are decoding
+        outputs = [list(job)[-1] for job in jobs]
+    finally:
+        if own_step is None:
+            del model.decode_step
+        else:
+            model.decode_step = own_step
+    for output, prompt, p in zip(outputs, prompts, params):
+        assert output == reference.generate([prompt], p["max_tokens"], temperature=0,
+                                            stop_tokens=[tokenizer.eot_id])
+    assert max(batch_sizes) > 1, batch_sizes
+
+
+def slowed_step(decode_step, batch_sizes):
+    """decode_step, recording each step's batch size and taking at least 20 ms."""
+    def step(tokens, cache, pad_lengths=None):
+        batch_sizes.append(len(tokens))
+        time.sleep(0.02)
+        return decode_step(tokens, cache, pad_lengths)
+    return step
 
 
 def test_engine_survives_a_failing_request(app):

@@ -17,14 +17,14 @@ import serve
 from curation import sources, tasks
 from model import GPT, GPTConfig
 from curation.tokenizer import Tokenizer
-from test_train import args, data_root, run  # noqa: F401
+from test_train import args, run
 from training import checkpoint, configurator, metrics, task_eval
 
 SWORD = Path("/usr/share/sword")
 NO_BIBLES = "Debian's sword-text-kjv and sword-text-sparv are not installed (`make test` installs them)"
 
 
-def test_a_pair_is_its_rendered_prompt_then_the_response_and_end_of_text(data_root):  # noqa: F811
+def test_a_pair_is_its_rendered_prompt_then_the_response_and_end_of_text(data_root):
     tokenizer = Tokenizer.load(data_root / "tiny" / "tokenizer.json")
     ids, mask = tasks.encode_pair(tokenizer, "Translate English to Spanish:\nIn the beginning", "En el principio")
     prompt = tokenizer.encode("### Prompt:\nTranslate English to Spanish:\nIn the beginning\n### Response:\n")
@@ -187,7 +187,7 @@ def write_pairs(path, n, offset=0):
     return str(path)
 
 
-def test_prepare_writes_a_task_that_train_py_fine_tunes_on(data_root, tmp_path, capsys):  # noqa: F811
+def test_prepare_writes_a_task_that_train_py_fine_tunes_on(data_root, tmp_path, capsys):
     pretrained = run(data_root, tmp_path / "pre", "--max_iters=2", "--lr_decay_iters=2")
     files = {"train": [write_pairs(tmp_path / "train.jsonl", 60)],
              "val": [write_pairs(tmp_path / "val.jsonl", 20, 100)],
@@ -259,7 +259,7 @@ def test_prepare_writes_a_task_that_train_py_fine_tunes_on(data_root, tmp_path, 
     assert client.get("/health").get_json()["prompt_template"] == tasks.PROMPT_TEMPLATE
 
 
-def test_a_response_has_the_room_its_own_prompt_leaves_whatever_it_is_batched_with(data_root):  # noqa: F811
+def test_a_response_has_the_room_its_own_prompt_leaves_whatever_it_is_batched_with(data_root):
     """A batch answers in the room its longest prompt leaves: prompts go into batches by length, so
     a short prompt batched beside a long one is not cut short (a random model never stops)."""
     tokenizer = Tokenizer.load(data_root / "tiny" / "tokenizer.json")

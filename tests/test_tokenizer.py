@@ -1,4 +1,6 @@
+import json
 import random
+from collections import Counter
 
 import pytest
 
@@ -119,3 +121,69 @@ def test_bad_tokenizer_files_get_clear_errors(tmp_path):
         Tokenizer.load(tmp_path / "missing.json")
     with pytest.raises(ValueError, match="at least 256"):
         train_bpe({b"ab": 1}, vocab_size=100)
+
+
+def byte_level_alphabet():
+    """GPT-2's printable stand-in for each byte, as Hugging Face's ByteLevel pre-tokenizer uses
+    (written out here, not imported, to keep the comparison independent)."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = iter(range(256, 512))
+    return {b: chr(b) if b in kept else chr(next(shifted)) for b in range(256)}
+
+
+def merges_before_the_first_tie(counts, n):
+    """How many of the first n merges have a single most frequent pair (train_bpe_reference's
+    algorithm, stopped at the first step whose best count two pairs share: trainers break ties
+    differently, so only the steps before it are comparable)."""
+    words = [(list(chunk), f) for chunk, f in counts.items()]
+    for step in range(n):
+        pairs = Counter()
+        for word, f in words:
+            for pair in zip(word, word[1:]):
+                pairs[pair] += f
+        top = pairs.most_common(2)
+        if len(top) < 2 or top[0][1] == top[1][1]:
+            return step
+        (a, b), _ = top[0]
+        words = [(merge_pair(word, a, b), f) for word, f in words]
+    return n
+
+
+def merge_pair(word, a, b):
+    out, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and (word[i], word[i + 1]) == (a, b):
+            out.append((a, b))
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return out
+
+
+def test_trainer_agrees_with_hugging_face_tokenizers_until_merges_tie():
+    """An independent BPE: Hugging Face's Rust BpeTrainer, trained on the same pre-split chunks
+    with the same counts, learns the same merges in the same order up to the first tie."""
+    tokenizers = pytest.importorskip("tokenizers", reason="tokenizers comes with transformers "
+                                                          "(requirements-extra.txt)")
+    rng = random.Random(0)  # 200 words with counts up to 1,000: ties come late
+    counts = {}
+    while len(counts) < 200:
+        word = " " + "".join(rng.choice("etaoinshrdlucmfw") for _ in range(rng.randint(2, 9)))
+        counts[word.encode()] = rng.randint(1, 1000)
+    ours = train_bpe(counts, vocab_size=256 + 300 + 1)[256:]
+    comparable = merges_before_the_first_tie(counts, 300)
+    assert comparable >= 30, comparable  # enough merges to compare (64 with this seed)
+
+    alphabet = byte_level_alphabet()
+    hf = tokenizers.Tokenizer(tokenizers.models.BPE())
+    hf.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=256 + 300, show_progress=False,
+                                             initial_alphabet=list(alphabet.values()))
+    hf.train_from_iterator((chunk.decode("utf-8") for chunk, f in counts.items() for _ in range(f)),
+                           trainer)
+    unicode_to_byte = {c: b for b, c in alphabet.items()}
+    merges = json.loads(hf.to_str())["model"]["merges"]
+    theirs = [bytes(unicode_to_byte[c] for c in "".join(m if isinstance(m, list) else m.split(" ")))
+              for m in merges]
+    assert ours[:comparable] == theirs[:comparable]

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from curation.tokenizer import Tokenizer
 from training import checkpoint
 from training import configurator
+from training import hardware
 from training import ranks
 import prepare
 import train
@@ -18,14 +20,6 @@ from test_prepare import config as prepare_config
 from test_prepare import make_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    corpus = make_corpus(tmp_path_factory.mktemp("corpus"))
-    root = tmp_path_factory.mktemp("data")
-    prepare.run(prepare_config(corpus, root, dataset="tiny", vocab_size=300))
-    return root
 
 
 def args(data_root, out_dir, *extra):
@@ -42,7 +36,7 @@ def run_ddp(data_root, out_dir, *extra):
     """train.py under torchrun with 2 ranks (gloo); its last.pt."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "train.py", *args(data_root, out_dir, *extra)]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[:4000]
     return checkpoint.load(Path(out_dir) / "last.pt")
 
@@ -107,8 +101,8 @@ def test_mixed_precision_loss_is_finite_and_falls(data_root, tmp_path, dtype):
     losses = [h["val_loss"] for h in ckpt["history"]]
     assert all(map(torch.isfinite, torch.tensor(losses))), losses
     assert losses[-1] < losses[0] - 0.5, losses
-    if dtype == "float16":
-        assert ckpt["scaler"]["scale"] > 0  # the gradient scaler ran
+    # fp16 needs the gradient scaler (its state is saved for resume); bf16 has fp32's range
+    assert ("scale" in ckpt["scaler"]) == (dtype == "float16"), ckpt["scaler"]
 
 
 def test_training_beats_the_unigram_baseline(data_root, tmp_path):
@@ -123,8 +117,9 @@ def test_checkpoints_are_self_contained(data_root, tmp_path):
         ["ckpt_0000015.pt", "ckpt_0000020.pt"]
     model, tokenizer, ckpt = checkpoint.load_model(tmp_path / "o" / "best.pt")
     assert ckpt["config"]["n_embd"] == 32 and ckpt["iter_num"] in (10, 20)
-    text = tokenizer.decode(model.generate([tokenizer.encode("The ")], 5, temperature=0)[0])
-    assert isinstance(text, str)
+    # the tokenizer travels inside: the data folder's own, id for id
+    text = "def step(value):\n    return value * 2  # The river ran past the old mill.\n"
+    assert tokenizer.encode(text) == Tokenizer.load(data_root / "tiny" / "tokenizer.json").encode(text)
 
 
 def test_non_finite_steps_stop_the_run(data_root, tmp_path, capsys):
@@ -280,7 +275,11 @@ def test_log_jsonl_holds_every_logged_step_and_evaluation(data_root, tmp_path):
     steps = [r for r in records if r["kind"] == "step"]
     evals = [r for r in records if r["kind"] == "eval"]
     assert [r["iter"] for r in steps] == [2, 4, 6, 8, 10]
-    assert all(r["tokens_per_s"] > 0 and r["loss"] > 0 and r["mfu"] is None for r in steps)
+    assert all(r["tokens_per_s"] > 0 and r["loss"] > 0 for r in steps)
+    # MFU where the device's peak FLOP/s is known (GPUs in hardware.PEAK_FLOPS), none on a CPU
+    known_peak = hardware.peak_flops(hardware.resolve_device("auto")) > 0
+    assert all((r["mfu"] is not None) == known_peak for r in steps)
+    assert all(0 < r["mfu"] < 1 for r in steps if known_peak)
     assert [{k: v for k, v in r.items() if k not in ("kind", "time")} for r in evals] == ckpt["history"]
 
 

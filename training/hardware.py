@@ -158,11 +158,16 @@ def describe_compile(compile_, device):
                               "fails)" if device.type == "mps" else "")
 
 
-def check_ddp(device, world):
-    """Several processes train together through nccl (CUDA) or gloo (CPU); neither takes MPS tensors."""
+def check_ddp(device, world, local_world=1):
+    """Several processes train together through nccl (CUDA), one GPU each, or gloo (CPU); neither
+    takes MPS tensors. local_world: the processes on this machine (torchrun's LOCAL_WORLD_SIZE)."""
     if device.type == "mps" and world > 1:
         raise ValueError(f"{world} processes on MPS: PyTorch's process groups (nccl, gloo) do not "
                          "take MPS tensors; train in one process on an Apple GPU")
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and local_world > gpus:
+        raise ValueError(f"{local_world} processes on this machine but it has {gpus} CUDA GPU(s), "
+                         f"one per process: torchrun --nproc_per_node={gpus}, or --device=cpu")
 
 
 def synchronize(device):
