@@ -182,9 +182,20 @@ def test_eval_end_to_end_on_a_trained_tiny_model(data_root, tmp_path, recipe):
     result = evaluate_script.main([f"--ckpt={tmp_path / 'o' / 'best.pt'}", f"--out_dir={out}",
                                    "--gen_documents=4", "--prompt_tokens=16", "--reference_tokens=8"])
     saved = json.loads((out / "eval.json").read_text())
-    assert saved["likelihood"]["overall"]["perplexity"] == pytest.approx(
-        result["likelihood"]["overall"]["perplexity"])
-    assert set(saved["likelihood"]["per_source"]) == {"code", "prose"}
+    assert saved["likelihood"] == json.loads(json.dumps(result["likelihood"]))  # saved as returned
+    overall, per_source = saved["likelihood"]["overall"], saved["likelihood"]["per_source"]
+    assert set(per_source) == {"code", "prose"}
+    # the whole is its parts: tokens add up, the loss is their token-weighted mean, and bits per
+    # byte is the summed nats over the summed bytes
+    assert overall["tokens"] == sum(row["tokens"] for row in per_source.values())
+    nats = sum(row["tokens"] * math.log(row["perplexity"]) for row in per_source.values())
+    assert overall["loss"] == pytest.approx(nats / overall["tokens"])
+    assert overall["perplexity"] == pytest.approx(math.exp(overall["loss"]))
+    n_bytes = sum(row["bytes"] for row in per_source.values())
+    assert overall["bits_per_byte"] == pytest.approx(nats / math.log(2) / n_bytes)
+    for row in per_source.values():
+        assert row["bits_per_byte"] == pytest.approx(
+            row["tokens"] * math.log(row["perplexity"]) / math.log(2) / row["bytes"])
     assert saved["baselines"]["uniform"]["perplexity"] == pytest.approx(300)
     assert saved["baselines"]["model"]["perplexity"] < saved["baselines"]["uniform"]["perplexity"]
     # bits per byte of every baseline over the same bytes: loss (nats/token) x tokens / ln 2 / bytes
