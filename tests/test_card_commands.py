@@ -42,15 +42,26 @@ def project(tmp_path_factory):
     corpus = make_corpus(tmp_path_factory.mktemp("corpus"))
     prepare.run(prepare_config(corpus, folder / "data", dataset="mini_lm", vocab_size=300))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    with socket.socket() as s:  # torchrun's rendezvous port (its default, 29500, may be taken)
-        s.bind(("127.0.0.1", 0))
-        env["PET_MASTER_PORT"] = str(s.getsockname()[1])
+    env["PET_MASTER_PORT"] = free_port()  # torchrun's rendezvous port (its default, 29500, may be taken)
     return folder, env
 
 
-def run(project, *command):
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def run(project, *command, attempts=3):
+    """The command's output; a torchrun whose rendezvous port was taken after it was picked is
+    run again on a fresh port."""
     folder, env = project
-    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=280)
+    for _ in range(attempts):
+        result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True,
+                                timeout=280)
+        if result.returncode == 0 or "ddress already in use" not in result.stdout + result.stderr:
+            break
+        env["PET_MASTER_PORT"] = free_port()
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
 

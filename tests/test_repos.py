@@ -152,11 +152,28 @@ def free_port():
         return s.getsockname()[1]
 
 
+def start_git_daemon(served, attempts=3):
+    """(process, port) of `git daemon` serving the folder on a free port, listening; started again
+    on a fresh port when it exits first (another process took the port after it was picked)."""
+    for _ in range(attempts):
+        port = free_port()
+        daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all",
+                                   f"--base-path={served}", "--listen=127.0.0.1", f"--port={port}",
+                                   str(served)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while daemon.poll() is None and time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return daemon, port
+            except OSError:
+                time.sleep(0.1)
+        daemon.kill()
+        daemon.wait()
+    raise AssertionError(f"git daemon did not start in {attempts} attempts")
+
+
 def test_git_daemon_then_cache_without_network(served, tmp_path):
-    port = free_port()
-    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={served}",
-                               "--listen=127.0.0.1", f"--port={port}", str(served)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon, port = start_git_daemon(served)
     try:
         fields = dict(repos=[f"git://127.0.0.1:{port}/mitproj.git"], cache_dir=str(tmp_path))
         for _ in range(100):  # until the daemon answers
