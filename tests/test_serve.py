@@ -248,8 +248,8 @@ def check_staggered_requests(flask_app, reference, tokenizer):
     params = [{"max_tokens": min(n, model.config.block_size - len(prompt)), "temperature": 0,
                "top_k": None, "top_p": 1.0, "seed": None, "n": 1}
               for n, prompt in zip((12, 5, 20, 9), prompts)]  # within the context, as run() ensures
-    batch_sizes, own_step = [], vars(model).get("decode_step")
-    model.decode_step = slowed_step(model.decode_step, batch_sizes)
+    batch_sizes, own_step = [], model.decode_step
+    model.decode_step = slowed_step(own_step, batch_sizes)
     try:
         jobs = []
         for prompt, p in zip(prompts, params):
@@ -257,10 +257,7 @@ def check_staggered_requests(flask_app, reference, tokenizer):
             time.sleep(0.01)  # arrive while the others are decoding
         outputs = [list(job)[-1] for job in jobs]
     finally:
-        if own_step is None:
-            del model.decode_step
-        else:
-            model.decode_step = own_step
+        model.decode_step = own_step
     for output, prompt, p in zip(outputs, prompts, params):
         assert output == reference.generate([prompt], p["max_tokens"], temperature=0,
                                             stop_tokens=[tokenizer.eot_id])
