@@ -13,6 +13,7 @@ if not torch.cuda.is_available():
 
 
 import contextlib  # noqa: E402  (after TRITON_INTERPRET: fused_kernels reads it when imported)
+import socket  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -21,6 +22,14 @@ import prepare  # noqa: E402
 from test_prepare import config as prepare_config  # noqa: E402
 from test_prepare import make_corpus  # noqa: E402
 from test_train import run  # noqa: E402
+
+def free_port():
+    """A port on 127.0.0.1 that was free a moment ago (another process may take it before it is
+    used: servers started on it are retried on a fresh one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 LAUNCHERS = ("_softmax.causal_softmax", "_layernorm.layer_norm", "_cross_entropy.cross_entropy")
 

@@ -8,7 +8,6 @@ folder that has tiny mini_lm data (only size overrides follow each command):
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -19,6 +18,7 @@ import torch
 
 from training import checkpoint, hardware
 import prepare
+from conftest import free_port
 from test_prepare import config as prepare_config
 from test_prepare import make_corpus
 from test_serve import LiveServer
@@ -42,14 +42,8 @@ def project(tmp_path_factory):
     corpus = make_corpus(tmp_path_factory.mktemp("corpus"))
     prepare.run(prepare_config(corpus, folder / "data", dataset="mini_lm", vocab_size=300))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env["PET_MASTER_PORT"] = free_port()  # torchrun's rendezvous port (its default, 29500, may be taken)
+    env["PET_MASTER_PORT"] = str(free_port())  # torchrun's rendezvous port (its default, 29500, may be taken)
     return folder, env
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
 
 
 def run(project, *command, attempts=3):
@@ -61,7 +55,7 @@ def run(project, *command, attempts=3):
                                 timeout=280)
         if result.returncode == 0 or "ddress already in use" not in result.stdout + result.stderr:
             break
-        env["PET_MASTER_PORT"] = free_port()
+        env["PET_MASTER_PORT"] = str(free_port())
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
 

@@ -5,23 +5,17 @@ accumulating the same batches for the same number of steps."""
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from training import checkpoint
+from conftest import free_port
 from test_train import ROOT, args, assert_same_parameters, run
 
 COMMON = ["--lr_decay_iters=1000", "--eval_interval=100000", "--dropout=0.0",
           "--gradient_accumulation_steps=2", "--checkpoint_interval=3"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def process_tree(pid):

@@ -1,7 +1,6 @@
 """prepare.py on a local Ray cluster started on 127.0.0.1: the same bytes as the one-machine run,
 with one worker killed mid-run (its batch is redone)."""
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,16 +10,11 @@ import pytest
 
 from curation import cluster, curate
 import prepare
+from conftest import free_port
 from test_prepare import config, make_corpus
 
 ray = pytest.importorskip("ray")
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_head(env, log_dir, attempts=3):

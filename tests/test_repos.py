@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 
+from conftest import free_port
 from curation import curate
 from curation import repos
 from curation import sources
@@ -144,12 +145,6 @@ def test_git_source_over_file_urls(served, tmp_path):
     assert "missing.git" in messages["clone_failed"] and "git clone failed" in messages["clone_failed"]
     assert not list(cache.glob("*.tmp"))  # the failed clone left nothing behind
     assert len(list(cache.iterdir())) == 5
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_git_daemon(served, attempts=3):
