@@ -32,6 +32,7 @@ port and prints it.
 
 import concurrent.futures
 import contextlib
+import hmac
 import html
 import json
 import os
@@ -130,6 +131,14 @@ def error(status, message, param=None):
     return response, status
 
 
+def key_matches(authorization, api_key):
+    """Whether an Authorization header carries the key, compared in constant time (hmac), so the
+    answer's timing tells nothing of how much of a guess was right. Bytes, not str: compare_digest
+    refuses non-ASCII str, and a client may send any header."""
+    sent = authorization.encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(sent, f"Bearer {api_key}".encode("utf-8", "surrogateescape"))
+
+
 def install_checks(app, server, cfg):
     """What every request goes through: the API key (never for CORS preflights), CORS headers,
     request counting and latency, and JSON errors for every failure."""
@@ -143,7 +152,7 @@ def install_checks(app, server, cfg):
             return Response(status=204, headers=cors_headers(allowed_origins,
                                                              request.headers.get("Origin"), True))
         if api_key and (request.path.startswith("/v1/") or request.path in PROTECTED):
-            if request.headers.get("Authorization", "") != f"Bearer {api_key}":
+            if not key_matches(request.headers.get("Authorization", ""), api_key):
                 return error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
 
     @app.after_request

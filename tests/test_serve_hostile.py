@@ -1,20 +1,23 @@
 """serve.py as a real process against hostile clients: randomized bodies of every type, range, size
 and encoding, sent concurrently with valid greedy requests (no 5xx, no dropped connection, and the
-valid requests' text equals their single-client answer), and clients that disconnect mid-request
-(their batch rows are freed at once)."""
+valid requests' text equals their single-client answer), clients that disconnect mid-request
+(their batch rows are freed at once), and near misses of the API key."""
+import hmac
 import http.client
 import json
 import random
 import threading
 import time
+import types
 from urllib.parse import urlsplit
 
 import pytest
 import torch
 
+import serve
 from training import checkpoint
 from model import GPT, GPTConfig
-from test_serve import LiveServer
+from test_serve import LiveServer, make_app
 
 HOSTILE_REQUESTS = 1200
 KEY = {"Authorization": "Bearer k"}
@@ -222,3 +225,44 @@ def test_a_client_that_disconnects_frees_its_rows_at_once(long_ckpt, tmp_path):
             assert metric(server.url, "mini_lm_cancelled_sequences_total") == cancelled
     finally:
         server.stop()
+
+
+NEAR_MISSES = {
+    "a wrong key of the same length": "Bearer q",
+    "a prefix of the key": "Bearer s3c",
+    "the key and more": "Bearer s3cret!",
+    "the scheme alone": "Bearer ",
+    "an empty header": "",
+    "another scheme": "Basic s3cret",
+    "non-ASCII bytes": "Bearer s3cr\u00e9t".encode("utf-8"),
+    "non-ASCII, Latin-1": "Bearer s3cr\u00e9t".encode("latin-1"),
+}
+
+
+def test_the_api_key_refuses_near_misses_with_401(ckpt, tmp_path, monkeypatch):
+    """Every near miss of the key gets 401 (never a 500, even for bytes no str key could equal),
+    the key itself 200, and the check goes through hmac.compare_digest (constant time)."""
+    server = LiveServer(tmp_path / "serve.log", f"--ckpt={ckpt}", "--api_key=s3cret",
+                        "--dtype=float64")
+    body = json.dumps({"prompt": "x", "max_tokens": 1}).encode()
+    try:
+        for case, value in NEAR_MISSES.items():
+            headers = {"Content-Type": "application/json", "Authorization": value}
+            status, data = send(server.url, "POST", "/v1/completions", body, headers)
+            assert status == 401, (case, status, data[:300])
+            assert json.loads(data)["error"]["type"] == "authentication_error", case
+        status, _ = send(server.url, "POST", "/v1/completions", body,
+                         {"Content-Type": "application/json", "Authorization": "Bearer s3cret"})
+        assert status == 200
+    finally:
+        server.stop()
+    compared = []
+
+    def spy(a, b):
+        compared.append((a, b))
+        return hmac.compare_digest(a, b)
+    monkeypatch.setattr(serve, "hmac", types.SimpleNamespace(compare_digest=spy))
+    client = make_app(ckpt, "--api_key=s3cret")[0].test_client()
+    assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1},
+                       headers={"Authorization": "Bearer s3cre7"}).status_code == 401
+    assert compared == [(b"Bearer s3cre7", b"Bearer s3cret")]
