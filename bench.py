@@ -11,10 +11,11 @@
     python bench.py train              # train.py itself: tokens/s and peak memory per setting
     python bench.py eval               # tokens/s of eval.py's perplexity pass
     python bench.py serve              # serve.py: one stream, 8 concurrent clients, latency
+    python bench.py soak --ckpt=out/best.pt --clients=4 --minutes=5   # serve.py under mixed traffic
     python bench.py harness --ckpt=out/best.pt --lm_eval=lm_eval   # lm-evaluation-harness via serve.py
     python bench.py all                # model, then gpu when CUDA is present (--gpu forces it)
 
-Each suite lives in benchmarks/ (data_pipeline.py, cpu.py, scripts.py, gpu.py, harness.py); training steps are
+Each suite lives in benchmarks/ (data_pipeline.py, cpu.py, scripts.py, soak.py, gpu.py, harness.py); training steps are
 train.py's own (benchmarks/common.py). Figures are wall-clock on whatever machine runs them; the
 machine is printed with them.
 """
@@ -30,16 +31,20 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from benchmarks import cpu, data_pipeline, gpu, harness, scripts  # noqa: E402
+from benchmarks import cpu, data_pipeline, gpu, harness, scripts, soak  # noqa: E402
 from training import configurator  # noqa: E402
 
-SUITES = ("prepare", "cleaning", "dedup", "warc", "ray", "model", "train", "eval", "serve", "harness", "gpu", "all")
+SUITES = ("prepare", "cleaning", "dedup", "warc", "ray", "model", "train", "eval", "serve", "soak",
+          "harness", "gpu", "all")
 SPEC = {
     "gpu": (False, "all: run the GPU suite too"),
     "hf": (False, "prepare: compare with HF tokenizers"),
     "quick": (False, "model/gpu/train/eval/serve: tiny shapes and few steps, to check the script runs"),
     "parts": ("tests,kernels,step,generation,train", "gpu: the parts to run, comma-separated"),
-    "ckpt": ("out/best.pt", "harness: the checkpoint to score"),
+    "ckpt": ("out/best.pt", "harness, soak: the checkpoint to score or serve"),
+    "clients": (4, "soak: concurrent clients"),
+    "minutes": (5.0, "soak: how long the clients send requests"),
+    "serve_options": ("", "soak: serve.py options, space-separated (e.g. '--dtype=int8 --compile=True')"),
     "lm_eval": ("lm_eval", "harness: the lm_eval command (pip install lm-eval, in any venv)"),
 }
 
@@ -77,6 +82,9 @@ def main(argv=None):
         scripts.bench_eval(args.quick)
     elif suite == "serve":
         scripts.bench_serve(args.quick)
+    elif suite == "soak":
+        soak.bench_soak(args.ckpt, 2 if args.quick else args.clients,
+                        0.5 if args.quick else args.minutes, args.serve_options.split())
     elif suite == "harness":
         harness.bench_harness(args.ckpt, args.lm_eval)
     elif suite == "gpu":

@@ -30,6 +30,7 @@ from training import cpu_memory
 from training import hardware
 from training import metrics
 from training import task_eval
+from training import tracking
 from curation import filters
 from curation.tokenizer import Tokenizer
 
@@ -59,6 +60,8 @@ SPEC = {
     "ngram_order": (3, "order of the Kneser-Ney baseline"),
     "ngram_train_tokens": (20_000_000, "train tokens the n-gram baselines count (0: all)"),
     "tensorboard": (True, "also log the metrics to TensorBoard"),
+    "track": (True, "add the figures to the MLflow / W&B run the checkpoint was trained in, when "
+                    "train.py tracked it (mlflow_log, wandb_log)"),
     "keep_freed_memory": (True, "CPU: keep freed memory in the process for reuse (cpu_memory.py; "
                                 "faster, for more resident memory: see BENCHMARKS.md)"),
 }
@@ -111,6 +114,7 @@ def evaluate_on_task(cfg, model, tokenizer, ckpt, folder, out_dir):
               "-i DIRECTION.model.txt -m bleu chrf` gives the same numbers.", ""]
     atomic.write_text(out_dir / "report.md", "\n".join(lines))
     print(f"wrote {out_dir}/report.md", flush=True)
+    log_to_tracked_run(cfg, ckpt, {"task": scores}, out_dir)
     return result
 
 
@@ -259,6 +263,8 @@ def evaluate(cfg):
     write_report(out_dir, result, ckpt.get("history", []))
     if cfg["tensorboard"]:
         log_to_tensorboard(out_dir / "tb", ckpt.get("iter_num") or 0, likelihood, generation)
+    log_to_tracked_run(cfg, ckpt, {"likelihood": likelihood, "baselines": baselines,
+                                   "generation": generation}, out_dir)
     print(f"overall perplexity {likelihood['overall']['perplexity']:.2f}, bits per byte "
           f"{likelihood['overall']['bits_per_byte']:.3f}"
           + "".join(f"; {k} {v['perplexity']:.2f}, {v['bits_per_byte']:.3f}"
@@ -306,6 +312,18 @@ def score_likelihood(model, tokenizer, streams, train, cfg, stride, device):
         scores["kneser_ney"].update(order=cfg["ngram_order"], train_tokens=len(train))
     likelihood = {"overall": dict(scores["model"]), "per_source": rows}
     return likelihood, scores
+
+
+def log_to_tracked_run(cfg, ckpt, figures, out_dir):
+    """Every number in figures as eval/... metrics, and eval.json and report.md, added to the
+    MLflow / W&B run(s) the checkpoint's training logged to (none if it was not tracked)."""
+    tracked = ckpt.get("tracking") or {}
+    if not cfg["track"] or not tracked:
+        return
+    flat = tracking.flat_figures(figures, "eval")
+    files = [out_dir / "eval.json", out_dir / "report.md"]
+    for name in tracking.log_evaluation(tracked, flat, ckpt.get("iter_num") or 0, files):
+        print(f"logged {len(flat)} figures to {name}", flush=True)
 
 
 def log_to_tensorboard(folder, step, likelihood, generation):

@@ -64,9 +64,13 @@ SPEC = {
     "sample_prompt": ("The ", "prompt of the text samples"),
     "sample_tokens": (48, "new tokens per sample"),
     "tensorboard": (True, "log to out_dir/tb"),
-    "wandb_log": (False, "log to Weights & Biases (pip install wandb)"),
+    "wandb_log": (False, "log to Weights & Biases (pip install wandb; WANDB_MODE=offline: to "
+                         "out_dir/wandb without a network)"),
     "wandb_project": ("mini-lm", "W&B project"),
     "mlflow_log": (False, "log to MLflow (pip install mlflow)"),
+    "mlflow_tracking_uri": ("", "MLflow server or store (default: $MLFLOW_TRACKING_URI, else "
+                                "MLflow's local default)"),
+    "mlflow_experiment": ("mini-lm", "MLflow experiment"),
     # data and batches
     "batch_size": (16, "sequences per micro-step (per rank)"),
     "batch_order": ("epoch", "'random' windows (with replacement) or 'epoch' (each non-overlapping "
@@ -107,8 +111,8 @@ SPEC = {
 }
 # Keys that may differ between a run and its resumption without breaking exactness.
 RESUME_MAY_CHANGE = {"out_dir", "init_from", "max_iters", "max_minutes", "eval_only", "log_interval", "device",
-                     "tensorboard", "wandb_log", "mlflow_log", "checkpoint_interval",
-                     "checkpoint_minutes", "keep_last", "sample_interval", "compile",
+                     "tensorboard", "wandb_log", "mlflow_log", "mlflow_tracking_uri",
+                     "checkpoint_interval", "checkpoint_minutes", "keep_last", "sample_interval", "compile",
                      "keep_freed_memory"}
 MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
 # the model keys a fine-tune may set; the others are the checkpoint's
@@ -230,6 +234,7 @@ def set_up(cfg, ddp, rank, world, device):
         out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_start_checkpoint(cfg, out_dir, master)
     fine_tune = ckpt is not None and cfg["init_from"] != "resume"
+    resume = ckpt is not None and not fine_tune
     if fine_tune:  # the model it starts from, block_size included
         cfg = {**cfg, **{k: ckpt["model_args"][k] for k in MODEL_KEYS if k not in FINE_TUNE_MAY_SET}}
     batches = Batches(folder, cfg["block_size"], cfg["batch_size"], cfg["seed"], cfg["batch_order"])
@@ -255,11 +260,12 @@ def set_up(cfg, ddp, rank, world, device):
               autocast=autocast, out_dir=out_dir, folder=folder, batches=batches,
               tokenizer=tokenizer, model=model, raw_model=raw_model, optimizers=optimizers,
               scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-              loggers=Loggers(cfg, master), unigram=batches.unigram_loss(),
+              loggers=Loggers(cfg, master, ckpt.get("tracking") if resume else None),
+              unigram=batches.unigram_loss(),
               tokens_per_step=cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"],
               flops_per_token=raw_model.flops_per_token(cfg["block_size"]),
               peak_flops=hardware.peak_flops(device, cfg["peak_flops"]))
-    state = State(*checkpoint.restore_run(run, ckpt)) if ckpt and not fine_tune else State()
+    state = State(*checkpoint.restore_run(run, ckpt)) if resume else State()
     if master:
         print(json.dumps(cfg, indent=1, default=str))
         parts = ", ".join(f"{v / 1e6:.2f}M {k}" for k, v in params.items() if v and k != "total")
@@ -396,63 +402,72 @@ def log_step(run, state, lr, loss, grad_norm, seconds):
 
 def run_training(cfg, ddp, rank, world, device):
     run, state = set_up(cfg, ddp, rank, world, device)
-    cfg = run.cfg  # a fine-tune's model settings are its checkpoint's
-    with ranks.StopRequest() as stop:
-        started = last_save = time.time()
-        bad_steps, time_up = 0, False
-        run.model.train()
-        while True:
-            # the learning rates of this step: linear warmup, then the schedule's decay to min_lr
-            lr = optim.set_learning_rates(run.optimizers, state.iter_num, cfg)
-
-            # evaluate every eval_interval steps and at the end (loss, best.pt, a text sample)
-            finished = cfg["eval_only"] or state.iter_num >= cfg["max_iters"] or time_up
-            if state.iter_num % cfg["eval_interval"] == 0 or finished:
-                state = evaluate_and_report(run, state, lr)
-            if finished:
-                if time_up and run.master:
-                    print(f"stopped at step {state.iter_num}: max_minutes={cfg['max_minutes']} "
-                          "reached", flush=True)
-                break
-
-            # one optimizer step; a non-finite one is skipped, max_bad_steps of them in a row stop
-            t0 = time.time()
-            loss, grad_norm, finite = train_step(run)
-            bad_steps = 0 if finite or run.scaler.is_enabled() else bad_steps + 1
-            if bad_steps and run.master:
-                print(f"warning: step {state.iter_num} has a non-finite loss or gradient norm; "
-                      f"skipped ({bad_steps} in a row)", file=sys.stderr)
-            if bad_steps >= cfg["max_bad_steps"]:
-                raise TrainingStopped(f"{bad_steps} consecutive non-finite steps at step "
-                                      f"{state.iter_num}: lower learning_rate, use float32 or "
-                                      f"bfloat16, or check the data; {run.out_dir}/last.pt holds "
-                                      "the last good state")
-            state = replace(state, iter_num=state.iter_num + 1,
-                            tokens_seen=state.tokens_seen + run.tokens_per_step)
-            hardware.synchronize(device)
-            if run.master and state.iter_num % cfg["log_interval"] == 0:
-                log_step(run, state, lr, loss, grad_norm, time.time() - t0)
-
-            # last.pt on schedule; SIGTERM/SIGINT or max_minutes end the run, on every rank at once
-            over_time = bool(cfg["max_minutes"]) and time.time() - started > 60 * cfg["max_minutes"]
-            stopping, time_up = ranks.agree(run.ddp, run.device, stop.signal is not None, over_time)
-            due = ((cfg["checkpoint_interval"] and state.iter_num % cfg["checkpoint_interval"] == 0)
-                   or time.time() - last_save > 60 * cfg["checkpoint_minutes"])
-            if not stopping:
-                (due,) = ranks.agree(run.ddp, run.device, due)
-            if due or stopping:
-                checkpoint.write_last(run, state)
-                last_save = time.time()
-            if stopping:
-                if run.master:
-                    print(f"stopped at step {state.iter_num}; resume with --init_from=resume",
-                          flush=True)
-                break
-
-    if not cfg["eval_only"] and stop.signal is None:
-        checkpoint.write_last(run, state)
-    run.loggers.close()
+    status = "FAILED"  # the tracked run's status unless training ends or is stopped
+    try:
+        with ranks.StopRequest() as stop:
+            state = train_loop(run, state, stop)
+        if not run.cfg["eval_only"] and stop.signal is None:
+            checkpoint.write_last(run, state)
+        status = "FINISHED" if stop.signal is None else "KILLED"
+    finally:
+        run.loggers.close(status)
     return run.out_dir
+
+
+def train_loop(run, state, stop):
+    """Train until max_iters, max_minutes or a stop request (SIGTERM/SIGINT); the final state."""
+    cfg, device = run.cfg, run.device  # a fine-tune's model settings are its checkpoint's
+    started = last_save = time.time()
+    bad_steps, time_up = 0, False
+    run.model.train()
+    while True:
+        # the learning rates of this step: linear warmup, then the schedule's decay to min_lr
+        lr = optim.set_learning_rates(run.optimizers, state.iter_num, cfg)
+
+        # evaluate every eval_interval steps and at the end (loss, best.pt, a text sample)
+        finished = cfg["eval_only"] or state.iter_num >= cfg["max_iters"] or time_up
+        if state.iter_num % cfg["eval_interval"] == 0 or finished:
+            state = evaluate_and_report(run, state, lr)
+        if finished:
+            if time_up and run.master:
+                print(f"stopped at step {state.iter_num}: max_minutes={cfg['max_minutes']} "
+                      "reached", flush=True)
+            break
+
+        # one optimizer step; a non-finite one is skipped, max_bad_steps of them in a row stop
+        t0 = time.time()
+        loss, grad_norm, finite = train_step(run)
+        bad_steps = 0 if finite or run.scaler.is_enabled() else bad_steps + 1
+        if bad_steps and run.master:
+            print(f"warning: step {state.iter_num} has a non-finite loss or gradient norm; "
+                  f"skipped ({bad_steps} in a row)", file=sys.stderr)
+        if bad_steps >= cfg["max_bad_steps"]:
+            raise TrainingStopped(f"{bad_steps} consecutive non-finite steps at step "
+                                  f"{state.iter_num}: lower learning_rate, use float32 or "
+                                  f"bfloat16, or check the data; {run.out_dir}/last.pt holds "
+                                  "the last good state")
+        state = replace(state, iter_num=state.iter_num + 1,
+                        tokens_seen=state.tokens_seen + run.tokens_per_step)
+        hardware.synchronize(device)
+        if run.master and state.iter_num % cfg["log_interval"] == 0:
+            log_step(run, state, lr, loss, grad_norm, time.time() - t0)
+
+        # last.pt on schedule; SIGTERM/SIGINT or max_minutes end the run, on every rank at once
+        over_time = bool(cfg["max_minutes"]) and time.time() - started > 60 * cfg["max_minutes"]
+        stopping, time_up = ranks.agree(run.ddp, run.device, stop.signal is not None, over_time)
+        due = ((cfg["checkpoint_interval"] and state.iter_num % cfg["checkpoint_interval"] == 0)
+               or time.time() - last_save > 60 * cfg["checkpoint_minutes"])
+        if not stopping:
+            (due,) = ranks.agree(run.ddp, run.device, due)
+        if due or stopping:
+            checkpoint.write_last(run, state)
+            last_save = time.time()
+        if stopping:
+            if run.master:
+                print(f"stopped at step {state.iter_num}; resume with --init_from=resume",
+                      flush=True)
+            break
+    return state
 
 
 if __name__ == "__main__":

@@ -41,14 +41,39 @@ def kill_tree(pid):
             os.kill(p, signal.SIGKILL)
 
 
-def launch_two_nodes(data_root, out, *extra):
-    """Two launchers, as on two machines: same command, rendezvous at HOST:PORT."""
-    port = free_port()
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-               "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=test",
-               "train.py", *args(data_root, out, *COMMON, *extra)]
-    return [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, start_new_session=True) for _ in range(2)]
+class Node:
+    """One torchrun launcher, its output in a file (read while it runs, and when a test fails)."""
+
+    def __init__(self, command, log_path):
+        self.log_path = Path(log_path)
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                         text=True, start_new_session=True)
+
+    def output(self):
+        return self.log_path.read_text()
+
+
+def launch_two_nodes(data_root, out, *extra, attempts=3):
+    """Two launchers, as on two machines: same command, rendezvous at 127.0.0.1:PORT. A port taken
+    after it was picked makes them fail (or wait) before rank 0 prints its config; they are started
+    again on a fresh port."""
+    out.mkdir(parents=True, exist_ok=True)
+    for attempt in range(attempts):
+        port = free_port()
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                   "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=test",
+                   "train.py", *args(data_root, out, *COMMON, *extra)]
+        nodes = [Node(command, out / f"node{i}-{port}.log") for i in range(2)]
+        deadline = time.time() + 120
+        while all(n.proc.poll() is None for n in nodes) and time.time() < deadline and not any(
+                '"out_dir"' in n.output() for n in nodes):  # rank 0's config: rendezvous passed
+            time.sleep(0.2)
+        if any('"out_dir"' in n.output() for n in nodes) or attempt == attempts - 1:
+            return nodes
+        for node in nodes:  # one failed before the rendezvous completed: a fresh port
+            kill_tree(node.proc.pid)
+            node.proc.wait()
 
 
 def test_two_launchers_survive_a_dead_node_and_match_one_process(data_root, tmp_path):
@@ -57,29 +82,30 @@ def test_two_launchers_survive_a_dead_node_and_match_one_process(data_root, tmp_
     try:
         deadline = time.time() + 300
         while not (out / "last.pt").exists():  # rank 0 wrote a checkpoint: the run is under way
-            assert time.time() < deadline and all(n.poll() is None for n in nodes), \
-                "".join(n.communicate()[0][-3000:] for n in nodes)
+            assert time.time() < deadline and all(n.proc.poll() is None for n in nodes), \
+                "".join(n.output()[-3000:] for n in nodes)
             time.sleep(0.2)
-        kill_tree(nodes[1].pid)  # a node dies: its launcher and its training process
-        nodes[1].wait()
-        survivor_output = nodes[0].communicate(timeout=120)[0]
+        kill_tree(nodes[1].proc.pid)  # a node dies: its launcher and its training process
+        nodes[1].proc.wait()
+        nodes[0].proc.wait(timeout=120)
     finally:  # nothing may outlive the test
         for node in nodes:
-            if node.poll() is None:
-                kill_tree(node.pid)
-    assert nodes[0].returncode != 0, survivor_output[-3000:]  # it noticed, and stopped
+            if node.proc.poll() is None:
+                kill_tree(node.proc.pid)
+    assert nodes[0].proc.returncode != 0, nodes[0].output()[-3000:]  # it noticed, and stopped
     stopped_at = checkpoint.load(out / "last.pt")["iter_num"]
     assert stopped_at >= 3 and stopped_at % 3 == 0
 
     finish = stopped_at + 4
     nodes = launch_two_nodes(data_root, out, f"--max_iters={finish}", "--init_from=resume")
     try:
-        outputs = [n.communicate(timeout=280)[0] for n in nodes]
+        for node in nodes:
+            node.proc.wait(timeout=280)
     finally:
         for node in nodes:
-            if node.poll() is None:
-                kill_tree(node.pid)
-    assert all(n.returncode == 0 for n in nodes), "\n".join(o[-3000:] for o in outputs)
+            if node.proc.poll() is None:
+                kill_tree(node.proc.pid)
+    assert all(n.proc.returncode == 0 for n in nodes), "\n".join(n.output()[-3000:] for n in nodes)
     resumed = checkpoint.load(out / "last.pt")
     assert resumed["iter_num"] == finish and len(resumed["rng"]) == 2
 

@@ -1,7 +1,8 @@
 """serve.py as a real process against hostile clients: randomized bodies of every type, range, size
 and encoding, sent concurrently with valid greedy requests (no 5xx, no dropped connection, and the
 valid requests' text equals their single-client answer), clients that disconnect mid-request
-(their batch rows are freed at once), and near misses of the API key."""
+(their batch rows are freed at once), near misses of the API key, and a short soak of mixed
+traffic (bench.py soak's)."""
 import hmac
 import http.client
 import json
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 import serve
+from benchmarks import soak
 from training import checkpoint
 from model import GPT, GPTConfig
 from test_serve import LiveServer, make_app
@@ -266,3 +268,13 @@ def test_the_api_key_refuses_near_misses_with_401(ckpt, tmp_path, monkeypatch):
     assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1},
                        headers={"Authorization": "Bearer s3cre7"}).status_code == 401
     assert compared == [(b"Bearer s3cre7", b"Bearer s3cret")]
+
+
+def test_a_short_soak_sends_every_kind_of_traffic_without_a_failure(ckpt, capsys):
+    """bench.py soak's traffic (benchmarks/soak.py), for 12 seconds: every kind answered 200, no
+    5xx, dropped connection or broken stream, the server's memory read three times."""
+    results, memory = soak.bench_soak(ckpt, clients=3, minutes=0.2, options=["--dtype=float64"])
+    assert {r[0] for r in results} == set(soak.TRAFFIC)
+    assert all(r[1] == 200 and r[3] is None for r in results), [r for r in results if r[3]][:5]
+    assert list(memory) == ["start", "after warm-up", "end"] and min(memory.values()) > 10
+    assert "answering at the end: yes" in capsys.readouterr().out

@@ -137,6 +137,7 @@ def run_contents(run, state, rng):
         "tokens_seen": state.tokens_seen, "train_generator": run.batches.generator.get_state(),
         "train_windows_drawn": run.batches.drawn,
         "rng": rng, "config": run.cfg, "history": state.history, "unigram_val_loss": run.unigram,
+        "tracking": run.loggers.tracking,
         "dataset": {"path": str(run.folder), "vocab_size": run.batches.meta["vocab_size"]},
         # a fine-tuning task's prompt template (curation/tasks.py), which sample.py and serve.py
         # render prompts in; None for a corpus
