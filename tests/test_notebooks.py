@@ -1,7 +1,9 @@
 """The three notebooks, executed top to bottom against tiny outputs of the real scripts (prepare.py's
 folder, train.py runs, eval.py's folder), and the loud failure when an output is missing."""
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import eval as evaluate_script
@@ -14,12 +16,48 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 
 
+# Run in the kernel after the notebook's first cell: every plt.show() first records what each open
+# figure draws (per axis: labels, each line's points by label, each bar group's lengths by label, the
+# y tick labels), so the tests check the figures' data, not only that images were drawn.
+RECORD_FIGURES = """
+import matplotlib.pyplot as _plt
+_figures, _show = [], _plt.show
+def _record_and_show(*args, **kwargs):
+    for number in _plt.get_fignums():
+        figure = _plt.figure(number)
+        figure.canvas.draw()
+        _figures.append([{
+            "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(), "title": ax.get_title(),
+            "lines": {line.get_label(): line.get_xydata().tolist() for line in ax.get_lines()},
+            "bars": {bars.get_label(): [bar.get_width() for bar in bars.patches]
+                     for bars in ax.containers},
+            "yticks": [tick.get_text() for tick in ax.get_yticklabels()]} for ax in figure.axes])
+    return _show(*args, **kwargs)
+_plt.show = _record_and_show
+"""
+PRINT_FIGURES = 'print("FIGURES " + __import__("json").dumps(_figures))'
+
+
 def execute(name):
-    """Run a notebook (not saved back) in its own kernel, in notebooks/ as Jupyter would."""
+    """Run a notebook (not saved back) in its own kernel, in notebooks/ as Jupyter would, with the
+    figure recorder around it."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nb.cells.insert(1, nbformat.v4.new_code_cell(RECORD_FIGURES))
+    nb.cells.append(nbformat.v4.new_code_cell(PRINT_FIGURES))
     nbclient.NotebookClient(nb, timeout=280, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     return nb
+
+
+def figures(nb):
+    """What each figure the notebook showed draws, in order: a list of axes per figure."""
+    (line,) = [out["text"] for out in nb.cells[-1]["outputs"] if out.get("name") == "stdout"]
+    return json.loads(line.removeprefix("FIGURES "))
+
+
+def assert_points(drawn, expected):
+    np.testing.assert_allclose(np.array(drawn, dtype=float), np.array(expected, dtype=float),
+                               rtol=1e-12)
 
 
 def outputs(nb):
@@ -46,22 +84,54 @@ def runs(data_root, tmp_path_factory):
 
 def test_data_exploration(data_root, monkeypatch):
     monkeypatch.setenv("MINI_LM_DATA", str(data_root / "tiny"))
-    text, images = outputs(execute("01_data_exploration.ipynb"))
+    nb = execute("01_data_exploration.ipynb")
+    text, images = outputs(nb)
     assert "| code |" in text and "| prose |" in text and "near_duplicate" not in text.split("rule")[0]
     assert "tokens per word" in text and "bytes per token" in text and images >= 2
+    lengths, dropped = figures(nb)
+    stats = json.loads((data_root / "tiny" / "curated" / "stats.json").read_text())
+    assert [ax["title"] for ax in lengths] == list(stats)  # one axis per source
+    for ax, s in zip(lengths, stats.values()):
+        assert_points([y for _, y in ax["lines"]["collected"]], s["length_histogram_in"])
+        assert_points([y for _, y in ax["lines"]["kept"]], s["length_histogram_kept"])
+    rules = sorted({rule for s in stats.values() for rule in s["dropped"]})
+    (ax,) = dropped
+    assert ax["yticks"] == rules and list(ax["bars"]) == list(stats)
+    for source, s in stats.items():  # each source's stacked bars: its documents dropped per rule
+        assert ax["bars"][source] == [s["dropped"].get(rule, 0) for rule in rules]
 
 
 def test_training_analysis(runs, monkeypatch):
     monkeypatch.setenv("MINI_LM_RUNS", f"{runs / 'default'},{runs / 'gpt2'}")
-    text, images = outputs(execute("02_training_analysis.ipynb"))
+    nb = execute("02_training_analysis.ipynb")
+    text, images = outputs(nb)
     assert "2 evaluations" not in text and "| muon |" in text and "| adamw |" in text
     assert images >= 3
+    losses, schedules, gaps = figures(nb)
+    assert [ax["xlabel"] for ax in losses] == ["step", "tokens seen (millions)", "minutes"]
+    for folder in (runs / "default", runs / "gpt2"):  # each run's lines: its log.jsonl records
+        records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+        evals = [r for r in records if r["kind"] == "eval"]
+        steps = [r for r in records if r["kind"] == "step"]
+        name = str(folder)
+        assert_points(losses[0]["lines"][name], [(e["iter"], e["val_loss"]) for e in evals])
+        assert_points(losses[1]["lines"][name], [(e["tokens"] / 1e6, e["val_loss"]) for e in evals])
+        for ax, key in zip(schedules, ("lr", "grad_norm", "tokens_per_s")):
+            assert_points(ax["lines"][name], [(r["iter"], r[key]) for r in steps])
+        assert_points(gaps[0]["lines"][name],
+                      [(e["iter"], e["val_loss"] - e["train_loss"]) for e in evals])
 
 
 def test_evaluation(runs, monkeypatch):
     monkeypatch.setenv("MINI_LM_EVAL", str(runs / "eval"))
-    text, images = outputs(execute("03_evaluation.ipynb"))
+    nb = execute("03_evaluation.ipynb")
+    text, images = outputs(nb)
     assert "kneser_ney" in text and "bleu" in text and "| model |" in text and images >= 1
+    baselines = json.loads((runs / "eval" / "eval.json").read_text())["baselines"]
+    ((ax,),) = figures(nb)
+    (widths,) = ax["bars"].values()
+    assert ax["yticks"] == list(baselines)
+    assert_points(widths, [b["bits_per_byte"] for b in baselines.values()])
 
 
 @pytest.mark.parametrize("name, variable, missing", [
