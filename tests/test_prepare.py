@@ -323,6 +323,24 @@ def test_hf_source_streams_through_datasets(monkeypatch):
     assert calls == [("org/corpus", None, "train", True)] and warnings == ["missing_field"]
 
 
+def test_hf_source_reads_a_local_json_dataset_through_the_real_datasets(tmp_path, monkeypatch):
+    """The real `datasets` library (offline) on a local folder of JSON lines: the hf source's call
+    and its record handling, without the fake above."""
+    pytest.importorskip("datasets", reason="datasets is not installed (requirements-extra.txt)")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    rows = [{"text": f"document {i} " * 3, "id": i} for i in range(5)] + [{"text": None, "id": 5}]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = sources.resolve_sources([dict(kind="hf", dataset=str(folder), split="train",
+                                         max_docs=6)])[0]
+    warnings = []
+    docs = list(sources.iter_source(spec, lambda kind, msg: warnings.append(kind)))
+    assert docs == [(f"{folder}:{i}", "prose", f"document {i} " * 3) for i in range(5)]
+    assert warnings == ["missing_field"]
+
+
 def test_hf_source_without_datasets_package_says_how_to_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
     spec = sources.resolve_sources([dict(kind="hf", dataset="x")])[0]
