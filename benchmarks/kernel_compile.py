@@ -17,9 +17,12 @@ registers and spills, the compiled metadata the shared memory, checked against t
 Only Triton's binder is private API here; the pinned Triton (requirements.lock) is what CI runs.
 """
 
+import concurrent.futures
 import contextlib
+import functools
 import io
 import json
+import multiprocessing
 import os
 import re
 import sys
@@ -200,21 +203,38 @@ def table(results, per_launch=False):
     return "\n".join(lines)
 
 
-def compile_all():
+@functools.lru_cache(maxsize=1)
+def recorded_launches():
+    """project_launches(), recorded once per process: a worker records its own, since launches
+    hold kernels and tensors, which do not travel between processes (the order is the same)."""
+    return project_launches()
+
+
+def compile_job(job):
+    """stats of compiling launch number `index` of recorded_launches() for `arch`."""
+    index, arch = job
+    return compile_for(recorded_launches()[index][1], arch)
+
+
+def compile_all(workers=None):
     """[{kernel, launch, targets: {arch: stats}}] for every project launch and target, with a
-    "problems" list per target where it spills or overflows shared memory."""
-    results = []
-    for name, launch in project_launches():
-        targets = {}
-        for arch in TARGETS:
-            stats = compile_for(launch, arch)
-            targets[str(arch)] = {**stats, "problems": problems(stats)}
-        results.append({"kernel": name, "launch": describe(launch), "targets": targets})
-    return results
+    "problems" list per target where it spills or overflows shared memory. The compilations run
+    in `workers` processes (default: one per core); each is independent and single-threaded."""
+    launches = recorded_launches()
+    jobs = [(index, arch) for index in range(len(launches)) for arch in TARGETS]
+    # spawned, not forked: the parent has used torch's thread pool, which a fork may deadlock in
+    with concurrent.futures.ProcessPoolExecutor(
+            workers or os.cpu_count(), mp_context=multiprocessing.get_context("spawn")) as pool:
+        stats = dict(zip(jobs, pool.map(compile_job, jobs, chunksize=4)))
+    return [{"kernel": name, "launch": describe(launch),
+             "targets": {str(arch): {**stats[index, arch], "problems": problems(stats[index, arch])}
+                         for arch in TARGETS}}
+            for index, (name, launch) in enumerate(launches)]
 
 
 SPEC = {
     "json": ("", "also write every launch's figures to this JSON file"),
+    "workers": (0, "processes compiling at once (0: one per CPU core)"),
     "launches": (False, "print the table per launch instead of per kernel"),
 }
 
@@ -224,7 +244,7 @@ def main(argv=None):
                                      prog="python -m benchmarks.kernel_compile")
     if os.environ.get("TRITON_INTERPRET") == "1" or not kernels():
         raise SystemExit("error: the kernels are interpreted (TRITON_INTERPRET=1): run without it")
-    results = compile_all()
+    results = compile_all(cfg["workers"] or None)
     if cfg["json"]:
         atomic.write_text(cfg["json"], json.dumps(results, indent=1))
     print(f"Triton {triton.__version__}; {len(results)} launches x {len(TARGETS)} targets\n")
