@@ -37,8 +37,10 @@ bibles:
 	   (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q sword-text-kjv sword-text-sparv >/dev/null 2>&1)) || \
 	  echo "note: could not install sword-text-kjv and sword-text-sparv; the translation task's tests will be skipped"
 
+# The test files run in parallel, a file per worker process (pytest-xdist: one per core, at most 4;
+# a file's module fixtures, such as a started server, stay in one process).
 test: setup browser bibles
-	$(BIN)/python -m pytest -q -rs tests
+	$(BIN)/python -m pytest -q -rs -n auto --maxprocesses=4 --dist loadfile tests
 
 # Refresh the pins on purpose: resolve the requirements afresh in a new virtual environment, with
 # the newest pip and whatever the registry serves today, and write every installed version, pip's
