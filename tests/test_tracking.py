@@ -26,6 +26,14 @@ STEP_METRICS = {"loss/train_step": "loss", "lr": "lr", "grad_norm": "grad_norm",
 EVAL_METRICS = {"loss/val": "val_loss", "perplexity/val": "val_ppl"}
 
 
+@pytest.fixture(autouse=True)
+def mlflow_client_settings(monkeypatch):
+    """tracking.MLFLOW_HTTP_DEFAULTS set through monkeypatch, so that the environment MlflowRun would
+    fill in is this test's alone and restored after it."""
+    for name, value in tracking.MLFLOW_HTTP_DEFAULTS.items():
+        monkeypatch.setenv(name, value)
+
+
 def needs(package):
     return pytest.importorskip(package, reason=f"{package} is not installed (requirements-extra.txt)")
 
@@ -174,6 +182,43 @@ def test_eval_names_an_unreachable_server_of_a_tracked_checkpoint(ckpt, tmp_path
     result = evaluate_script.main([f"--ckpt={tmp_path / 'tracked.pt'}", f"--out_dir={tmp_path / 'f'}",
                                    "--track=False", *EVAL])  # the same checkpoint, runs left alone
     assert result["likelihood"]["overall"]["tokens"] > 0
+
+
+def test_a_server_lost_mid_run_stops_the_logging_not_the_training(data_root, tmp_path):
+    """The MLflow server stops while train.py runs: one warning, training goes on (log.jsonl keeps
+    every step), and a SIGTERM still ends the run cleanly with last.pt written."""
+    needs("mlflow")
+    proc, url = start_mlflow_server(tmp_path)
+    assert proc, url
+    out, errors = tmp_path / "o", open(tmp_path / "train.err", "w+")
+    trainer = subprocess.Popen(
+        [sys.executable, "train.py", *args(data_root, out, "--max_iters=100000", "--log_interval=1",
+                                           "--eval_interval=100000", "--mlflow_log=True",
+                                           f"--mlflow_tracking_uri={url}")],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errors, env={**os.environ})
+    try:
+        deadline = time.time() + 120
+        while not (out / "log.jsonl").exists() or not records(out, "step"):  # logging to MLflow
+            assert time.time() < deadline and trainer.poll() is None
+            time.sleep(0.2)
+        stop_process_group(proc)  # the server goes away mid-run
+        lost_at = len(records(out, "step"))
+        while "MLflow logging" not in (tmp_path / "train.err").read_text():
+            assert time.time() < deadline and trainer.poll() is None, (tmp_path / "train.err").read_text()
+            time.sleep(0.2)
+        while len(records(out, "step")) < lost_at + 20:  # training went on
+            assert time.time() < deadline and trainer.poll() is None
+            time.sleep(0.2)
+        trainer.send_signal(signal.SIGTERM)
+        assert trainer.wait(timeout=120) == 0
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+        stop_process_group(proc)
+    warnings = [line for line in (tmp_path / "train.err").read_text().splitlines()
+                if line.startswith("warning: MLflow logging")]
+    assert len(warnings) == 1 and url in warnings[0] and "log.jsonl keeps every record" in warnings[0]
+    assert checkpoint.load(out / "last.pt")["iter_num"] == records(out, "step")[-1]["iter"]
 
 
 def test_under_ddp_only_rank_0_logs_to_mlflow(data_root, tmp_path, mlflow_server):

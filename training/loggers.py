@@ -1,6 +1,7 @@
 """loggers.py: where train.py's records go: out_dir/log.jsonl, TensorBoard, W&B, MLflow."""
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -50,7 +51,10 @@ class Loggers:
         if self.wandb:
             self.wandb.log(values, step=step)
         if self.mlflow:
-            self.mlflow.log_metrics(values, step)
+            try:
+                self.mlflow.log_metrics(values, step)
+            except Exception as e:  # the server went away mid-run: training goes on without it
+                self.lose_mlflow(f"step {step}", e)
 
     def record(self, kind, values):
         """Append {"kind": kind, "time": unix seconds, **values} to log.jsonl (a resumed run appends
@@ -63,6 +67,15 @@ class Loggers:
         if self.tb:
             self.tb.add_text(tag, text, step)
 
+    def lose_mlflow(self, when, error):
+        """Stop logging to MLflow after a failure mid-run (its server stopped or became
+        unreachable), with one warning: training is worth more than its tracking, log.jsonl keeps
+        every record, and the checkpoints keep the run's id for a resumption to continue it."""
+        print(f"warning: MLflow logging to {self.mlflow.uri} failed at {when} "
+              f"({type(error).__name__}: {str(error)[:300]}); training goes on without it, and "
+              f"{self.jsonl.name} keeps every record", file=sys.stderr, flush=True)
+        self.mlflow = None
+
     def close(self, status="FINISHED"):
         """status: 'FINISHED', 'KILLED' (stopped by a signal, to be resumed) or 'FAILED'. The
         MLflow run gets log.jsonl as an artifact, and a tag with each checkpoint's path."""
@@ -72,8 +85,11 @@ class Loggers:
             self.tb.close()
         if self.mlflow:
             out_dir = Path(self.jsonl.name).parent
-            self.mlflow.set_tags({f"checkpoint.{p.stem}": p for p in sorted(out_dir.glob("*.pt"))})
-            self.mlflow.log_file(self.jsonl.name)
-            self.mlflow.end(status)
+            try:
+                self.mlflow.set_tags({f"checkpoint.{p.stem}": p for p in sorted(out_dir.glob("*.pt"))})
+                self.mlflow.log_file(self.jsonl.name)
+                self.mlflow.end(status)
+            except Exception as e:
+                self.lose_mlflow("the end of the run", e)
         if self.wandb:
             self.wandb.finish(exit_code=1 if status == "FAILED" else 0)

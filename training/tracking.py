@@ -36,6 +36,10 @@ def metric_name(key):
     return re.sub(r"[^\w\-./ ]", "_", key)
 
 
+# MLflow's client settings (environment variables) unless the user set them
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
 def check_server(uri, timeout=10):
     """Raise a ConfigError naming uri unless the MLflow server there answers its /health check
     (other URIs, such as a local folder or database, need no server)."""
@@ -60,6 +64,10 @@ class MlflowRun:
         mlflow = import_optional("mlflow")
         uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "") or mlflow.get_tracking_uri()
         check_server(uri)
+        # MLflow retries a failed request 7 times with growing pauses (minutes in all) by default:
+        # a server lost mid-run would stall training at one step that long; unless set, 2 retries
+        for name, value in MLFLOW_HTTP_DEFAULTS.items():
+            os.environ.setdefault(name, value)
         self.uri, self.client = uri, mlflow.MlflowClient(uri)
         self.entities = mlflow.entities
         if run_id:
