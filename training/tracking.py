@@ -5,8 +5,9 @@ Both packages are optional (requirements-extra.txt). A run's identity is saved i
 (under "tracking"), so `--init_from=resume` reopens the same run and eval.py finds it.
 MLflow: the tracking URI is train.py's mlflow_tracking_uri, else $MLFLOW_TRACKING_URI, else MLflow's
 own default (a local store); a server URI is checked before training starts, so an unreachable one
-stops the run at once instead of after MLflow's retries, half-way through. W&B: `WANDB_MODE=offline`
-writes the run under out_dir/wandb without a network (`wandb sync` uploads it later).
+stops the run before its first step (a server lost later costs a warning: loggers.py).
+W&B: `WANDB_MODE=offline` writes the run under out_dir/wandb without a network (`wandb sync`
+uploads it later).
 """
 
 import importlib
@@ -76,7 +77,8 @@ class MlflowRun:
             except mlflow.exceptions.MlflowException:
                 raise configurator.ConfigError(
                     f"the MLflow run {run_id} recorded in the checkpoint is not on {uri}: point "
-                    "mlflow_tracking_uri / MLFLOW_TRACKING_URI at the server that holds it") from None
+                    "mlflow_tracking_uri / MLFLOW_TRACKING_URI at the server that holds it (eval.py: "
+                    "--track=False leaves it alone)") from None
             self.run_id = run_id
         else:
             found = self.client.get_experiment_by_name(experiment)
