@@ -6,7 +6,7 @@ import pytest
 
 import ablate
 from model import GPT2_RECIPE
-from test_train import args, run
+from test_train import args, log_records, run
 
 
 def test_variants_in_turns_and_gpt2_equals_train_py(data_root, tmp_path, capsys):
@@ -26,8 +26,7 @@ def test_variants_in_turns_and_gpt2_equals_train_py(data_root, tmp_path, capsys)
     plain = run(data_root, tmp_path / "plain", *common, str(ablate.GPT2_CONFIG), *rates)
     curve = saved["variants"]["gpt2"]["curve"]
     assert [(h["iter"], h["val_loss"]) for h in plain["history"]] == [(s, loss) for s, _, loss in curve]
-    records = [json.loads(line) for line in open(tmp_path / "ablation" / "rotary" / "log.jsonl")]
-    assert [r["iter"] for r in records if r["kind"] == "eval"] == [0, 3, 6]
+    assert [r["iter"] for r in log_records(tmp_path / "ablation" / "rotary", "eval")] == [0, 3, 6]
 
 
 def test_unknown_variant_is_named(data_root, tmp_path, capsys):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import eval as evaluate_script
-from test_train import GPT2, run
+from test_train import GPT2, log_records, run
 
 nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed")
 nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed")
@@ -110,9 +110,7 @@ def test_training_analysis(runs, monkeypatch):
     losses, schedules, gaps = figures(nb)
     assert [ax["xlabel"] for ax in losses] == ["step", "tokens seen (millions)", "minutes"]
     for folder in (runs / "default", runs / "gpt2"):  # each run's lines: its log.jsonl records
-        records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
-        evals = [r for r in records if r["kind"] == "eval"]
-        steps = [r for r in records if r["kind"] == "step"]
+        evals, steps = log_records(folder, "eval"), log_records(folder, "step")
         name = str(folder)
         assert_points(losses[0]["lines"][name], [(e["iter"], e["val_loss"]) for e in evals])
         assert_points(losses[1]["lines"][name], [(e["tokens"] / 1e6, e["val_loss"]) for e in evals])

@@ -17,7 +17,7 @@ import pytest
 import eval as evaluate_script
 import train
 from conftest import free_port
-from test_train import ROOT, args, run
+from test_train import ROOT, args, log_records, run
 from training import checkpoint, tracking
 
 EVAL = ["--gen_documents=4", "--prompt_tokens=16", "--reference_tokens=8", "--tensorboard=False"]
@@ -83,14 +83,9 @@ def mlflow_server(tmp_path_factory):
     stop_process_group(proc)
 
 
-def records(out_dir, kind):
-    lines = (Path(out_dir) / "log.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == kind]
-
-
 def logged_series(out_dir):
     """{metric: sorted [(step, value)]} that train.py's log.jsonl says it logged."""
-    steps, evals = records(out_dir, "step"), records(out_dir, "eval")
+    steps, evals = log_records(out_dir, "step"), log_records(out_dir, "eval")
     series = {m: sorted((r["iter"], r[k]) for r in steps) for m, k in STEP_METRICS.items()}
     series.update({m: sorted((r["iter"], r[k]) for r in evals) for m, k in EVAL_METRICS.items()})
     return series
@@ -198,15 +193,15 @@ def test_a_server_lost_mid_run_stops_the_logging_not_the_training(data_root, tmp
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errors, env={**os.environ})
     try:
         deadline = time.time() + 120
-        while not (out / "log.jsonl").exists() or not records(out, "step"):  # logging to MLflow
+        while not (out / "log.jsonl").exists() or not log_records(out, "step"):  # logging to MLflow
             assert time.time() < deadline and trainer.poll() is None
             time.sleep(0.2)
         stop_process_group(proc)  # the server goes away mid-run
-        lost_at = len(records(out, "step"))
+        lost_at = len(log_records(out, "step"))
         while "MLflow logging" not in (tmp_path / "train.err").read_text():
             assert time.time() < deadline and trainer.poll() is None, (tmp_path / "train.err").read_text()
             time.sleep(0.2)
-        while len(records(out, "step")) < lost_at + 20:  # training went on
+        while len(log_records(out, "step")) < lost_at + 20:  # training went on
             assert time.time() < deadline and trainer.poll() is None
             time.sleep(0.2)
         trainer.send_signal(signal.SIGTERM)
@@ -218,7 +213,7 @@ def test_a_server_lost_mid_run_stops_the_logging_not_the_training(data_root, tmp
     warnings = [line for line in (tmp_path / "train.err").read_text().splitlines()
                 if line.startswith("warning: MLflow logging")]
     assert len(warnings) == 1 and url in warnings[0] and "log.jsonl keeps every record" in warnings[0]
-    assert checkpoint.load(out / "last.pt")["iter_num"] == records(out, "step")[-1]["iter"]
+    assert checkpoint.load(out / "last.pt")["iter_num"] == log_records(out, "step")[-1]["iter"]
 
 
 def test_under_ddp_only_rank_0_logs_to_mlflow(data_root, tmp_path, mlflow_server):

@@ -1,4 +1,5 @@
 """train.py on CPU with a tiny model: exact resume, DDP equivalence, precision, checkpoints, config."""
+import json
 import os
 import signal
 import subprocess
@@ -30,6 +31,12 @@ def args(data_root, out_dir, *extra):
 def run(data_root, out_dir, *extra):
     train.main(args(data_root, out_dir, *extra))
     return checkpoint.load(Path(out_dir) / "last.pt")
+
+
+def log_records(out_dir, kind):
+    """The records of one kind ('step' or 'eval') in a run's log.jsonl, in order."""
+    lines = (Path(out_dir) / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
 def run_ddp(data_root, out_dir, *extra):
@@ -269,11 +276,8 @@ def test_max_minutes_stops_evaluates_and_saves(data_root, tmp_path):
 
 
 def test_log_jsonl_holds_every_logged_step_and_evaluation(data_root, tmp_path):
-    import json
     ckpt = run(data_root, tmp_path / "j", "--max_iters=10", "--eval_interval=5", "--log_interval=2")
-    records = [json.loads(line) for line in open(tmp_path / "j" / "log.jsonl")]
-    steps = [r for r in records if r["kind"] == "step"]
-    evals = [r for r in records if r["kind"] == "eval"]
+    steps, evals = log_records(tmp_path / "j", "step"), log_records(tmp_path / "j", "eval")
     assert [r["iter"] for r in steps] == [2, 4, 6, 8, 10]
     assert all(r["tokens_per_s"] > 0 and r["loss"] > 0 for r in steps)
     # MFU where the device's peak FLOP/s is known (GPUs in hardware.PEAK_FLOPS), none on a CPU
