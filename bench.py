@@ -7,6 +7,7 @@
     python bench.py warc               # the warc source: reading, each extractor, pages/s and MB/s
     python bench.py ray                # the curate stage: worker processes against Ray, per worker
     python bench.py model              # CPU: training step tokens/s, loss memory, generation tokens/s
+    python bench.py gemv               # CPU: a decoding step's weight products alone, PyTorch and AVX-512
     python bench.py gpu                # CUDA: kernel tests, kernel GB/s, memory, bf16 training + MFU
     python bench.py train              # train.py itself: tokens/s and peak memory per setting
     python bench.py eval               # tokens/s of eval.py's perplexity pass
@@ -15,8 +16,8 @@
     python bench.py harness --ckpt=out/best.pt --lm_eval=lm_eval   # lm-evaluation-harness via serve.py
     python bench.py all                # model, then gpu when CUDA is present (--gpu forces it)
 
-Each suite lives in benchmarks/ (data_pipeline.py, cpu.py, scripts.py, soak.py, gpu.py, harness.py); training steps are
-train.py's own (benchmarks/common.py). Figures are wall-clock on whatever machine runs them; the
+Each suite lives in benchmarks/ (data_pipeline.py, cpu.py, gemv.py, scripts.py, soak.py, gpu.py,
+harness.py); training steps are train.py's own (benchmarks/common.py). Figures are wall-clock on whatever machine runs them; the
 machine is printed with them.
 """
 
@@ -31,15 +32,15 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from benchmarks import cpu, data_pipeline, gpu, harness, scripts, soak  # noqa: E402
+from benchmarks import cpu, data_pipeline, gemv, gpu, harness, scripts, soak  # noqa: E402
 from training import configurator  # noqa: E402
 
-SUITES = ("prepare", "cleaning", "dedup", "warc", "ray", "model", "train", "eval", "serve", "soak",
-          "harness", "gpu", "all")
+SUITES = ("prepare", "cleaning", "dedup", "warc", "ray", "model", "gemv", "train", "eval", "serve",
+          "soak", "harness", "gpu", "all")
 SPEC = {
     "gpu": (False, "all: run the GPU suite too"),
     "hf": (False, "prepare: compare with HF tokenizers"),
-    "quick": (False, "model/gpu/train/eval/serve: tiny shapes and few steps, to check the script runs"),
+    "quick": (False, "model/gemv/gpu/train/eval/serve: tiny shapes and few steps, to check the script runs"),
     "parts": ("tests,kernels,step,generation,train", "gpu: the parts to run, comma-separated"),
     "ckpt": ("out/best.pt", "harness, soak: the checkpoint to score or serve"),
     "clients": (4, "soak: concurrent clients"),
@@ -76,6 +77,8 @@ def main(argv=None):
         data_pipeline.bench_ray(args)
     elif suite == "model":
         cpu.bench_model_cpu(args.quick)
+    elif suite == "gemv":
+        gemv.bench_gemv(args.quick)
     elif suite == "train":
         scripts.bench_train(args.quick)
     elif suite == "eval":

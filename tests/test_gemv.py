@@ -1,0 +1,65 @@
+"""bench.py gemv's hand-written AVX-512 GEMV (benchmarks/gemv.py): its products against F.linear,
+its refusal where it can't run, and the quick benchmark's rows."""
+
+import tempfile
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks import gemv
+
+REASON = gemv.unsupported_reason()
+
+
+@pytest.fixture(scope="module")
+def lib():
+    if REASON:
+        pytest.skip(f"the hand-written kernel can't run here: {REASON}")
+    with tempfile.TemporaryDirectory() as folder:
+        yield gemv.build_kernels(folder)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(4, 32), (12, 64), (1536, 512), (512, 2048)])
+def test_hand_gemv_equals_f_linear(lib, dtype, shape):
+    generator = torch.Generator().manual_seed(shape[0])
+    weight = torch.randn(*shape, generator=generator).to(dtype)
+    x = torch.randn(shape[1], generator=generator).to(dtype)
+    out = gemv.hand_gemv(lib, weight, x, torch.empty(shape[0]))
+    reference = F.linear(x.double(), weight.double())  # the same bf16 values, summed exactly
+    assert torch.allclose(out.double(), reference, rtol=1e-5, atol=1e-4 * shape[1] ** 0.5)
+
+
+def test_the_check_catches_a_wrong_kernel(lib, monkeypatch):
+    """check_kernel, which every benchmark run calls first, raises on a kernel that is off."""
+    weights = [torch.randn(8, 32), torch.randn(4, 64)]
+    inputs = {32: torch.randn(32), 64: torch.randn(64)}
+    outputs = [torch.empty(8), torch.empty(4)]
+    gemv.check_kernel(lib, weights, inputs, outputs)
+    right = gemv.hand_gemv
+    monkeypatch.setattr(gemv, "hand_gemv", lambda *a: right(*a).mul_(1.001))
+    with pytest.raises(AssertionError, match="differs from F.linear"):
+        gemv.check_kernel(lib, weights, inputs, outputs)
+
+
+def test_unsupported_cpu_is_refused_by_name(monkeypatch, capsys):
+    monkeypatch.setattr(gemv, "REQUIRED_FLAGS", ("avx512f", "no_such_flag"))
+    assert gemv.unsupported_reason() == "this CPU lacks no_such_flag"
+    assert gemv.bench_gemv(quick=True) is None
+    assert "can't run here: this CPU lacks no_such_flag" in capsys.readouterr().out
+
+
+def test_quick_benchmark_rows(lib, capsys):
+    rows = gemv.bench_gemv(quick=True)
+    threads = sorted({1, torch.get_num_threads()})
+    assert [(r["threads"], r["dtype"]) for r in rows] == [
+        (t, d) for t in threads for d in ("float32", "bfloat16")]
+    shapes = gemv.decoding_shapes(dict(gemv.mini_lm(), n_layer=2, vocab_size=4096))
+    for row in rows:
+        element = 4 if row["dtype"] == "float32" else 2
+        assert row["mb"] == pytest.approx(sum(n * k for n, k in shapes) * element / 1e6)
+        assert row["read"] > 0 and row["PyTorch"] > 0 and row["hand-written"] > 0
+        assert row["compiled"] is None  # quick: no compiled column
+    table = capsys.readouterr().out
+    assert table.count("\n| ") == 1 + len(rows)  # the header and a row each
