@@ -127,7 +127,15 @@ def decoding_shapes(config):
 
 
 def hand_gemv(lib, weight, x, out):
-    """out = weight @ x through the hand-written kernel (weight row-major, x and out 1-D)."""
+    """out = weight @ x through the hand-written kernel: weight (N, K) row-major float32 or
+    bfloat16 with N a multiple of 4 and K of 32, x (K,) in weight's dtype, out (N,) float32."""
+    n, k = weight.shape
+    if n % 4 or k % 32 or x.shape != (k,) or out.shape != (n,) or x.dtype != weight.dtype \
+            or out.dtype != torch.float32 or not all(t.is_contiguous() for t in (weight, x, out)):
+        raise ValueError(f"hand_gemv takes a contiguous (N, K) weight with N % 4 == 0 and "
+                         f"K % 32 == 0, x (K,) of its dtype and a float32 out (N,); got weight "
+                         f"{tuple(weight.shape)} {weight.dtype}, x {tuple(x.shape)} {x.dtype}, "
+                         f"out {tuple(out.shape)} {out.dtype}")
     kernel = lib.gemv_bf16 if weight.dtype == torch.bfloat16 else lib.gemv_f32
     kernel(weight.data_ptr(), x.data_ptr(), out.data_ptr(), *weight.shape)
     return out
@@ -178,7 +186,8 @@ def compiled_products(weights, inputs):
 
 def chain_ms(run, repeats):
     """Median milliseconds of run() (all the step's products once) after two warm-up calls."""
-    run(), run()
+    for _ in range(2):
+        run()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

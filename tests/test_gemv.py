@@ -31,6 +31,18 @@ def test_hand_gemv_equals_f_linear(lib, dtype, shape):
     assert torch.allclose(out.double(), reference, rtol=1e-5, atol=1e-4 * shape[1] ** 0.5)
 
 
+@pytest.mark.parametrize("weight, x", [
+    (torch.zeros(6, 32), torch.zeros(32)),  # rows not a multiple of 4
+    (torch.zeros(4, 48), torch.zeros(48)),  # inputs not a multiple of 32
+    (torch.zeros(4, 32), torch.zeros(64)),  # x of another width
+    (torch.zeros(4, 32), torch.zeros(32, dtype=torch.bfloat16)),  # x of another dtype
+    (torch.zeros(32, 4).t(), torch.zeros(32)),  # column-major weight
+])
+def test_hand_gemv_refuses_what_would_read_past_its_buffers(lib, weight, x):
+    with pytest.raises(ValueError, match="hand_gemv takes"):
+        gemv.hand_gemv(lib, weight, x, torch.empty(weight.shape[0]))
+
+
 def test_the_check_catches_a_wrong_kernel(lib, monkeypatch):
     """check_kernel, which every benchmark run calls first, raises on a kernel that is off."""
     weights = [torch.randn(8, 32), torch.randn(4, 64)]
