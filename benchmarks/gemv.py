@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import machine, mini_lm
 from benchmarks.cpu import stream_bandwidth
+from model import GPT, GPTConfig
 from training import checkpoint
 
 GEMV_SOURCE = r"""
@@ -120,10 +121,11 @@ def build_kernels(folder):
 
 
 def decoding_shapes(config):
-    """(out, in) of every weight product of a batch-1 decoding step, in the model's order."""
-    d = config["n_embd"]
-    return [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d)] * config["n_layer"] + \
-        [(config["vocab_size"], d)]
+    """(out, in) of every weight product of a batch-1 decoding step, in the model's order: the
+    Linear layers of GPT(config), built on the meta device (shapes only, no memory)."""
+    with torch.device("meta"):
+        model = GPT(GPTConfig(**config))
+    return [tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)]
 
 
 def hand_gemv(lib, weight, x, out):

@@ -68,6 +68,8 @@ def test_quick_benchmark_rows(lib, capsys):
     assert [(r["threads"], r["dtype"]) for r in rows] == [
         (t, d) for t in threads for d in ("float32", "bfloat16")]
     shapes = gemv.decoding_shapes(dict(gemv.mini_lm(), n_layer=2, vocab_size=4096))
+    d = gemv.mini_lm()["n_embd"]  # QKV, output projection, MLP in and out, per layer; the head
+    assert shapes == [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d)] * 2 + [(4096, d)]
     for row in rows:
         element = 4 if row["dtype"] == "float32" else 2
         assert row["mb"] == pytest.approx(sum(n * k for n, k in shapes) * element / 1e6)
