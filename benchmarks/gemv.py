@@ -2,7 +2,7 @@
 
 mini_lm's matrix-vector products (every layer's QKV, output projection and two MLP products, then
 the LM head), in the model's order, timed beside the memory-bandwidth limit `bench.py model` uses
-(cpu.stream_bandwidth: a float32 matrix of the same size read once by MKL), two ways:
+(cpu.stream_bandwidth: a float32 matrix of the same size read once by MKL), three ways:
 
 - PyTorch's F.linear, eager (what an eager decoding step runs);
 - the same products compiled as load_for_inference compiles a CPU decoding step
@@ -249,20 +249,27 @@ def bench_gemv(quick=False):
     cores, rows = torch.get_num_threads(), []
     with tempfile.TemporaryDirectory() as folder:
         lib = build_kernels(folder)
-        for threads in sorted({1, cores}):
-            torch.set_num_threads(threads)
-            lib.set_threads(threads)
-            for dtype in (torch.float32, torch.bfloat16):
-                mb, figures = measure(lib, dtype, shapes, rounds, repeats, compile_=not quick)
-                row = dict(threads=threads, dtype=str(dtype).replace("torch.", ""), mb=mb,
-                           **{name: statistics.median(values) if values else None
-                              for name, values in figures.items()})
-                limit_ms = mb / row["read"]  # MB / (GB/s) = ms
-                cells = [f"{row[name]:.2f} ({limit_ms / row[name]:.0%})" if row[name] else "-"
-                         for name in ("PyTorch", "compiled", "hand-written")]
-                print(f"| {threads} | {row['dtype']} | {mb:,.0f} | {row['read']:.1f} "
-                      f"({', '.join(f'{r:.1f}' for r in figures['read'])}) | "
-                      f"{1e3 / limit_ms:,.0f} | {' | '.join(cells)} |", flush=True)
-                rows.append(row)
-        torch.set_num_threads(cores)
+        try:
+            for threads in sorted({1, cores}):
+                torch.set_num_threads(threads)
+                lib.set_threads(threads)
+                for dtype in (torch.float32, torch.bfloat16):
+                    rows.append(table_row(lib, threads, dtype, shapes, rounds, repeats, quick))
+        finally:
+            torch.set_num_threads(cores)
     return rows
+
+
+def table_row(lib, threads, dtype, shapes, rounds, repeats, quick):
+    """Measure one thread count and dtype, print its row of the table, return it as a dict."""
+    mb, figures = measure(lib, dtype, shapes, rounds, repeats, compile_=not quick)
+    row = dict(threads=threads, dtype=str(dtype).replace("torch.", ""), mb=mb,
+               **{name: statistics.median(values) if values else None
+                  for name, values in figures.items()})
+    limit_ms = mb / row["read"]  # MB / (GB/s) = ms
+    cells = [f"{row[name]:.2f} ({limit_ms / row[name]:.0%})" if row[name] else "-"
+             for name in ("PyTorch", "compiled", "hand-written")]
+    print(f"| {threads} | {row['dtype']} | {mb:,.0f} | {row['read']:.1f} "
+          f"({', '.join(f'{r:.1f}' for r in figures['read'])}) | "
+          f"{1e3 / limit_ms:,.0f} | {' | '.join(cells)} |", flush=True)
+    return row

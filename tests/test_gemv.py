@@ -77,3 +77,17 @@ def test_quick_benchmark_rows(lib, capsys):
         assert row["compiled"] is None  # quick: no compiled column
     table = capsys.readouterr().out
     assert table.count("\n| ") == 1 + len(rows)  # the header and a row each
+
+
+def test_threads_are_restored_when_a_measurement_fails(lib, monkeypatch):
+    """bench_gemv runs with one thread, then all: a failure half-way must not leave the process
+    (a test worker, here) on one thread."""
+    cores = torch.get_num_threads()
+
+    def fail(*args):
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("measurement failed")
+    monkeypatch.setattr(gemv, "measure", fail)
+    with pytest.raises(RuntimeError, match="measurement failed"):
+        gemv.bench_gemv(quick=True)
+    assert torch.get_num_threads() == cores
