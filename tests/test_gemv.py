@@ -84,7 +84,7 @@ def test_threads_are_restored_when_a_measurement_fails(lib, monkeypatch):
     (a test worker, here) on one thread."""
     cores = torch.get_num_threads()
 
-    def fail(*args):
+    def fail(*args, **kwargs):
         assert torch.get_num_threads() == 1
         raise RuntimeError("measurement failed")
     monkeypatch.setattr(gemv, "measure", fail)
