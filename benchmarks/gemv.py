@@ -87,6 +87,11 @@ void set_threads(int n) { omp_set_num_threads(n); }
 REQUIRED_FLAGS = ("avx512f", "avx512_bf16")
 
 
+def c_compiler():
+    """$CC, else cc or gcc on the PATH, else None."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
 def unsupported_reason():
     """Why the hand-written kernel can't run here, or None when it can."""
     try:
@@ -98,14 +103,14 @@ def unsupported_reason():
     missing = [flag for flag in REQUIRED_FLAGS if flag not in flags]
     if missing:
         return f"this CPU lacks {', '.join(missing)}"
-    if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+    if not c_compiler():
         return "no C compiler (set CC, or install gcc)"
     return None
 
 
 def build_kernels(folder):
     """GEMV_SOURCE compiled into folder and loaded: the library, with argument types set."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    compiler = c_compiler()
     source, library = os.path.join(folder, "gemv.c"), os.path.join(folder, "libgemv.so")
     with open(source, "w") as f:
         f.write(GEMV_SOURCE)

@@ -62,6 +62,15 @@ def test_unsupported_cpu_is_refused_by_name(monkeypatch, capsys):
     assert "can't run here: this CPU lacks no_such_flag" in capsys.readouterr().out
 
 
+def test_no_compiler_is_refused_by_name(monkeypatch):
+    monkeypatch.setattr(gemv, "REQUIRED_FLAGS", ())  # any x86-64 CPU passes the flag check
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(gemv.shutil, "which", lambda name: None)
+    assert gemv.unsupported_reason() == "no C compiler (set CC, or install gcc)"
+    monkeypatch.setenv("CC", "/usr/bin/some-cc")
+    assert gemv.c_compiler() == "/usr/bin/some-cc"
+
+
 def test_quick_benchmark_rows(lib, capsys):
     rows = gemv.bench_gemv(quick=True)
     threads = sorted({1, torch.get_num_threads()})
