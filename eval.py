@@ -6,7 +6,7 @@
 
 1. Likelihood: perplexity and bits per byte over the whole split with a sliding window (every token
    scored once, each with at least block_size - stride tokens of context), overall and per source,
-   beside uniform, unigram and Kneser-Ney n-gram baselines scored on the same tokens (metrics.py).
+   beside uniform, unigram and Kneser-Ney n-gram baselines scored on the same tokens (core/metrics.py).
 2. Generation task: the first `gen_documents` held-out documents long enough are cut into a prompt
    (first `prompt_tokens` tokens) and a reference (the next `reference_tokens`); the model continues
    each prompt (greedy unless temperature > 0) and the continuations are scored against the
@@ -23,16 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from training import atomic
-from training import checkpoint
-from training import configurator
-from training import cpu_memory
-from training import hardware
-from training import metrics
-from training import task_eval
-from training import tracking
+from core import atomic, checkpoint, configurator, cpu_memory, hardware, inference, metrics, tracking
+from core.tokenizer import Tokenizer
 from curation import filters
-from curation.tokenizer import Tokenizer
+from evaluation import task_eval
 
 SPEC = {
     "ckpt": ("out/best.pt", "checkpoint to evaluate"),
@@ -43,9 +37,7 @@ SPEC = {
     "stride": (0, "sliding-window stride in tokens (0: half of block_size)"),
     "batch_size": (8, "windows or prompts per forward pass"),
     "max_tokens": (0, "score at most this many tokens per source (0: all)"),
-    "device": ("auto", "'auto' (cuda, else mps, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps' ..."),
-    "dtype": ("float32", "weights in 'float32', 'bfloat16', 'float16', or 'int8' (CPU: int8 Linear "
-                         "weights, bf16 activations)"),
+    **inference.OPTIONS,  # device, dtype, compile
     "gen_documents": (100, "documents in the generation task"),
     "prompt_tokens": (64, "prompt length in the generation task (cut to block_size - 1)"),
     "reference_tokens": (64, "reference continuation length = tokens generated"),
@@ -62,7 +54,7 @@ SPEC = {
     "tensorboard": (True, "also log the metrics to TensorBoard"),
     "track": (True, "add the figures to the MLflow / W&B run the checkpoint was trained in, when "
                     "train.py tracked it (mlflow_log, wandb_log)"),
-    "keep_freed_memory": (True, "CPU: keep freed memory in the process for reuse (cpu_memory.py; "
+    "keep_freed_memory": (True, "CPU: keep freed memory in the process for reuse (core/cpu_memory.py; "
                                 "faster, for more resident memory: see BENCHMARKS.md)"),
 }
 
@@ -82,7 +74,7 @@ def data_folder(cfg, ckpt):
 
 
 def evaluate_on_task(cfg, model, tokenizer, ckpt, folder, out_dir):
-    """A fine-tuning task's evaluation (training/task_eval.py): BLEU and chrF of the model's
+    """A fine-tuning task's evaluation (evaluation/task_eval.py): BLEU and chrF of the model's
     responses to the test pairs, beside copying the source and retrieval, per direction."""
     pairs = folder / f"{cfg['task_split']}.jsonl"
     if cfg["task_split"] not in ("val", "test") or not pairs.exists():
@@ -225,7 +217,7 @@ def evaluate(cfg):
     device = hardware.resolve_device(cfg["device"])
     if device.type == "cpu" and cfg["keep_freed_memory"]:
         cpu_memory.keep_freed_memory()
-    model, tokenizer, ckpt = checkpoint.load_for_inference(cfg["ckpt"], device, cfg["dtype"])
+    model, tokenizer, ckpt = inference.load_for_inference(cfg["ckpt"], device, cfg["dtype"], cfg["compile"])
     print(f"device: {device}; kernels: "
           f"{hardware.choose_kernels(model.config.kernels, device)[1]}", flush=True)
     block = model.config.block_size

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from training import atomic, checkpoint
+from core import atomic, checkpoint
 from model import GPT2_RECIPE
-from training import configurator
-from curation.tokenizer import EOT
+from core import configurator
+from core.tokenizer import EOT
 
 SPEC = {
     "ckpt": ("out/best.pt", "checkpoint to export"),
@@ -103,7 +103,7 @@ def hf_tokenizer(tokenizer, block_size):
     vocab = {name(t): i for i, t in enumerate(tokenizer.tokens)}
     merges = [(name(a), name(b)) for a, b in recover_merges(tokenizer.tokens)]
     fast = FastTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-    # the same two steps as tokenizer.py: split text with the pattern, then BPE on the bytes
+    # the same two steps as core/tokenizer.py: split text with the pattern, then BPE on the bytes
     fast.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(tokenizer.pattern), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])

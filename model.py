@@ -1,6 +1,5 @@
-"""model.py: a decoder-only GPT with custom Triton kernels and KV-cache generation.
-
-    python model.py config/mini_lm.py        # parameter count and breakdown for a config
+"""model.py: a decoder-only GPT with custom Triton kernels and KV-cache generation. It imports only
+torch and fused_kernels (`python train.py CONFIG --params_only` prints a config's parameter breakdown).
 
 Pre-LayerNorm transformer blocks (causal self-attention, then an MLP) and a final LayerNorm.
 GPTConfig's defaults are the project's recipe: rotary positions, ReLU^2, QK-norm, zero-initialised
@@ -16,7 +15,7 @@ kernel), "eager" (plain PyTorch, the reference the others are tested against).
 """
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn as nn
@@ -24,7 +23,6 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import fused_kernels
-from training import configurator
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "triton", "eager")
 POSITIONS = ("learned", "rotary")
@@ -36,7 +34,7 @@ GPT2_RECIPE = dict(position="learned", activation="gelu", qk_norm=False, zero_in
 
 
 def option(default, help):
-    """A GPTConfig field with its one-line help, which train.py and model.py show in --help."""
+    """A GPTConfig field with its one-line help, which train.py shows in --help."""
     return field(default=default, metadata={"help": help})
 
 
@@ -85,7 +83,7 @@ class GPTConfig:
             raise ValueError(f"logit_softcap={self.logit_softcap} must be 0 (off) or positive")
 
 
-# GPTConfig as a configurator spec: {key: (default, help)}, for train.py's and model.py's command lines
+# GPTConfig as a configurator spec (core/configurator.py): {key: (default, help)}, for train.py's command line
 MODEL_SPEC = {f.name: (f.default, f.metadata["help"]) for f in fields(GPTConfig)}
 
 
@@ -483,17 +481,3 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
-
-def main(argv=None):
-    # a config is a train.py config: model.py reads its model keys and skips the rest
-    cfg = configurator.parse_or_exit(MODEL_SPEC, argv, description=__doc__, prog="model.py",
-                                     ignore_unknown_in_files=True)
-    with configurator.errors_exit(ValueError):
-        model = GPT(GPTConfig(**cfg))
-    print(asdict(model.config))
-    for name, n in model.parameter_breakdown().items():
-        print(f"{name:>32}: {n / 1e6:8.2f}M")
-
-
-if __name__ == "__main__":
-    main()

@@ -5,17 +5,18 @@
     python prepare.py --target_tokens=2_000_000 --workers=2
     python prepare.py config/prepare_translation.py    # a fine-tuning task, with out/best.pt's tokenizer
 
-Stages, each in its own function (1-5 in curate.py, the rest below), each resumable (a rerun skips
+Stages, each in its own function (1-5 in curation/curate.py, the rest below), each resumable (a rerun skips
 stages whose inputs and settings have not changed; --force redoes them all):
-  1-5 curate:    collect (sources.py) -> clean and quality-filter (filters.py) -> exact and MinHash
+  1-5 curate:    collect (curation/sources.py) -> clean and quality-filter (curation/filters.py) -> exact and MinHash
                  dedup -> curated/*.jsonl.gz shards
-  6   tokenizer: byte-level BPE trained on a sample of the curated text -> tokenizer.json
+  6   tokenizer: byte-level BPE (core/tokenizer.py) trained on a sample of the curated text
+                 -> tokenizer.json
   7   encode:    tokens up to the budget, split by document -> train.bin, val.bin, meta.json
-  8   report:    report.md and charts in report/ (data_report.py)
+  8   report:    report.md and charts in report/ (curation/data_report.py)
 Every output is written under a temporary name and renamed when complete.
 
 With `task` set, prepare.py writes a fine-tuning task's data instead (prepare_task below): its
-(prompt, response) pairs in curation/tasks.py's template, encoded with a pretrained checkpoint's
+(prompt, response) pairs in core/tasks.py's template, encoded with a pretrained checkpoint's
 tokenizer (never a new one), into train.bin/val.bin with a loss mask beside each (train.py learns
 the responses only), the test pairs as test.jsonl, meta.json and report.md.
 """
@@ -31,17 +32,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from training import atomic
-from curation import cluster
-from training import configurator
-from curation.curate import batched, curate, fraction_of, iter_curated, log
-from curation import filters
-from curation.download import DownloadError
-from curation import data_report
+from core import atomic, checkpoint, configurator, tasks
+from core.tokenizer import GPT4_SPLIT_PATTERN, Tokenizer, count_chunks_parallel, train_bpe
+from curation import bibles, cluster, data_report, filters
 from curation import sources as sources_mod
-from curation import tasks
-from curation.tokenizer import GPT4_SPLIT_PATTERN, Tokenizer, count_chunks_parallel, train_bpe
-from training import checkpoint
+from curation.curate import batched, curate, fraction_of, iter_curated, log
+from curation.download import DownloadError
 
 PIPELINE_VERSION = 1  # bump when a change to the code changes the outputs
 
@@ -51,11 +47,11 @@ SPEC = {
     "data_root": ("data", "parent folder of datasets"),
     "sources": ([dict(kind="files", name="code", paths=["stdlib"], extensions=[".py"], weight=0.5),
                  dict(kind="wiki_offline", name="wiki", languages=["en", "es", "fr"], weight=0.5)],
-                "list of source dicts (see sources.py); weight = share of the token budget"),
+                "list of source dicts (see curation/sources.py); weight = share of the token budget"),
     "workers": (os.cpu_count() or 1, "processes for cleaning/filtering/MinHash, threads for encoding"),
     "force": (False, "redo every stage even if its outputs are up to date"),
     "ray_address": ("", "run the curate and encode stages as Ray tasks: 'auto' or 'host:port' (a "
-                        "running cluster), 'local' (Ray on this machine); empty = no Ray (cluster.py)"),
+                        "running cluster), 'local' (Ray on this machine); empty = no Ray (curation/cluster.py)"),
     # budget
     "target_tokens": (4_000_000, "tokens to write (train + val): about what the offline default corpus "
                                  "holds; 100_000_000 for mini_lm"),
@@ -64,9 +60,9 @@ SPEC = {
                                      "share * target_tokens * this many bytes (0 = collect all)"),
     # clean
     "redact_pii": (True, "replace emails, public IP addresses and key-like secrets"),
-    # quality filters (filters.py)
+    # quality filters (curation/filters.py)
     "disabled_filters": ([], "names of quality rules to skip, e.g. ['language', 'toxicity']"),
-    **filters.SETTINGS,  # each rule's thresholds, declared beside the rule in filters.py
+    **filters.SETTINGS,  # each rule's thresholds, declared beside the rule in curation/filters.py
     # dedup
     "dedup_exact": (True, "drop documents whose normalised text was seen before"),
     "minhash_threshold": (0.8, "near-dup: estimated Jaccard similarity at which a document is dropped"),
@@ -310,7 +306,7 @@ def write_tokens(path, values, dtype):
 def task_pairs(cfg):
     """({split: [(prompt, response, meta)]}, counts) of the configured task."""
     if cfg["task"] == "translation":
-        return tasks.translation_task(cfg["sword_root"])
+        return bibles.translation_task(cfg["sword_root"])
     if cfg["task"] != "pairs":
         raise configurator.ConfigError(f"task={cfg['task']!r} must be 'translation' or 'pairs'")
     if not isinstance(cfg["task_files"], dict) or not cfg["task_files"].get("train"):

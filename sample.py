@@ -16,10 +16,8 @@ import time
 from pathlib import Path
 
 
-from training import checkpoint
-from training import configurator
-from curation import tasks
-from serving.streaming import TextStream
+from core import checkpoint, configurator, inference, tasks
+from core.streaming import TextStream
 
 SPEC = {
     "out_dir": ("out", "the run's folder: samples from <out_dir>/best.pt"),
@@ -31,12 +29,7 @@ SPEC = {
     "top_k": (200, "sample from the k likeliest tokens only (0: all)"),
     "top_p": (1.0, "sample from the smallest set of tokens whose probability reaches p (1: all)"),
     "seed": (1337, "random seed; sample i uses seed + i"),
-    "device": ("auto", "'auto' (cuda, else mps, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps' ..."),
-    "dtype": ("float32", "weights in 'float32', 'bfloat16' or 'float16', or 'int8' (CPU: int8 Linear "
-                         "weights, bf16 activations; faster, not exact)"),
-    "compile": (False, "torch.compile the decoding (on a GPU the forward pass; on a CPU the decoding "
-                       "step, with Inductor's inference settings); the first sample includes the "
-                       "compilation, tens of seconds on a CPU, so it pays off for long samples"),
+    **inference.OPTIONS,  # device, dtype, compile
     "raw_prompt": (False, "send start as it is to a checkpoint fine-tuned on a task, instead of "
                           "rendering it in the task's prompt template"),
 }
@@ -107,7 +100,7 @@ def main(argv=None):
     with configurator.errors_exit(checkpoint.CheckpointError, ValueError):
         check_settings(cfg)
         prompt = read_prompt(cfg["start"])
-        model, tokenizer, ckpt = checkpoint.load_for_inference(
+        model, tokenizer, ckpt = inference.load_for_inference(
             cfg["ckpt"] or Path(cfg["out_dir"]) / "best.pt", cfg["device"], cfg["dtype"],
             cfg["compile"])
     if ckpt.get("prompt_template") and not cfg["raw_prompt"]:  # fine-tuned on a task: ask it so

@@ -43,13 +43,12 @@ from pathlib import Path
 import waitress
 from flask import Flask, Response, jsonify, request
 
-from curation import tasks
-from curation.tokenizer import EOT
+from core import checkpoint, configurator, inference, tasks
+from core.tokenizer import EOT
 from serving import completions, engine
 from serving.completions import BadRequest
 from serving.monitoring import CONTENT_TYPE
 from serving.server import Server
-from training import checkpoint, configurator
 
 SPEC = {
     "ckpt": ("out/best.pt", "checkpoint to serve"),
@@ -60,11 +59,7 @@ SPEC = {
     "max_tokens_limit": (1024, "largest max_tokens a request may ask for"),
     "max_n": (8, "largest n (completions per prompt) a request may ask for"),
     "max_body_bytes": (1_000_000, "larger request bodies get 413"),
-    "device": ("auto", "'auto' (cuda, else mps, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps' ..."),
-    "dtype": ("float32", "weights: 'float32', 'bfloat16' (half the bytes), 'float16', 'float64' "
-                         "(tests) or 'int8' (CPU: int8 Linear weights, bf16 activations)"),
-    "compile": (False, "compile the decoding step before serving (on CPUs with Inductor's inference "
-                       "settings: faster steps, tens of seconds more start-up; docs/serve.md)"),
+    **inference.OPTIONS,  # device, dtype, compile (compiled before the server listens)
     "threads": (8, "waitress worker threads (concurrent requests)"),
     "max_batch": (16, "sequences decoded together at most (and per request); more requests wait "
                       "their turn"),
@@ -326,7 +321,7 @@ def load(cfg):
     if cfg["max_waiting"] < 1 or cfg["max_batch"] < 1:
         raise configurator.ConfigError(f"max_waiting={cfg['max_waiting']} and max_batch="
                                        f"{cfg['max_batch']} must be at least 1")
-    model, tokenizer, ckpt = checkpoint.load_for_inference(cfg["ckpt"], cfg["device"], cfg["dtype"],
+    model, tokenizer, ckpt = inference.load_for_inference(cfg["ckpt"], cfg["device"], cfg["dtype"],
                                                            cfg["compile"])
     if cfg["compile"]:  # compile now rather than in the first requests
         engine.warm_up(model)

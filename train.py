@@ -5,13 +5,14 @@
     torchrun --nproc_per_node=4 train.py                    # the same run on 4 GPUs
     python train.py config/cpu_demo.py --init_from=resume   # continue out/last.pt exactly
     python train.py CONFIG --init_from=out/best.pt          # fine-tune a checkpoint on CONFIG's data
+    python train.py config/mini_lm.py --params_only         # the model's parameters, part by part
 
 The defaults are the flagship run, mini_lm (config/mini_lm.py names the same values): its model and
 schedule on data/mini_lm (python prepare.py config/prepare_mini_lm.py). Its tokens per optimizer
 step stay the same on 1, 2, 4 or 8 ranks: the accumulation micro-steps are shared between ranks.
 
 Mixed precision (bf16 autocast where the GPU has it natively, fp16 with a gradient scaler on older
-GPUs such as the T4 and V100; training/hardware.py says why in the log), gradient accumulation
+GPUs such as the T4 and V100; core/hardware.py says why in the log), gradient accumulation
 (synchronised across DDP ranks on the last micro-step only), gradient checkpointing, Muon on the
 blocks' matrices and AdamW on the rest (warmup, then a warmup-stable-decay or cosine schedule),
 gradient clipping, a guard against non-finite steps, periodic evaluation with a text sample,
@@ -35,16 +36,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from training import checkpoint
-from training import configurator
-from training import cpu_memory
-from training import ranks
-from training import hardware
-from training import optim
+from core import checkpoint, configurator, cpu_memory, hardware
+from core.tokenizer import Tokenizer
+from model import GPT, GPTConfig, MODEL_SPEC
+from training import optim, ranks, run_checkpoint
 from training.batches import Batches
 from training.loggers import Loggers
-from model import GPT, GPTConfig, MODEL_SPEC
-from curation.tokenizer import Tokenizer
 
 SPEC = {
     # i/o
@@ -56,6 +53,8 @@ SPEC = {
     "eval_interval": (200, "steps between evaluations (and best.pt updates)"),
     "eval_iters": (50, "batches per split in each evaluation"),
     "eval_only": (False, "evaluate once and exit"),
+    "params_only": (False, "print the model's parameter breakdown and exit (no training; vocab_size from "
+                           "the dataset's meta.json when it is prepared, else GPTConfig's)"),
     "log_interval": (10, "steps between log lines"),
     "checkpoint_interval": (200, "steps between writes of last.pt (0: only at the end)"),
     "checkpoint_minutes": (10.0, "also write last.pt when this many minutes passed since the last"),
@@ -78,7 +77,7 @@ SPEC = {
     "gradient_accumulation_steps": (8, "micro-steps per optimizer step, shared between all ranks"),
     # the model: GPTConfig's fields and defaults (model.py), vocab_size from the data
     **{key: value for key, value in MODEL_SPEC.items() if key != "vocab_size"},
-    # optimizer and schedule (optim.py)
+    # optimizer and schedule (training/optim.py)
     "optimizer": ("muon", "'adamw', or 'muon' (Muon on the blocks' matrices, AdamW on the rest)"),
     "learning_rate": (1e-3, "AdamW's peak learning rate"),
     "muon_learning_rate": (0.02, "Muon's peak learning rate"),
@@ -106,11 +105,12 @@ SPEC = {
     "compile": (True, "torch.compile the model"),
     "seed": (1337, "seeds the weights, the batch order and dropout"),
     "peak_flops": (0.0, "device peak FLOP/s for MFU (0: known GPUs detected, otherwise no MFU)"),
-    "keep_freed_memory": (True, "CPU: keep freed memory in the process for reuse (cpu_memory.py; "
+    "keep_freed_memory": (True, "CPU: keep freed memory in the process for reuse (core/cpu_memory.py; "
                                 "faster steps for more resident memory, see BENCHMARKS.md)"),
 }
 # Keys that may differ between a run and its resumption without breaking exactness.
-RESUME_MAY_CHANGE = {"out_dir", "init_from", "max_iters", "max_minutes", "eval_only", "log_interval", "device",
+RESUME_MAY_CHANGE = {"out_dir", "init_from", "max_iters", "max_minutes", "eval_only", "params_only",
+                     "log_interval", "device",
                      "tensorboard", "wandb_log", "mlflow_log", "mlflow_tracking_uri",
                      "checkpoint_interval", "checkpoint_minutes", "keep_last", "sample_interval", "compile",
                      "keep_freed_memory"}
@@ -126,7 +126,21 @@ class TrainingStopped(RuntimeError):
 def main(argv=None):
     cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="train.py")
     with configurator.errors_exit(checkpoint.CheckpointError, TrainingStopped, ValueError):
+        if cfg["params_only"]:
+            return print_parameters(cfg)
         return train(cfg)
+
+
+def print_parameters(cfg):
+    """The model's settings, then its parameters per part in millions (tied weights counted once)."""
+    meta_path = Path(cfg["data_root"]) / cfg["dataset"] / "meta.json"
+    vocab_size = (json.loads(meta_path.read_text())["vocab_size"] if meta_path.exists()
+                  else GPTConfig.vocab_size)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = GPT(GPTConfig(**{k: cfg[k] for k in MODEL_KEYS}, vocab_size=vocab_size))
+    print({f.name: getattr(model.config, f.name) for f in fields(GPTConfig)})
+    for name, n in model.parameter_breakdown().items():
+        print(f"{name:>32}: {n / 1e6:8.2f}M")
 
 
 def train(cfg):
@@ -265,7 +279,7 @@ def set_up(cfg, ddp, rank, world, device):
               tokens_per_step=cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"],
               flops_per_token=raw_model.flops_per_token(cfg["block_size"]),
               peak_flops=hardware.peak_flops(device, cfg["peak_flops"]))
-    state = State(*checkpoint.restore_run(run, ckpt)) if resume else State()
+    state = State(*run_checkpoint.restore_run(run, ckpt)) if resume else State()
     if master:
         print(json.dumps(cfg, indent=1, default=str))
         parts = ", ".join(f"{v / 1e6:.2f}M {k}" for k, v in params.items() if v and k != "total")
@@ -369,7 +383,7 @@ def evaluate_and_report(run, state, lr):
         run.loggers.record("eval", record)
     if losses["val"] < state.best_val_loss and step > 0 and not cfg["eval_only"]:
         state = replace(state, best_val_loss=losses["val"])
-        checkpoint.save_run(run, state, "best.pt")
+        run_checkpoint.save_run(run, state, "best.pt")
     if cfg["sample_interval"] and step % cfg["sample_interval"] == 0 and run.master \
             and cfg["sample_tokens"] > 0:
         prompt = run.tokenizer.encode(cfg["sample_prompt"]) or [run.tokenizer.eot_id]
@@ -407,7 +421,7 @@ def run_training(cfg, ddp, rank, world, device):
         with ranks.StopRequest() as stop:
             state = train_loop(run, state, stop)
         if not run.cfg["eval_only"] and stop.signal is None:
-            checkpoint.write_last(run, state)
+            run_checkpoint.write_last(run, state)
         status = "FINISHED" if stop.signal is None else "KILLED"
     finally:
         run.loggers.close(status)
@@ -460,7 +474,7 @@ def train_loop(run, state, stop):
         if not stopping:
             (due,) = ranks.agree(run.ddp, run.device, due)
         if due or stopping:
-            checkpoint.write_last(run, state)
+            run_checkpoint.write_last(run, state)
             last_save = time.time()
         if stopping:
             if run.master:

@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from curation.tokenizer import Tokenizer
-from training import configurator
 import train
+from core import configurator
+from core.tokenizer import Tokenizer
+from model import GPT, GPTConfig
 
 SMALL = dict(n_layer=4, n_head=4, n_embd=256, block_size=256, dropout=0.0, bias=True)  # nanoGPT's
 
@@ -25,16 +27,23 @@ def machine():
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def model_of(config_file, vocab_size=32000):
-    """GPTConfig keyword arguments of a training config (config/*.py over train.py's defaults):
-    the model sizes benchmarked are the ones the configs train."""
-    cfg = configurator.parse(train.SPEC, [config_file])
+def model_of(*train_arguments, vocab_size=32000):
+    """GPTConfig keyword arguments of train.py's command-line arguments (a config/*.py and
+    overrides): the model sizes benchmarked are the ones the configs train."""
+    cfg = configurator.parse(train.SPEC, list(train_arguments))
     return dict({k: cfg[k] for k in train.MODEL_KEYS}, vocab_size=vocab_size)
 
 
 def mini_lm():
     """config/mini_lm.py's model."""
     return model_of("config/mini_lm.py")
+
+
+def sized(name, model_args):
+    """name with the model's parameter count, as the tables print it: "mini_lm (64.2M)"."""
+    with torch.device("meta"):
+        total = GPT(GPTConfig(**model_args)).parameter_breakdown()["total"]
+    return f"{name} ({total / 1e6:.1f}M)"
 
 
 @functools.lru_cache(maxsize=None)

@@ -8,7 +8,7 @@ import time
 from benchmarks.common import SMALL, interleaved_rates, machine, mini_lm, training_step
 
 from model import GPT, GPTConfig, KVCache
-from training import checkpoint, cpu_memory
+from core import cpu_memory, inference
 import fused_kernels
 from fused_kernels import int8
 
@@ -175,14 +175,14 @@ def bench_model_cpu(quick=False):
 
 def decoding_models(base, dtype):
     """(eager, compiled) copies of base for batch-1 CPU decoding in dtype ('float32', 'bfloat16'
-    or 'int8'), as checkpoint.load_for_inference prepares them."""
+    or 'int8'), as inference.load_for_inference prepares them."""
     import torch
     model = copy.deepcopy(base).to(torch.bfloat16 if dtype == "int8" else getattr(torch, dtype))
     model = model.optimize_for_decoding()
     if dtype == "int8":
         model = int8.quantize(model)
     compiled = copy.deepcopy(model)
-    compiled.decode_step = checkpoint.compile_for_cpu_decoding(compiled.decode_step)
+    compiled.decode_step = inference.compile_for_cpu_decoding(compiled.decode_step)
     return model, compiled
 
 

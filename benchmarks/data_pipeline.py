@@ -14,8 +14,8 @@ from curation import dedup
 from curation import filters
 from curation import sources
 from curation import web
-from curation.tokenizer import Tokenizer
-from curation.tokenizer import count_chunks_parallel, train_bpe
+from core.tokenizer import Tokenizer
+from core.tokenizer import count_chunks_parallel, train_bpe
 import prepare
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from benchmarks.common import interleaved_rates, mini_lm, training_step
 
 from model import GPT, GPTConfig
-from training import hardware
+from core import hardware
 import fused_kernels
 
 
@@ -182,13 +182,13 @@ def bench_gpu_generation(device, quick, config):
 def train_on_device(device, quick):
     """train.py itself for a few steps (bf16, compile, Muon + fused AdamW, checkpoints), then
     --init_from=resume for a few more: the training script's own log lines. Needs a prepared
-    data/demo (run prepare.py here and carry data/demo to the GPU machine, whose Python lacks
+    data/demo (run prepare.py first, or copy data/demo to the GPU machine, whose Python lacks
     datasketch)."""
     import subprocess
     import sys
     import tempfile
     if not (Path("data/demo") / "train.bin").exists():
-        print("skipped: no data/demo (python prepare.py first; carry data/demo to the GPU machine)")
+        print("skipped: no data/demo (python prepare.py first, or copy data/demo to the GPU machine)")
         return
     args = [sys.executable, "train.py", "config/mini_lm.py", "--dataset=demo", "--tensorboard=False",
             "--eval_interval=10", "--eval_iters=5", "--log_interval=5", "--checkpoint_interval=10",

@@ -1,30 +1,35 @@
-"""benchmarks/gpu_run.py: the one-call GPU run: what a short GPU lease should produce, most valuable first.
+"""bench.py gpu_run: the project on a GPU machine in one command, within a time budget you choose.
 
-    python prepare.py config/prepare_offline.py   # here: the largest offline corpus (data/offline)
+    python prepare.py config/prepare_offline.py      # the largest offline corpus (data/offline)
     python prepare.py config/prepare_translation.py --tokenizer_from=data/offline/tokenizer.json \
-        --dataset=translation_offline             # here: the translation task in that corpus's tokens
-    python -m benchmarks.gpu_run --pack           # here: both, xz-compressed, in data/<name>.carry
-    python -m benchmarks.gpu_run --out_dir "$OUT" # the device call, carrying the two .carry folders
-    python -m benchmarks.gpu_run --rehearsal --data_root=D --out_dir=O   # the same stages on CPU, tiny shapes
+        --dataset=translation_offline                # the translation task in that corpus's tokens
+    python bench.py gpu_run --budget_minutes=30      # on the GPU machine: every stage below
 
-Stages, each a subprocess with its own time limit. Every line they print goes at once into
-out_dir/gpu_run.log, and out_dir/summary.json is rewritten after every stage, so a lease that ends
-early still returns what finished:
-  tests       the kernel and model tests on CUDA: the Triton kernels compiled by real Triton
-  kernels     bench.py gpu --parts kernels: GB/s against PyTorch, the cross-entropy's memory
-  train       train.py config/mini_lm.py on the carried corpus (bf16, compile and the Triton kernels
-              where the GPU supports them; tokens/s and MFU in its log) for the minutes the budget
-              leaves after the stages behind it
+The data can be prepared on another machine: `python bench.py gpu_run --pack` writes each prepared
+folder's bins xz-compressed to data/<name>.packed (a fraction of their size); copy those folders to
+the GPU machine's data/ and gpu_run unpacks them before it starts, with no network needed.
+
+The stages, each a subprocess with its own time limit, the most valuable first:
+  tests       the kernel and model tests on the GPU: the Triton kernels compiled by real Triton
+  kernels     bench.py gpu --parts kernels: each kernel's GB/s against PyTorch, the loss's memory
+  train       train.py config/mini_lm.py on the prepared corpus (bf16, compile and the Triton
+              kernels where the GPU supports them) for the minutes the budget leaves after the
+              stages behind it
   eval        eval.py on that checkpoint: perplexity, bits per byte, baselines, generation task
   generation  bench.py gpu --parts generation: batch-1 tokens/s in fp32 and bf16
   finetune    train.py config/finetune_translation.py from that checkpoint for finetune_minutes
-              (when the task was carried)
+              (when the task is prepared)
   task_eval   eval.py on the fine-tuned checkpoint: BLEU and chrF on Acts, both directions, beside
               the copy and retrieval baselines
 
-The GPU machine lacks datasketch, rouge-score and flask. Nothing on this path imports them:
-prepare.py runs here, and eval.py leaves ROUGE out (and says so) without rouge-score;
-tests/test_gpu_run.py runs the rehearsal with those imports blocked.
+Every line the stages print goes at once to out_dir/gpu_run.log, and out_dir/summary.json is
+rewritten after each stage with its status, time and figures (the test counts; the Markdown rows
+the benchmarks print; training's last evaluation and speed from log.jsonl; eval.py's perplexity,
+bits per byte, BLEU and chrF from eval.json), so a run stopped early keeps what finished.
+
+Only the packages that a bare CUDA machine with PyTorch is likely to have are needed on this path:
+eval.py leaves ROUGE out (and says so) without rouge-score, and nothing here imports datasketch,
+flask or the filters' models (tests/test_gpu_run.py rehearses it on CPU with them blocked).
 """
 
 import json
@@ -38,93 +43,110 @@ import threading
 import time
 from pathlib import Path
 
-from training import atomic
-from training import configurator
+import torch
+
+from core import atomic, configurator
 
 SPEC = {
-    "out_dir": ("out/gpu_run/report", "logs, summary.json and the evaluation report (on the "
-                                      "device: $OUT, which comes back)"),
-    "checkpoint_dir": ("out/gpu_run", "where train.py writes its checkpoints (too large to return)"),
+    "out_dir": ("out/gpu_run/report", "gpu_run.log, summary.json and the evaluation reports"),
+    "checkpoint_dir": ("out/gpu_run", "where train.py writes its checkpoints"),
     "data_root": ("data", "parent folder of the dataset"),
-    "dataset": ("offline", "prepared dataset to train on (see --pack)"),
+    "dataset": ("offline", "prepared dataset to train on"),
     "task_dataset": ("translation_offline", "a fine-tuning task prepared in the dataset's tokens "
-                                            "(see above), fine-tuned on after the stages before it "
-                                            "when it was carried; empty: none"),
+                                            "(see above), fine-tuned on when it is prepared; empty: none"),
     "budget_minutes": (9.0, "the whole run; the training stage gets what the other stages leave"),
     "finetune_minutes": (1.0, "training time of the finetune stage"),
     "finetune_iters": (400, "max_iters and lr_decay_iters of the finetune stage"),
     "train_iters": (600, "max_iters and lr_decay_iters of the training stage: the schedule the "
                          "time budget should complete (lower it if the log shows it stopped early)"),
     "pack": (False, "compress data_root/dataset (and task_dataset, if prepared) into "
-                    "data_root/<name>.carry and exit"),
+                    "data_root/<name>.packed, for copying to a GPU machine, and exit"),
     "rehearsal": (False, "run every stage on CPU with tiny shapes (checks the script itself)"),
 }
 # seconds each stage may take on the GPU; the training stage's share is computed from the rest
 STAGE_LIMITS = {"tests": 150, "kernels": 90, "eval": 100, "generation": 40, "finetune": 90,
                 "task_eval": 60}
-COPIED = ("meta.json", "tokenizer.json")  # travel as they are; the bins and JSONL files compressed
+COPIED = ("meta.json", "tokenizer.json")  # packed as they are; the bins and JSONL files compressed
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=2",
         "--max_iters=6", "--lr_decay_iters=6", "--warmup_iters=1", "--eval_interval=3",
-        "--eval_iters=1", "--compile=False", "--sample_tokens=4"]
+        "--eval_iters=1", "--compile=False", "--sample_tokens=4", "--log_interval=2"]
 
 
-def carried_files(folder):
-    """The files of a prepared folder a device run needs: token bins, loss masks, a task's pairs."""
+def packed_files(folder):
+    """The files of a prepared folder that the run needs: token bins, loss masks, a task's pairs."""
     return sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".jsonl"))
 
 
 def pack(folder):
-    """folder's bins (and a task's masks and pairs) xz-compressed, what a device call can carry,
-    with meta.json and the tokenizer."""
-    carry = folder.with_name(folder.name + ".carry")
-    tmp = folder.with_name(folder.name + ".carry.tmp")
+    """folder's bins (and a task's masks and pairs) xz-compressed into folder.packed, with meta.json
+    and the tokenizer as they are."""
+    packed = folder.with_name(folder.name + ".packed")
+    tmp = folder.with_name(folder.name + ".packed.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    for name in carried_files(folder):
+    for name in packed_files(folder):
         with open(folder / name, "rb") as src, lzma.open(tmp / f"{name}.xz", "wb", preset=1) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
     for name in COPIED:
         shutil.copy(folder / name, tmp / name)
-    shutil.rmtree(carry, ignore_errors=True)
-    os.replace(tmp, carry)
-    return carry
+    shutil.rmtree(packed, ignore_errors=True)
+    os.replace(tmp, packed)
+    return packed
 
 
 def unpack(folder):
-    """Restore folder from folder.carry when its bins are missing (on the device)."""
-    carry = folder.with_name(folder.name + ".carry")
-    if (folder / "train.bin").exists() or not carry.exists():
+    """Restore folder from folder.packed when its bins are missing (copied from another machine)."""
+    packed = folder.with_name(folder.name + ".packed")
+    if (folder / "train.bin").exists() or not packed.exists():
         return
     folder.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
-        shutil.copy(carry / name, folder / name)
-    for packed in sorted(carry.glob("*.xz"), key=lambda f: f.name == "train.bin.xz"):  # it last:
+        shutil.copy(packed / name, folder / name)
+    for part in sorted(packed.glob("*.xz"), key=lambda f: f.name == "train.bin.xz"):  # it last:
         # a folder with train.bin is complete
-        with lzma.open(packed, "rb") as src, atomic.replacing(folder / packed.stem, "wb") as dst:
+        with lzma.open(part, "rb") as src, atomic.replacing(folder / part.stem, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def run_stage(name, command, limit, log, env):
     """Run command, copying each output line to log as it comes; kill its process group at the
-    limit. Returns (status, seconds, last lines)."""
+    limit. Returns (status, seconds, every line it printed)."""
     print(f"\n=== {name}: {' '.join(command)} (limit {limit:.0f} s)", file=log, flush=True)
     t0 = time.time()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, start_new_session=True, errors="replace")
     timer = threading.Timer(limit, os.killpg, (proc.pid, signal.SIGKILL))
     timer.start()
-    tail = []
+    lines = []
     for line in proc.stdout:
         log.write(line)
         log.flush()
-        tail = (tail + [line.rstrip()])[-12:]
+        lines.append(line.rstrip())
     proc.wait()
     timed_out = not timer.is_alive()
     timer.cancel()
     seconds = time.time() - t0
     status = "timed out" if timed_out else ("ok" if proc.returncode == 0 else f"exit {proc.returncode}")
     print(f"=== {name}: {status} after {seconds:.0f} s", file=log, flush=True)
-    return status, seconds, tail
+    return status, seconds, lines
+
+
+def stage_figures(name, lines, cfg):
+    """The figures a finished stage produced: what its output files hold, else what it printed."""
+    ckpt_dir, out_dir = Path(cfg["checkpoint_dir"]), Path(cfg["out_dir"])
+    if name in ("train", "finetune"):
+        log = ckpt_dir / ("task" if name == "finetune" else "") / "log.jsonl"
+        records = [json.loads(r) for r in log.read_text().splitlines()] if log.exists() else []
+        last = {kind: next((r for r in reversed(records) if r["kind"] == kind), None)
+                for kind in ("eval", "step")}
+        return {"last_eval": last["eval"], "last_step": last["step"]}
+    if name in ("eval", "task_eval"):
+        path = out_dir / name / "eval.json"
+        report = json.loads(path.read_text()) if path.exists() else {}
+        return report.get("task") or report.get("likelihood", {}).get("overall")
+    if name == "tests":
+        return [line for line in lines if " passed" in line or " failed" in line][-1:]
+    return [line for line in lines if line.startswith("|")]  # the benchmarks' Markdown rows
 
 
 def stage_commands(cfg, train_minutes, with_task):
@@ -161,7 +183,7 @@ def stage_commands(cfg, train_minutes, with_task):
 
 
 def main(argv=None):
-    cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="python -m benchmarks.gpu_run")
+    cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="bench.py gpu_run")
     folder = Path(cfg["data_root"]) / cfg["dataset"]
     if cfg["pack"]:
         if not (folder / "meta.json").exists():
@@ -175,7 +197,6 @@ def main(argv=None):
                   f"config/prepare_translation.py --tokenizer_from={folder}/tokenizer.json "
                   f"--dataset={cfg['task_dataset']}")
         return
-    import torch
     if not cfg["rehearsal"] and not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device; --rehearsal runs the stages on CPU")
     task = Path(cfg["data_root"]) / cfg["task_dataset"]
@@ -184,8 +205,9 @@ def main(argv=None):
     with_task = bool(cfg["task_dataset"]) and (task / "train.bin").exists()
     unpack(folder)
     if not (folder / "train.bin").exists():
-        raise SystemExit(f"error: {folder}/train.bin not found: run `python -m benchmarks.gpu_run --pack` where the "
-                         f"data was prepared and carry {folder}.carry")
+        raise SystemExit(f"error: {folder}/train.bin not found: run `{configurator.prepare_command(folder)}`, "
+                         f"or `python bench.py gpu_run --pack` where the data was prepared and copy "
+                         f"{folder}.packed here")
     out_dir = Path(cfg["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -211,14 +233,12 @@ def main(argv=None):
             elif left < 20:
                 summary["stages"][name] = {"status": "skipped: budget spent"}
                 continue
-            status, seconds, tail = run_stage(name, command, min(limit, max(left, 20)), log, env)
-            summary["stages"][name] = {"status": status, "seconds": round(seconds, 1), "tail": tail}
+            status, seconds, lines = run_stage(name, command, min(limit, max(left, 20)), log, env)
+            summary["stages"][name] = {"status": status, "seconds": round(seconds, 1),
+                                       "figures": stage_figures(name, lines, cfg), "tail": lines[-12:]}
             atomic.write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
     failed = [n for n, s in summary["stages"].items() if s["status"] != "ok"]
     print(f"gpu_run: {len(summary['stages']) - len(failed)} of {len(summary['stages'])} stages ok"
           + (f"; not ok: {', '.join(failed)}" if failed else "") + f"; see {out_dir}/gpu_run.log")
     return 1 if failed else 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -26,8 +26,8 @@ import numpy as np
 
 from benchmarks.common import machine
 
-from training import checkpoint
-from training import metrics
+from core import checkpoint
+from core import metrics
 
 PPL_TASK = """task: mini_lm_heldout_ppl
 dataset_path: json

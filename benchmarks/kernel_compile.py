@@ -1,10 +1,10 @@
 """The Triton kernels compiled ahead of time for real NVIDIA GPUs, on a machine without one.
 
-    python -m benchmarks.kernel_compile                  # per kernel and target: registers, spills, shared memory
-    python -m benchmarks.kernel_compile --launches=True  # the same per launch
-    python -m benchmarks.kernel_compile --json=F.json    # every launch's figures as JSON (the tests read it)
+    python bench.py kernel_compile                  # per kernel and target: registers, spills, shared memory
+    python bench.py kernel_compile --launches=True  # the same per launch
+    python bench.py kernel_compile --json=F.json    # every launch's figures as JSON (the tests read it)
 
-It needs the kernels compiled, not interpreted: run it without TRITON_INTERPRET=1.
+It needs the kernels compiled, not interpreted: bench.py leaves TRITON_INTERPRET unset for it.
 
 Which launches: the real launchers (fused_kernels/*.py) are called on CPU tensors of the shapes the
 CPU demo and mini_lm train and decode with (config/cpu_demo.py, config/mini_lm.py; fp32, bf16 and
@@ -36,7 +36,7 @@ from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import JITFunction, create_function_from_signature
 
 from fused_kernels import crossentropy, layernorm, softmax
-from training import atomic, configurator
+from core import atomic, configurator
 
 # shared memory a block may use (opt-in maximum), bytes: CUDA programming guide, compute capabilities
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024,
@@ -241,7 +241,7 @@ SPEC = {
 
 def main(argv=None):
     cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__,
-                                     prog="python -m benchmarks.kernel_compile")
+                                     prog="bench.py kernel_compile")
     if os.environ.get("TRITON_INTERPRET") == "1" or not kernels():
         raise SystemExit("error: the kernels are interpreted (TRITON_INTERPRET=1): run without it")
     results = compile_all(cfg["workers"] or None)
@@ -255,6 +255,3 @@ def main(argv=None):
         print(f"sm_{arch}: {kernel} ({launch}): {problem}", file=sys.stderr)
     return 1 if bad else 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

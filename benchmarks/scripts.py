@@ -13,13 +13,10 @@ import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks.common import machine, mini_lm, model_of
-
-from curation.tokenizer import Tokenizer
+from benchmarks.common import machine, mini_lm, model_of, sized
+from core import checkpoint, cpu_memory, metrics
+from core.tokenizer import Tokenizer
 from model import GPT, GPTConfig
-from training import checkpoint
-from training import cpu_memory
-from training import metrics
 
 
 def bench_train(quick=False):
@@ -34,7 +31,10 @@ def bench_train(quick=False):
         mini = base + ["--n_layer=2", "--block_size=64", "--batch_size=2"]
     print(f"machine: {machine()}\n\n| model | setting | tokens/s (median of last steps) | peak memory |\n"
           "|---|---|---:|---:|")
-    for label, args in (("cpu_demo (4.9M)", base), ("mini_lm size (48M), batch 4 x 1024", mini)):
+    vocab_size = json.loads(Path("data/demo/meta.json").read_text())["vocab_size"]  # what train.py reads
+    labels = (sized("cpu_demo", model_of(*base, vocab_size=vocab_size)),
+              sized("mini_lm's shape", model_of(*mini, vocab_size=vocab_size)) + ", batch 4 x 1024")
+    for label, args in zip(labels, (base, mini)):
         # gradient checkpointing's memory is compared with freed memory handed back, where peak
         # memory is the tensors' own (kept memory holds the heap near its peak whatever they need)
         for setting in ([], ["--compile=True"], ["--keep_freed_memory=False"],
@@ -60,7 +60,7 @@ def bench_eval(quick=False):
     cpu_demo = model_of("config/cpu_demo.py")
     print(f"machine: {machine()}, {torch.get_num_threads()} threads\n\n"
           "| model | block | stride | batch | tokens | tokens/s |\n|---|---:|---:|---:|---:|---:|")
-    for label, config in (("cpu_demo (4.9M)", cpu_demo), ("mini_lm (48.4M)", mini_lm())):
+    for label, config in ((sized("cpu_demo", cpu_demo), cpu_demo), (sized("mini_lm", mini_lm()), mini_lm())):
         torch.manual_seed(0)
         model = GPT(GPTConfig(**config)).eval()
         block = config["block_size"]
@@ -120,9 +120,9 @@ def bench_serve(quick=False):
     import torch
 
     tokenizer = Tokenizer.load(Path("data/demo/tokenizer.json"))
-    settings = [("cpu_demo (4.9M)", model_of("config/cpu_demo.py"), dtype, False)
+    settings = [(sized("cpu_demo", model_of("config/cpu_demo.py")), model_of("config/cpu_demo.py"), dtype, False)
                 for dtype in ("float32", "bfloat16")]
-    settings += [("mini_lm (48.4M)", mini_lm(), dtype, compile_) for dtype in
+    settings += [(sized("mini_lm", mini_lm()), mini_lm(), dtype, compile_) for dtype in
                  ("float32", "bfloat16", "int8") for compile_ in (False, True)]
     print(f"machine: {machine()}\n\n| model | weights | decoding step | start-up | one client "
           "tokens/s | 4 clients: aggregate tokens/s | 8 clients: aggregate tokens/s | 64-token "

@@ -1,5 +1,6 @@
-# mini_lm, the flagship run: the model of the user's targets (~50M parameters, 32k tokenizer) on one
-# GPU, with train.py's recipe. These are also train.py's defaults, so `torchrun --nproc_per_node=4
+# mini_lm, the flagship run on one GPU, with train.py's recipe: 64.2M parameters, of which 47.9M
+# take part in products (the value embedding is only looked up): the seed's "~50M", 32k tokenizer.
+# These are also train.py's defaults, so `torchrun --nproc_per_node=4
 # train.py` runs it too (tests/test_train.py keeps the two equal). Precision is picked per GPU
 # (the log says which and why). GPT-2's recipe instead: python train.py config/mini_lm.py config/gpt2.py
 # Data first: python prepare.py config/prepare_mini_lm.py   (100M tokens)

@@ -30,7 +30,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training import atomic
+from core import atomic
 from curation import web
 
 MAX_REDIRECTS = 5

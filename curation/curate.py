@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from training import atomic
+from core import atomic
 from curation import cluster
 from curation import dedup
 from curation import filters

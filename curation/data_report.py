@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from training import atomic  # noqa: E402
+from core import atomic  # noqa: E402
 from curation import filters  # noqa: E402
 
 LENGTH_BINS = sorted({0} | {round(10 ** (k / 10)) for k in range(1, 81)})  # chars, log-spaced

@@ -46,12 +46,9 @@ import sysconfig
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from curation import crawl
+from core import tasks
+from curation import bibles, crawl, repos, web, wikitext
 from curation.download import download, verify
-from curation import repos
-from curation import tasks
-from curation import web
-from curation import wikitext
 
 CODE_EXTENSIONS = {".py", ".pyi", ".c", ".h", ".cc", ".cpp", ".hpp", ".rs", ".go", ".java", ".js",
                    ".ts", ".sh", ".rb", ".jl", ".lua", ".sql", ".cu", ".toml", ".yaml", ".yml"}
@@ -129,9 +126,9 @@ def resolve_sources(sources):
             raise SourceError(f"{where} (git): unknown language(s) {sorted(unknown_languages)}; "
                               f"known: {sorted(repos.LANGUAGES)}")
         if kind == "bible" and (not full["languages"]
-                                or set(full["languages"]) - set(tasks.SWORD_MODULES)):
+                                or set(full["languages"]) - set(bibles.SWORD_MODULES)):
             raise SourceError(f"{where} (bible): languages must be a non-empty list of "
-                              f"{sorted(tasks.SWORD_MODULES)} (got {full['languages']!r})")
+                              f"{sorted(bibles.SWORD_MODULES)} (got {full['languages']!r})")
         if kind == "bible" and full["paired"] and sorted(full["languages"]) != ["en", "es"]:
             raise SourceError(f"{where} (bible): paired=True pairs English with Spanish: "
                               "languages=['en', 'es']")
@@ -329,25 +326,25 @@ def iter_warc(spec, warn):
 def iter_bible(spec, warn):
     """The training books of the translation task's Bibles, a document per chapter, verse per line.
     Paired: each aligned verse in both languages, English first in odd chapters and Spanish first
-    in even ones, so both directions are seen; verses that tasks.aligned_verses leaves out are not
+    in even ones, so both directions are seen; verses that bibles.aligned_verses leaves out are not
     in it. Monolingual: every nonempty verse of each language."""
     try:
-        bibles = {lang: tasks.read_bible(spec["sword_root"], tasks.SWORD_MODULES[lang])
-                  for lang in spec["languages"]}
+        verses_of = {lang: bibles.read_bible(spec["sword_root"], bibles.SWORD_MODULES[lang])
+                     for lang in spec["languages"]}
     except tasks.TaskError as e:
         raise SourceError(f"source {spec['name']!r} (bible): {e}") from None
     if spec["paired"]:
-        rows, _ = tasks.aligned_verses(bibles["en"], bibles["es"])
+        rows, _ = bibles.aligned_verses(verses_of["en"], verses_of["es"])
         lines = {}
-        for (book, chapter, _), english, spanish in tasks.split_by_book(rows)["train"]:
+        for (book, chapter, _), english, spanish in bibles.split_by_book(rows)["train"]:
             pair = (english, spanish) if chapter % 2 else (spanish, english)
             lines.setdefault(("en-es", book, chapter), []).append("\n".join(pair))
         chapters = {key: "\n\n".join(verses) for key, verses in lines.items()}
     else:
         lines = {}
-        for lang, verses in bibles.items():
+        for lang, verses in verses_of.items():
             for (book, chapter, _), text in verses.items():
-                if text and tasks.BOOK_SPLIT.get(book, "train") == "train":
+                if text and bibles.BOOK_SPLIT.get(book, "train") == "train":
                     lines.setdefault((lang, book, chapter), []).append(text)
         chapters = {key: "\n".join(verses) for key, verses in lines.items()}
     for (lang, book, chapter), text in chapters.items():

@@ -14,7 +14,7 @@ from serving import completions
 from serving.completions import BadRequest
 from serving.engine import Engine
 from serving.monitoring import ServerMetrics
-from serving.streaming import TextStream
+from core.streaming import TextStream
 
 
 @dataclass

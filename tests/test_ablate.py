@@ -1,10 +1,10 @@
-"""ablate.py: variants trained in turns; the gpt2 variant trains exactly as train.py does."""
+"""bench.py ablate (benchmarks/bench.py ablate): variants trained in turns; the gpt2 variant trains exactly as train.py does."""
 import json
 import re
 
 import pytest
 
-import ablate
+from benchmarks import ablate
 from model import GPT2_RECIPE
 from test_train import args, log_records, run
 
@@ -20,7 +20,7 @@ def test_variants_in_turns_and_gpt2_equals_train_py(data_root, tmp_path, capsys)
     assert saved["variants"]["gpt2"]["changes"]["position"] == "learned"
     assert "| all |" in out and "Kneser-Ney 3-gram" in out and "- muon: '" in out
     # the same steps as train.py's own run of the config under config/gpt2.py
-    # (at gpt2_lr_ratio of the config's rates, as ablate.py trains GPT-2's recipe)
+    # (at gpt2_lr_ratio of the config's rates, as bench.py ablate trains GPT-2's recipe)
     tiny = ablate.configurator.parse(ablate.train.SPEC, args(data_root, tmp_path / "plain"))
     rates = [f"--{key}={tiny[key] * ablate.SPEC['gpt2_lr_ratio'][0]!r}" for key in ("learning_rate", "min_lr")]
     plain = run(data_root, tmp_path / "plain", *common, str(ablate.GPT2_CONFIG), *rates)

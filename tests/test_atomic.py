@@ -1,7 +1,7 @@
 """atomic.py: a file is replaced whole or not at all."""
 import pytest
 
-from training import atomic
+from core import atomic
 
 
 def test_write_replaces_the_file_and_leaves_no_temporary(tmp_path):

@@ -1,4 +1,4 @@
-"""Beam search for a task's responses (training/task_eval.py) against an exhaustive search, greedy
+"""Beam search for a task's responses (evaluation/task_eval.py) against an exhaustive search, greedy
 decoding and a plain one-prompt beam search without a cache."""
 
 import itertools
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
-from training import task_eval
+from evaluation import task_eval
 
 EOT = 5
 

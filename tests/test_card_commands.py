@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import checkpoint, hardware
+from core import checkpoint, hardware
 import prepare
 from conftest import free_port
 from test_prepare import config as prepare_config
@@ -72,7 +72,7 @@ def expected_choices():
 @pytest.mark.parametrize("name, capability", [("NVIDIA H100 80GB HBM3", (9, 0)),
                                               ("Tesla T4", (7, 5))])
 def test_the_expected_lines_follow_the_device(monkeypatch, name, capability):
-    """On a (faked) GPU, expected_choices() names what training/hardware.py decides there, so the
+    """On a (faked) GPU, expected_choices() names what core/hardware.py decides there, so the
     card test expects a GPU's precision and kernels when it runs on one."""
     props = type("Props", (), {"name": name, "major": capability[0], "minor": capability[1]})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -4,8 +4,8 @@ tokenizer endpoints."""
 import numpy as np
 import pytest
 
-from training import checkpoint
-from training import metrics
+from core import checkpoint
+from core import metrics
 from test_serve import app, make_app  # noqa: F401  (a fixture and a helper)
 
 

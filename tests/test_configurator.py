@@ -1,7 +1,7 @@
 import pytest
 
-from training import configurator
-from training.configurator import ConfigError, parse
+from core import configurator
+from core.configurator import ConfigError, parse
 
 SPEC = {
     "dataset": ("demo", "name"),
@@ -118,3 +118,21 @@ def test_bench_py_takes_the_same_options_and_errors():
         bench.parse_args(["serve", "--quik"])
     with pytest.raises(ConfigError, match="unknown suite 'srve'"):
         bench.parse_args(["srve"])
+
+
+def test_every_benchmark_starts_through_bench_py(capsys):
+    """One way in: every suite is an entry of bench.SUITES, the ones with options of their own get
+    the arguments as they are and answer --help under bench.py's name."""
+    import bench
+    assert {"ablate", "kernel_compile", "gpu_run", "model", "gpu"} <= set(bench.SUITES)
+    assert bench.parse_args(["ablate", "config/cpu_demo.py", "--variants=gpt2"]) == (
+        "ablate", ["config/cpu_demo.py", "--variants=gpt2"])
+    for suite in sorted(bench.OWN_OPTIONS):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main([suite, "--help"])
+        assert exit_info.value.code == 0
+        assert f"python bench.py {suite}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    listed = capsys.readouterr().out
+    assert all(f"\n  {name} " in listed for name in bench.SUITES)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = """
 import ctypes, resource, sys, torch
 ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)
-from training import cpu_memory
+from core import cpu_memory
 applied = cpu_memory.keep_freed_memory() if sys.argv[1] == "keep" else False
 faults = []
 for _ in range(16):

@@ -1,11 +1,11 @@
-"""The compiled CPU decoding step (checkpoint.compile_for_cpu_decoding): the eager path's greedy
+"""The compiled CPU decoding step (inference.compile_for_cpu_decoding): the eager path's greedy
 tokens with and without left padding, each compiled model with its own weights, and int8."""
 
 import torch
 
 from fused_kernels import int8
 from model import GPT, GPTConfig, KVCache
-from training import checkpoint
+from core import inference
 
 
 def random_model(seed):
@@ -19,7 +19,7 @@ def random_model(seed):
 
 
 def compiled(model):
-    model.decode_step = checkpoint.compile_for_cpu_decoding(model.decode_step)
+    model.decode_step = inference.compile_for_cpu_decoding(model.decode_step)
     return model
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import eval as evaluate_script
-from training import metrics
+from core import metrics
 from model import GPT, GPTConfig
 from test_train import GPT2, SPEEDRUN, run
 

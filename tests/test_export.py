@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from training import checkpoint
+from core import checkpoint
 import export
 from model import left_pad
 from test_train import GPT2, SPEEDRUN, run

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import train
 from test_train import args, assert_same_parameters, run, run_ddp
-from training import configurator
+from core import configurator
 from training.batches import IGNORE, Batches
 
 

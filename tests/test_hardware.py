@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from training import hardware
+from core import hardware
 import fused_kernels
 from model import GPT, GPT2_RECIPE, GPTConfig
 

@@ -14,7 +14,8 @@ import serve
 from fused_kernels import int8
 from model import GPT, GPTConfig
 from test_train import run
-from training import checkpoint, configurator
+from core import configurator
+from core import inference
 
 
 def test_weights_round_trip_within_half_a_step_of_their_rows_scale():
@@ -65,7 +66,7 @@ def test_sample_and_eval_load_a_checkpoint_as_int8_and_leave_it_as_trained(data_
     run(data_root, tmp_path / "run", "--max_iters=20", "--lr_decay_iters=20")
     ckpt = tmp_path / "run" / "last.pt"
     before = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    model, tokenizer, _ = checkpoint.load_for_inference(ckpt, "cpu", "int8")
+    model, tokenizer, _ = inference.load_for_inference(ckpt, "cpu", "int8")
     assert isinstance(model.lm_head, int8.Int8Linear)
     texts = sample.main([f"--ckpt={ckpt}", "--dtype=int8", "--start=The ", "--temperature=0",
                          "--num_samples=1", "--max_new_tokens=8"])
@@ -85,4 +86,4 @@ def test_sample_and_eval_load_a_checkpoint_as_int8_and_leave_it_as_trained(data_
     assert ppl8 != ppl32 and abs(ppl8 / ppl32 - 1) < 0.05
     assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == before
     with pytest.raises(ValueError, match="dtype=int8 runs on CPUs"):
-        checkpoint.load_for_inference(ckpt, "meta", "int8")
+        inference.load_for_inference(ckpt, "meta", "int8")

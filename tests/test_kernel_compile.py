@@ -24,7 +24,7 @@ def run_compiled(args, timeout=280):
 
 
 def test_every_launch_compiles_for_every_target_without_spills_or_too_much_shared_memory(tmp_path):
-    result = run_compiled(["-m", "benchmarks.kernel_compile", f"--json={tmp_path / 'k.json'}"])
+    result = run_compiled(["bench.py", "kernel_compile", f"--json={tmp_path / 'k.json'}"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     launches = json.loads((tmp_path / "k.json").read_text())
     assert {r["kernel"] for r in launches} == {  # every kernel the launchers start
@@ -94,6 +94,6 @@ def test_shared_memory_over_the_targets_limit_is_a_problem():
 
 
 def test_it_refuses_to_run_interpreted():
-    result = subprocess.run([sys.executable, "-m", "benchmarks.kernel_compile"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "bench.py", "kernel_compile"], cwd=ROOT,
                             env={**COMPILED, "TRITON_INTERPRET": "1"}, capture_output=True, text=True)
     assert result.returncode != 0 and "TRITON_INTERPRET=1" in result.stderr

@@ -1,6 +1,7 @@
 """The tree's rules, checked on every run: no project import name shadows an installed or standard
-module, no import cycle, no project import hidden in a function, files and functions a reader can
-hold; and the lock file pins every requirement and is refreshed by `make lock`."""
+module, no import cycle, no project import hidden in a function, imports that run down the layers
+only, files and functions a reader can hold, a root a reader can take in; and the lock file pins
+every requirement and is refreshed by `make lock`."""
 import ast
 import importlib.metadata
 import re
@@ -101,6 +102,79 @@ def test_no_import_cycles_and_no_imports_hidden_in_functions():
     assert hidden == []
     cycles = [cycle_from(name, edges) for name in edges]
     assert [c for c in cycles if c] == []
+
+
+# The layers, top to bottom. A module may import from a lower layer and from its own package, never
+# from a higher layer, and a stage package never from another stage package; model.py imports only
+# torch and fused_kernels (and the standard library).
+STAGE_PACKAGES = {"curation", "training", "serving", "evaluation"}
+TOP = {"bench", "benchmarks"}  # the benchmarks measure the scripts, so they may import them
+
+
+def layer(module):
+    """(rank, group) of a project module: a higher rank may import a lower one."""
+    top = module.split(".")[0]
+    if top in TOP:
+        return 5, top
+    if top == "fused_kernels":
+        return 0, top
+    if top == "model":
+        return 1, top
+    if top == "core":
+        return 2, top
+    if top in STAGE_PACKAGES:
+        return 3, top
+    return 4, top  # a script at the root
+
+
+def layer_violations(edges):
+    """['a -> b: why'] for each import that runs up a layer, between stage packages, or between
+    scripts."""
+    wrong = []
+    for module, imported in sorted(edges.items()):
+        (rank, group) = layer(module)
+        for target in sorted(imported):
+            (target_rank, target_group) = layer(target)
+            if target_group == group:
+                continue
+            if target_rank > rank:
+                wrong.append(f"{module} -> {target}: upward")
+            elif target_rank == rank and rank in (3, 4):
+                wrong.append(f"{module} -> {target}: across {'stage packages' if rank == 3 else 'scripts'}")
+    return wrong
+
+
+def test_imports_run_down_the_layers_only():
+    edges, _ = import_graph()
+    assert {"core", "curation", "training", "serving", "evaluation", "benchmarks"} <= set(PACKAGES)
+    assert layer_violations(edges) == []
+
+
+def test_model_imports_only_torch_and_fused_kernels():
+    tree = ast.parse((ROOT / "model.py").read_text(encoding="utf-8"))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported - set(sys.stdlib_module_names) == {"torch", "fused_kernels"}
+
+
+def test_the_layer_check_sees_a_planted_import():
+    edges, _ = import_graph()
+    planted = {name: set(targets) for name, targets in edges.items()}
+    planted["core.atomic"].add("training.optim")      # the core reaching into a stage
+    planted["curation.filters"].add("serving.engine")  # one stage into another
+    planted["training.optim"].add("train")             # a stage package into a script
+    planted["model"].add("core.configurator")          # model.py into anything but fused_kernels
+    planted["eval"].add("train")                       # one script into another
+    assert layer_violations(planted) == [
+        "core.atomic -> training.optim: upward", "curation.filters -> serving.engine: across stage packages",
+        "eval -> train: across scripts", "model -> core.configurator: upward", "training.optim -> train: upward"]
+
+
+def test_the_root_stays_small():
+    entries = sorted(p.name for p in ROOT.iterdir() if not p.name.startswith(".")
+                     and p.name not in ("data", "out", "__pycache__"))  # what the scripts write
+    assert len(entries) <= 25, entries
 
 
 def test_files_and_functions_a_reader_can_hold():

@@ -55,7 +55,8 @@ def test_parameter_breakdown_and_mini_lm_size():
     assert counts["total"] == sum(p.numel() for p in model.parameters())  # tied weights counted once
     assert model.transformer.wte.weight is model.lm_head.weight
     def breakdown(*configs):
-        result = subprocess.run([sys.executable, "model.py", *configs], cwd=ROOT,
+        result = subprocess.run([sys.executable, "train.py", *configs, "--params_only",
+                                 "--data_root=/nonexistent"], cwd=ROOT,
                                 capture_output=True, text=True, check=True)
         return {line.split(":")[0].strip(): float(line.split(":")[1].strip().rstrip("M"))
                 for line in result.stdout.splitlines()[1:]}

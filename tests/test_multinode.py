@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from training import checkpoint
+from core import checkpoint
 from conftest import free_port
 from test_train import ROOT, args, assert_same_parameters, run
 

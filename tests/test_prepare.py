@@ -13,7 +13,7 @@ import pytest
 import prepare
 from curation import data_report
 from curation import sources
-from curation.tokenizer import Tokenizer
+from core.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -359,7 +359,7 @@ def test_offline_wikipedia_is_found_through_package_metadata():
 
 
 def test_shipped_prepare_configs_load():
-    from training import configurator
+    from core import configurator
     cfg = configurator.parse(prepare.SPEC, [str(ROOT / "config" / "prepare_mini_lm.py")])
     specs = sources.resolve_sources(cfg["sources"])
     assert cfg["vocab_size"] == 32_000  # mini_lm keeps the seed's tokenizer; the demo's is smaller

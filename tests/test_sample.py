@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import checkpoint
+from core import checkpoint
 import sample
 from test_train import GPT2, run
+from core import inference
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,13 +64,13 @@ def test_bfloat16_weights_and_top_p(out_dir, capsys):
     texts, printed = draw(out_dir, capsys, "--start=The", "--dtype=bfloat16", "--top_p=0.9",
                           "--top_k=0", "--num_samples=2")
     assert len(texts) == 2 and printed.out.count("-" * 72) == 2
-    model, tokenizer, _ = checkpoint.load_for_inference(out_dir / "best.pt", "cpu", "bfloat16")
+    model, tokenizer, _ = inference.load_for_inference(out_dir / "best.pt", "cpu", "bfloat16")
     assert model.lm_head.weight.dtype == torch.bfloat16
     expected = [tokenizer.decode(model.generate([tokenizer.encode("The")], 12, temperature=0.8,
                                                 top_p=0.9, stop_tokens=[tokenizer.eot_id],
                                                 seed=1337 + i)[0]) for i in range(2)]
     assert texts == expected
-    float32, _, _ = checkpoint.load_for_inference(out_dir / "best.pt", "cpu", "float32")
+    float32, _, _ = inference.load_for_inference(out_dir / "best.pt", "cpu", "float32")
     assert expected != [tokenizer.decode(float32.generate([tokenizer.encode("The")], 12,
                                                           temperature=0.8, stop_tokens=[tokenizer.eot_id],
                                                           seed=1337 + i)[0]) for i in range(2)]

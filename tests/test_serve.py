@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import configurator
+from core import configurator
 import serve
 from test_train import GPT2, SPEEDRUN, run
 

@@ -17,7 +17,7 @@ import torch
 
 import serve
 from benchmarks import soak
-from training import checkpoint
+from core import checkpoint
 from model import GPT, GPTConfig
 from test_serve import LiveServer, make_app
 

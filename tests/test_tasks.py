@@ -14,11 +14,15 @@ import eval as eval_script
 import prepare
 import sample
 import serve
-from curation import sources, tasks
+from curation import sources
+from core import tasks
 from model import GPT, GPTConfig
-from curation.tokenizer import Tokenizer
+from core.tokenizer import Tokenizer
 from test_train import args, run
-from training import checkpoint, configurator, metrics, task_eval
+from core import checkpoint, configurator, metrics
+from evaluation import task_eval
+from core import inference
+from curation import bibles
 
 SWORD = Path("/usr/share/sword")
 NO_BIBLES = "Debian's sword-text-kjv and sword-text-sparv are not installed (`make test` installs them)"
@@ -85,19 +89,19 @@ SPANISH = {("Gen", 1, 1): "En el principio crió Dios los cielos y la tierra.",
 def test_verses_align_by_number_and_split_by_whole_books():
     english = {**ENGLISH, **{("Jonah", *key): text for key, text in JONAH.items()}}
     spanish = {**SPANISH, **{("Jonah", *key): text for key, text in JONAS.items()}}
-    assert tasks.renumbered_chapters(english, spanish) == {("Jonah", 2)}
-    rows, dropped = tasks.aligned_verses(english, spanish)
+    assert bibles.renumbered_chapters(english, spanish) == {("Jonah", 2)}
+    rows, dropped = bibles.aligned_verses(english, spanish)
     # Acts 1:2 is missing in Spanish, Revelation 1:1 and Jonah 1:4 are empty there and Jonah 2:5
     # in English; Genesis 1:3 is cut short; Jonah 2's 4 verses are numbered differently
     assert dropped == {"missing_or_empty": 4, "renumbered_chapter": 4, "length_ratio": 1}
     rows = [row for row in rows if row[0][0] != "Jonah"]
     assert [key for key, _, _ in rows] == [("Gen", 1, 1), ("Gen", 1, 2), ("Ruth", 1, 1),
                                            ("Mark", 1, 1), ("Acts", 1, 1), ("Heb", 1, 1)]
-    splits = tasks.split_by_book(rows)
+    splits = bibles.split_by_book(rows)
     assert [key[0] for key, _, _ in splits["train"]] == ["Gen", "Gen"]
     assert [key[0] for key, _, _ in splits["val"]] == ["Ruth"]
     assert [key[0] for key, _, _ in splits["test"]] == ["Acts"]  # Mark and Hebrews are in none
-    pairs = tasks.translation_pairs(splits["test"])
+    pairs = bibles.translation_pairs(splits["test"])
     assert [(p, r, m["direction"]) for p, r, m in pairs] == [
         ("Translate English to Spanish:\nThe former treatise have I made, O Theophilus,",
          "EN el primer tratado, oh Teófilo,", "en-es"),
@@ -113,8 +117,8 @@ def test_the_bible_source_holds_the_books_the_task_trains_on_and_no_other(monkey
                ("Gen", 2, 1): "Thus the heavens and the earth were finished,"}
     spanish = {**SPANISH, **{("Jonah", *key): text for key, text in JONAS.items()},
                ("Gen", 2, 1): "Y fueron acabados los cielos y la tierra,"}
-    editions = {tasks.SWORD_MODULES["en"]: english, tasks.SWORD_MODULES["es"]: spanish}
-    monkeypatch.setattr(tasks, "read_bible", lambda root, module: editions[module])
+    editions = {bibles.SWORD_MODULES["en"]: english, bibles.SWORD_MODULES["es"]: spanish}
+    monkeypatch.setattr(bibles, "read_bible", lambda root, module: editions[module])
 
     def documents(**fields):
         spec = sources.resolve_sources([dict(kind="bible", **fields)])[0]
@@ -148,36 +152,36 @@ def test_the_bible_mix_config_adds_all_the_verses_to_the_demo_corpus():
 
 
 def test_verse_text_is_cleaned():
-    assert tasks.clean_verse(" \u00b6 For God so loved  the world, ") == "For God so loved the world,"
-    assert tasks.clean_verse("EN el primer tratado", drop_cap=True) == "En el primer tratado"
-    assert tasks.clean_verse("EN el primer tratado") == "EN el primer tratado"
-    assert tasks.clean_verse("Y ACONTECIÓ en los días", drop_cap=True) == "Y aconteció en los días"
-    assert tasks.clean_verse("¿POR qué se amotinan", drop_cap=True) == "¿Por qué se amotinan"
-    assert tasks.clean_verse("LORD, how are they increased", drop_cap=False) == "LORD, how are they increased"
-    assert tasks.clean_verse("Y", drop_cap=True) == "Y"
+    assert bibles.clean_verse(" \u00b6 For God so loved  the world, ") == "For God so loved the world,"
+    assert bibles.clean_verse("EN el primer tratado", drop_cap=True) == "En el primer tratado"
+    assert bibles.clean_verse("EN el primer tratado") == "EN el primer tratado"
+    assert bibles.clean_verse("Y ACONTECIÓ en los días", drop_cap=True) == "Y aconteció en los días"
+    assert bibles.clean_verse("¿POR qué se amotinan", drop_cap=True) == "¿Por qué se amotinan"
+    assert bibles.clean_verse("LORD, how are they increased", drop_cap=False) == "LORD, how are they increased"
+    assert bibles.clean_verse("Y", drop_cap=True) == "Y"
 
 
 @pytest.mark.skipif(not (SWORD / "mods.d" / "engKJV2006eb.conf").exists()
                     or not (SWORD / "mods.d" / "spaRV1909eb.conf").exists(), reason=NO_BIBLES)
 def test_the_debian_bibles_read_and_align():
     pytest.importorskip("pysword", reason="pysword is not installed (requirements-extra.txt)")
-    english = tasks.read_bible(SWORD, tasks.SWORD_MODULES["en"], books={"Ruth", "Jonah"})
-    spanish = tasks.read_bible(SWORD, tasks.SWORD_MODULES["es"], books={"Ruth", "Jonah"})
+    english = bibles.read_bible(SWORD, bibles.SWORD_MODULES["en"], books={"Ruth", "Jonah"})
+    spanish = bibles.read_bible(SWORD, bibles.SWORD_MODULES["es"], books={"Ruth", "Jonah"})
     assert len(english) == len(spanish) == 85 + 48  # Ruth's 4 chapters and Jonah's 4
     assert english["Ruth", 1, 16].startswith("And Ruth said, Intreat me not to leave thee")
     assert spanish["Ruth", 1, 1].startswith("Y aconteció en los días que gobernaban los jueces")
-    rows, dropped = tasks.aligned_verses(english, spanish)
+    rows, dropped = bibles.aligned_verses(english, spanish)
     # the Reina-Valera's Jonah 2:1 is the KJV's 1:17, left empty: chapter 2 is numbered apart
     assert dropped == {"missing_or_empty": 1, "renumbered_chapter": 10, "length_ratio": 0}
     assert not spanish["Jonah", 1, 17] and spanish["Jonah", 2, 1].startswith("Mas Jehová había prevenido")
-    assert {split: len(r) for split, r in tasks.split_by_book(rows).items()} == {
+    assert {split: len(r) for split, r in bibles.split_by_book(rows).items()} == {
         "train": 0, "val": 122, "test": 0}
 
 
 def test_a_missing_module_names_what_to_install(tmp_path):
     pytest.importorskip("pysword", reason="pysword is not installed (requirements-extra.txt)")
     with pytest.raises(tasks.TaskError, match="apt-get install sword-text-kjv sword-text-sparv"):
-        tasks.read_bible(tmp_path, "engKJV2006eb")
+        bibles.read_bible(tmp_path, "engKJV2006eb")
 
 
 def write_pairs(path, n, offset=0):
@@ -231,7 +235,7 @@ def test_prepare_writes_a_task_that_train_py_fine_tunes_on(data_root, tmp_path, 
 
     # sample.py and serve.py's /generate ask the tuned model in the task's template
     assert tuned["prompt_template"] == tasks.PROMPT_TEMPLATE and pretrained["prompt_template"] is None
-    model, tokenizer, _ = checkpoint.load_for_inference(tmp_path / "ft" / "last.pt")
+    model, tokenizer, _ = inference.load_for_inference(tmp_path / "ft" / "last.pt")
     # the validation pairs by beam search, as task_eval answers them in other batches
     beam = ["--task_split=val", "--beam_size=3", "--length_penalty=1.5", "--batch_size=3"]
     result = eval_script.main([f"--ckpt={tmp_path / 'ft' / 'last.pt'}", f"--out_dir={tmp_path / 'ev'}", *beam])

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from curation.tokenizer import (EOT, GPT4_SPLIT_PATTERN, Tokenizer, count_chunks, count_chunks_parallel,
+from core.tokenizer import (EOT, GPT4_SPLIT_PATTERN, Tokenizer, count_chunks, count_chunks_parallel,
                        train_bpe, train_bpe_reference)
 
 TEXT = """The quick brown fox jumps over the lazy dog. The dog sleeps; the fox runs away!

@@ -18,7 +18,7 @@ import eval as evaluate_script
 import train
 from conftest import free_port
 from test_train import ROOT, args, log_records, run
-from training import checkpoint, tracking
+from core import checkpoint, tracking
 
 EVAL = ["--gen_documents=4", "--prompt_tokens=16", "--reference_tokens=8", "--tensorboard=False"]
 STEP_METRICS = {"loss/train_step": "loss", "lr": "lr", "grad_norm": "grad_norm",

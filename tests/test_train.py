@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from curation.tokenizer import Tokenizer
-from training import checkpoint
-from training import configurator
-from training import hardware
+from core.tokenizer import Tokenizer
+from core import checkpoint
+from core import configurator
+from core import hardware
 from training import ranks
 import prepare
 import train
@@ -162,7 +162,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     path = tmp_path / "last.pt"
     checkpoint.save({"format_version": 1, "step": 0, "big": torch.zeros(1)}, path)
     writer = subprocess.Popen([sys.executable, "-c", (
-        "import sys, torch\nfrom training import checkpoint\n"
+        "import sys, torch\nfrom core import checkpoint\n"
         "big = torch.randn(64 * 2**20)\n"  # 256 MB: the write takes a while
         "for step in range(1, 1000):\n"
         "    checkpoint.save({'format_version': 1, 'step': step, 'big': big}, sys.argv[1])\n"
@@ -179,7 +179,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
 
 
 def test_training_puts_the_signal_handlers_back(data_root, tmp_path):
-    """train.main in a process that goes on (ablate.py, a notebook, these tests) leaves SIGTERM and
+    """train.main in a process that goes on (bench.py ablate, a notebook, these tests) leaves SIGTERM and
     SIGINT as it found them. With its handler left behind, the processes forked later inherited it:
     multiprocessing.Pool.terminate's SIGTERM no longer stopped a waiting worker, and the pool's join
     hung the test suite (tokenizer.count_chunks_parallel, in a later test)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training import configurator
+from core import configurator
 import prepare
 from curation import sources
 from benchmarks import warc_files

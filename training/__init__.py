@@ -1,1 +1,1 @@
-"""Helpers of the training loop, and what every script shares: config parsing, atomic writes, device choice."""
+"""What only train.py needs: batches, optimizers and schedules, DDP ranks, loggers, a run's checkpoints."""

@@ -10,8 +10,8 @@ import json
 import numpy as np
 import torch
 
-from training import configurator
-from training import metrics
+from core import configurator
+from core import metrics
 
 
 ORDERS = ("random", "epoch")

@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-from training import tracking
+from core import tracking
 
 
 class Loggers:

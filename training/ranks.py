@@ -8,7 +8,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from training import configurator
+from core import configurator
 
 
 def micro_steps_per_rank(accumulation, world, batch_size):
@@ -40,7 +40,7 @@ def agree(ddp, device, *flags):
 class StopRequest:
     """Inside `with StopRequest() as stop:`, SIGTERM/SIGINT set stop.signal, and the loop saves
     last.pt at the end of the step and exits. The handlers found on entry come back on exit: a
-    process that goes on after training (ablate.py, a notebook, the tests) must die on SIGTERM
+    process that goes on after training (bench.py ablate, a notebook, the tests) must die on SIGTERM
     again, and so must the processes it forks later (multiprocessing.Pool.terminate stops its
     workers with SIGTERM; workers that inherited this handler ignored it, and the pool's join
     waited for them forever)."""

@@ -1,25 +1,16 @@
-"""Supervised tasks for fine-tuning: (prompt, response) pairs, the one prompt template, and the
-built-in translation task.
+"""The built-in translation task: English and Spanish verses of two public-domain Bibles, the King
+James Version and the Reina-Valera 1909, as Debian ships them (sword-text-kjv, sword-text-sparv) and
+pysword reads them, paired into prompt/response pairs for core/tasks.py's template.
 
-The template, written once here and used by prepare.py to write a task's data and by whatever
-prompts a fine-tuned model: a pair is the rendered prompt, then the response, then the end-of-text
-token. The prompt's tokens are context only (loss mask 0); the response's and the end-of-text
-token are what the model learns (mask 1), so it learns to answer and to stop. The two parts are
-encoded apart, so the prompt's tokens are exactly those a caller sends at inference.
-
-The translation task pairs English and Spanish verses of two public-domain Bibles, the King James
-Version and the Reina-Valera 1909, as Debian ships them (sword-text-kjv, sword-text-sparv) and
-pysword reads them. They share verse numbering. The split is by whole book, never by verse (near-
-identical verses recur across books: Kings and Chronicles, the Gospels): Acts is the test set;
-Ruth, Jonah, Philippians and 1 John the validation set; Mark and Hebrews stay out of every set.
+The two Bibles share verse numbering. The split is by whole book, never by verse (near-identical
+verses recur across books: Kings and Chronicles, the Gospels): Acts is the test set; Ruth, Jonah,
+Philippians and 1 John the validation set; Mark and Hebrews stay out of every set.
 """
 
-import json
 import math
 
-PROMPT_TEMPLATE = "### Prompt:\n{prompt}\n### Response:\n"
+from core.tasks import TaskError
 
-# the translation task
 SWORD_MODULES = {"en": "engKJV2006eb", "es": "spaRV1909eb"}
 DROP_CAPS = {"spaRV1909eb"}  # prints a chapter's first word in capitals ("EN el principio")
 LANGUAGE_NAMES = {"en": "English", "es": "Spanish"}
@@ -34,48 +25,6 @@ LENGTH_RATIO = (0.5, 2.0)   # a pair whose Spanish/English length ratio falls ou
 BOOK_SPLIT = {"Acts": "test", "Ruth": "val", "Jonah": "val", "Phil": "val", "1John": "val",
               "Mark": None, "Heb": None}  # OSIS names; None: in no set; any other book: train
 
-
-class TaskError(ValueError):
-    pass
-
-
-def render_prompt(prompt, template=PROMPT_TEMPLATE):
-    """The text a fine-tuned model is given for prompt: it answers after it. A checkpoint fine-tuned
-    on a task holds the template it learned (its "prompt_template"), which callers pass here."""
-    return template.format(prompt=prompt)
-
-
-def encode_pair(tokenizer, prompt, response):
-    """(ids, mask) of one pair: the rendered prompt's tokens (mask 0), then the response's and the
-    end-of-text token (mask 1)."""
-    context = tokenizer.encode(render_prompt(prompt))
-    target = tokenizer.encode(response) + [tokenizer.eot_id]
-    return context + target, [0] * len(context) + [1] * len(target)
-
-
-def read_jsonl_pairs(path, prompt_field="prompt", response_field="response"):
-    """[(prompt, response)] of a JSONL file, one object per line holding both fields as strings."""
-    pairs = []
-    try:
-        lines = open(path, encoding="utf-8").read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise TaskError(f"cannot read task file {path}: {e}") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TaskError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-        if not isinstance(item, dict) or not all(isinstance(item.get(f), str)
-                                                 for f in (prompt_field, response_field)):
-            raise TaskError(f"{path}:{number}: needs string fields {prompt_field!r} and "
-                            f"{response_field!r}")
-        pairs.append((item[prompt_field], item[response_field]))
-    return pairs
-
-
-# --------------------------------------------------------------------------- the translation task
 
 def clean_verse(text, drop_cap=False):
     """One verse as plain text: the KJV's paragraph marks gone, whitespace collapsed, and with

@@ -21,7 +21,7 @@ from multiprocessing import Pool
 import regex
 import tiktoken
 
-from training import atomic
+from core import atomic
 
 # GPT-4's (cl100k) pre-split pattern: contractions, letter runs with one leading non-letter, numbers of
 # at most 3 digits, punctuation runs, newlines, and whitespace (kept in front of the next word).

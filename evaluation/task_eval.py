@@ -1,5 +1,5 @@
 """eval.py on a fine-tuning task's folder (prepare.py with `task`): every test pair's response
-generated (greedy, or by beam search) from curation/tasks.py's template and scored with sacrebleu's corpus BLEU and chrF
+generated (greedy, or by beam search) from core/tasks.py's template and scored with sacrebleu's corpus BLEU and chrF
 per direction (or per task, when the pairs have none), beside two baselines on the same pairs:
 copying the source, and retrieval, the response of the training pair whose source shares the most
 words with the test pair's (a model that only recalls training pairs scores about that)."""
@@ -10,9 +10,9 @@ import re
 import sacrebleu
 import torch
 
-from curation import tasks
+from core import tasks
 from model import KVCache, left_pad
-from training import atomic, metrics
+from core import atomic, metrics
 
 WORD = re.compile(r"\w+")
 

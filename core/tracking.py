@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 
-from training import configurator
+from core import configurator
 
 
 def import_optional(name):

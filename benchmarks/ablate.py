@@ -1,8 +1,8 @@
-"""ablate.py: each change of the speedrun recipe measured alone against GPT-2's, and all together.
+"""bench.py ablate: each change of the speedrun recipe measured alone against GPT-2's, and all together.
 
-    python ablate.py config/cpu_demo.py                            # every variant, the demo's steps
-    python ablate.py config/cpu_demo.py --variants=gpt2,muon,all --max_iters=300
-    python ablate.py config/cpu_demo.py --variants=all,all-softcap,all-softcap-zero_init,default
+    python bench.py ablate config/cpu_demo.py                      # every variant, the demo's steps
+    python bench.py ablate config/cpu_demo.py --variants=gpt2,muon,all --max_iters=300
+    python bench.py ablate config/cpu_demo.py --variants=all,all-softcap,all-softcap-zero_init,default
 
 Every variant trains the given config with config/gpt2.py's recipe plus its change (CHANGES below;
 "all" has every change, "all-softcap" every change but softcap, "default" the config's own recipe:
@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training import atomic
-from training import configurator
-from training import hardware
-from training import metrics
+from core import atomic
+from core import configurator
+from core import hardware
+from core import metrics
 from training import optim
 import train
 
@@ -50,7 +50,7 @@ CHANGES = {
     "epoch_batches": dict(batch_order="epoch"),
 }
 VARIANTS = ["gpt2", *CHANGES, "all"]
-GPT2_CONFIG = Path(__file__).resolve().parent / "config" / "gpt2.py"
+GPT2_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gpt2.py"
 SPEC = {
     **train.SPEC,
     "variants": (",".join(VARIANTS), "comma-separated variants to train: gpt2, the CHANGES, all, "
@@ -175,7 +175,7 @@ def report(runs, progress, cfg):
 
 
 def main(argv=None):
-    cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="ablate.py")
+    cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="bench.py ablate")
     names = [n.strip() for n in cfg["variants"].split(",") if n.strip()]
     device = hardware.resolve_device(cfg["device"])
     with configurator.errors_exit(ValueError, train.TrainingStopped):
@@ -195,6 +195,3 @@ def main(argv=None):
         run.loggers.close()
     return results
 
-
-if __name__ == "__main__":
-    main()
