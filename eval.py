@@ -92,18 +92,20 @@ def evaluate_on_task(cfg, model, tokenizer, ckpt, folder, out_dir):
     decoding = ("greedy" if cfg["beam_size"] == 1 else
                 f"beam search, {cfg['beam_size']} beams, length penalty {cfg['length_penalty']}")
     lines = [f"# Evaluation of {cfg['ckpt']} on {pairs} ({decoding})", "",
-             "| pairs | system | BLEU | chrF |", "|---|---|---:|---:|"]
+             "| pairs | system | BLEU (± 95% interval) | chrF (± 95% interval) |", "|---|---|---:|---:|"]
     for group, row in scores.items():
-        lines += [f"| {group} ({row['pairs']:,}) | {name} | {row[name]['bleu']:.2f} | "
-                  f"{row[name]['chrf']:.2f} |" for name in ("model", "copy", "retrieval")]
-        print(f"{group}: {row['pairs']:,} pairs; BLEU model {row['model']['bleu']:.2f}, copy "
-              f"{row['copy']['bleu']:.2f}, retrieval {row['retrieval']['bleu']:.2f}; chrF model "
-              f"{row['model']['chrf']:.2f}", flush=True)
+        lines += [f"| {group} ({row['pairs']:,}) | {name} | {row[name]['bleu']:.2f} ± "
+                  f"{row[name]['bleu_ci95']:.2f} | {row[name]['chrf']:.2f} ± {row[name]['chrf_ci95']:.2f} |"
+                  for name in ("model", "copy", "retrieval")]
+        print(f"{group}: {row['pairs']:,} pairs; BLEU model {row['model']['bleu']:.2f} ± "
+              f"{row['model']['bleu_ci95']:.2f}, copy {row['copy']['bleu']:.2f}, retrieval "
+              f"{row['retrieval']['bleu']:.2f}; chrF model {row['model']['chrf']:.2f} ± "
+              f"{row['model']['chrf_ci95']:.2f}", flush=True)
     signatures = next(iter(scores.values()))["model"]
     lines += ["", f"BLEU signature: `{signatures['bleu_signature']}`; chrF: "
               f"`{signatures['chrf_signature']}`. Each direction's references and every system's "
               "hypotheses are in this folder, one pair per line: `sacrebleu DIRECTION.references.txt "
-              "-i DIRECTION.model.txt -m bleu chrf` gives the same numbers.", ""]
+              "-i DIRECTION.model.txt -m bleu chrf` gives the same scores (`--confidence` the intervals).", ""]
     atomic.write_text(out_dir / "report.md", "\n".join(lines))
     print(f"wrote {out_dir}/report.md", flush=True)
     log_to_tracked_run(cfg, ckpt, {"task": scores}, out_dir)

@@ -350,6 +350,9 @@ def prepare_task(cfg, out):
             for p, r, m in splits[split]))
     tokenizer.save(out / "tokenizer.json")
     atomic.write_text(out / "meta.json", json.dumps(meta, indent=1))
+    if cfg["task"] == "translation":  # the training pairs hold no verse of the other books: by content
+        checked = bibles.check_held_out(cfg["sword_root"], [out])
+        log(f"held-out check: none of {checked:,} test, validation and held-out verses in {out}'s training pairs")
     example = splits["train"][0]
     atomic.write_text(out / "report.md", "\n".join([
         f"# Task data: {cfg['task']}", "", f"Encoded with the tokenizer of `{source}`.", "",
@@ -388,6 +391,10 @@ def run(cfg):
     if meta is None:
         meta = json.loads((out / "meta.json").read_text())
     stages.run("report", data_report.write_report, out, cfg, stats, meta, tokenizer)
+    for spec in source_specs:
+        if spec["kind"] == "bible":  # its training books' text, and none of the others': by content
+            checked = bibles.check_held_out(spec["sword_root"], [out])
+            log(f"held-out check: none of {checked:,} test, validation and held-out verses in {out}")
     log(f"wrote {out}/: train.bin {meta['splits']['train']['tokens']:,} tokens, val.bin "
         f"{meta['splits']['val']['tokens']:,} tokens, vocab {meta['vocab_size']:,}; see {out}/report.md")
     if stages.timings:

@@ -7,9 +7,16 @@ verses recur across books: Kings and Chronicles, the Gospels): Acts is the test 
 Philippians and 1 John the validation set; Mark and Hebrews stay out of every set.
 """
 
+import gzip
+import json
 import math
+import re
+from pathlib import Path
+
+import numpy as np
 
 from core.tasks import TaskError
+from core.tokenizer import EOT, Tokenizer
 
 SWORD_MODULES = {"en": "engKJV2006eb", "es": "spaRV1909eb"}
 DROP_CAPS = {"spaRV1909eb"}  # prints a chapter's first word in capitals ("EN el principio")
@@ -22,6 +29,9 @@ SHIFT_MARGIN = 0.8          # a chapter the two editions number differently (the
                             # edition's next or previous one matches their lengths this much better
 LENGTH_RATIO = (0.5, 2.0)   # a pair whose Spanish/English length ratio falls outside (1% and 99%
                             # of pairs: 0.65 and 1.32)
+WORD = re.compile(r"\w+")
+LEAK_MIN_WORDS = 6          # a held-out verse of fewer words ("Jesus wept.") is a common phrase, not
+                            # a leak, and is not looked for
 BOOK_SPLIT = {"Acts": "test", "Ruth": "val", "Jonah": "val", "Phil": "val", "1John": "val",
               "Mark": None, "Heb": None}  # OSIS names; None: in no set; any other book: train
 
@@ -146,3 +156,78 @@ def translation_task(root):
     counts = {"aligned_verses": len(rows), **{f"dropped_{k}": v for k, v in dropped.items()},
               **{f"{split}_verses": len(r) for split, r in splits.items()}}
     return {split: translation_pairs(r) for split, r in splits.items()}, counts
+
+
+# ------------------------------------------------------------------ the held-out books, by content
+
+def verse_words(text):
+    """A text's lower-case words: what two copies of a verse share, whatever the spacing and case."""
+    return tuple(WORD.findall(text.lower()))
+
+
+def find_leaks(held_out, documents):
+    """[(verse key, document name)] for each held-out verse ({key: words}) whose words stand in a
+    document in order and together; documents: (name, text) pairs."""
+    index = {}
+    for key, words in held_out.items():
+        index.setdefault(words[:LEAK_MIN_WORDS], []).append((key, words))
+    leaks = []
+    for name, text in documents:
+        words = verse_words(text)
+        for i in range(len(words) - LEAK_MIN_WORDS + 1):
+            for key, verse in index.get(words[i:i + LEAK_MIN_WORDS], ()):
+                if words[i:i + len(verse)] == verse:
+                    leaks.append((key, name))
+    return leaks
+
+
+def held_out_verses(verses_of):
+    """{(language, book, chapter, verse): words} of the verses no training text may hold: those of
+    the test, validation and held-out books (BOOK_SPLIT) in each language ({language: verses}) of
+    LEAK_MIN_WORDS words or more, less any that the training books' own text holds (the Gospels
+    and Kings repeat verses word for word: such a verse is training text whatever its book)."""
+    candidates, training = {}, []
+    for language, verses in verses_of.items():
+        chapters = {}
+        for (book, chapter, verse), text in verses.items():
+            if BOOK_SPLIT.get(book, "train") == "train":
+                chapters.setdefault((book, chapter), []).append(text)
+            elif len(verse_words(text)) >= LEAK_MIN_WORDS:
+                candidates[(language, book, chapter, verse)] = verse_words(text)
+        training += [(f"{language}:{book}.{chapter}", "\n".join(texts))
+                     for (book, chapter), texts in chapters.items()]
+    shared = {key for key, _ in find_leaks(candidates, training)}
+    return {key: words for key, words in candidates.items() if key not in shared}
+
+
+def training_texts(folder):
+    """(name, text) of everything a prepared folder trains on: a corpus's curated shards (the
+    tokenizer's corpus) and its train.bin and val.bin decoded, or a task's train.bin decoded and
+    its train.jsonl pairs (a task's val.bin and val.jsonl hold the validation books by design)."""
+    folder = Path(folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    for shard in sorted((folder / "curated").glob("*.jsonl.gz")):
+        with gzip.open(shard, "rt", encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                yield f"{shard.relative_to(folder.parent)}:{number}", json.loads(line)["text"]
+    tokenizer = Tokenizer.load(folder / meta.get("tokenizer", "tokenizer.json"))
+    for split in ("train",) if "task" in meta else ("train", "val"):
+        ids = np.fromfile(folder / f"{split}.bin", dtype=meta["dtype"]).tolist()
+        for number, text in enumerate(tokenizer.decode(ids).split(EOT)):
+            yield f"{folder.name}/{split}.bin, document {number}", text
+    if (folder / "train.jsonl").exists():
+        for number, line in enumerate((folder / "train.jsonl").read_text(encoding="utf-8").splitlines(), 1):
+            pair = json.loads(line)
+            yield f"{folder.name}/train.jsonl:{number}", pair["prompt"] + "\n" + pair["response"]
+
+
+def check_held_out(root, folders):
+    """Raise a TaskError naming the first leaks if any test, validation or held-out verse of the
+    Bibles under root stands in what the prepared folders train on."""
+    verses_of = {lang: read_bible(root, module) for lang, module in SWORD_MODULES.items()}
+    held_out = held_out_verses(verses_of)
+    leaks = [leak for folder in folders for leak in find_leaks(held_out, training_texts(folder))]
+    if leaks:
+        shown = "; ".join(f"{' '.join(map(str, key))} in {name}" for key, name in leaks[:5])
+        raise TaskError(f"{len(leaks)} held-out verse(s) found in training text: {shown}")
+    return len(held_out)

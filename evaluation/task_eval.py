@@ -145,11 +145,22 @@ def retrieve(train_sources, train_responses, sources, chunk=256):
     return found
 
 
+# sacrebleu's bootstrap: the pairs resampled with replacement this many times (its fixed seed, so
+# the same hypotheses give the same interval); the 95% interval is the 2.5th to 97.5th percentile
+BOOTSTRAP_RESAMPLES = 1000
+
+
 def corpus_scores(hypotheses, references):
+    """Corpus BLEU and chrF with their signatures, and each one's 95% bootstrap interval (the
+    score is the corpus score itself, not the resamples' mean)."""
     bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
-    return {"bleu": bleu.corpus_score(hypotheses, [references]).score,
-            "chrf": chrf.corpus_score(hypotheses, [references]).score,
-            "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}
+    result = {}
+    for name, metric in (("bleu", bleu), ("chrf", chrf)):
+        score = metric.corpus_score(hypotheses, [references], n_bootstrap=BOOTSTRAP_RESAMPLES)
+        # sacrebleu keeps the interval's half width in _ci (half the 2.5-97.5 percentile range)
+        result[name], result[f"{name}_ci95"] = score.score, score._ci
+    return {**result, "bleu_signature": str(bleu.get_signature()),
+            "chrf_signature": str(chrf.get_signature())}
 
 
 def evaluate_task(model, tokenizer, folder, pairs_file, out_dir, batch_size, beam_size=1,

@@ -2,6 +2,7 @@
 book split (on a small fixture, and on Debian's modules where they are installed), and prepare.py
 writing a task's data that train.py then fine-tunes on."""
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ from curation import sources
 from core import tasks
 from model import GPT, GPTConfig
 from core.tokenizer import Tokenizer
+from test_prepare import config as prepare_config
+from test_prepare import make_corpus, prose_doc
 from test_train import args, run
 from core import checkpoint, configurator, metrics
 from evaluation import task_eval
@@ -297,3 +300,90 @@ def test_a_task_needs_the_pretrained_tokenizer_and_its_files(tmp_path, capsys):
     assert f"checkpoint {tmp_path / 'x.pt'} does not exist" in capsys.readouterr().err
     with pytest.raises(checkpoint.CheckpointError):
         checkpoint.load(tmp_path / "x.pt")
+
+
+def test_held_out_verses_are_found_by_their_words_wherever_they_stand():
+    """The content check: a test, validation or held-out verse is found in any text by its words,
+    whatever its case and spacing; one that a training book also holds word for word is training
+    text, and one shorter than LEAK_MIN_WORDS is too common to look for."""
+    english = {**ENGLISH, ("Mark", 1, 2): "And God said, Let there be light: and there was light.",
+               ("Mark", 1, 3): "Jesus wept."}
+    held_out = bibles.held_out_verses({"en": english, "es": SPANISH})
+    assert set(held_out) == {("en", "Ruth", 1, 1), ("en", "Mark", 1, 1), ("en", "Acts", 1, 1),
+                             ("en", "Acts", 1, 2), ("en", "Heb", 1, 1), ("es", "Ruth", 1, 1),
+                             ("es", "Mark", 1, 1), ("es", "Acts", 1, 1)}  # es Heb 1:1: 5 words
+    documents = [("clean", "\n".join(english[key] for key in english if key[0] in ("Gen", "Rev"))),
+                 ("planted", "Some prose. the FORMER treatise  have I made,\nO Theophilus, and more."),
+                 ("cut short", "The former treatise have I made, O")]
+    assert bibles.find_leaks(held_out, documents) == [(("en", "Acts", 1, 1), "planted")]
+
+
+def test_prepare_checks_its_training_text_for_held_out_verses_by_content(tmp_path, monkeypatch):
+    """prepare.py with a bible source checks the shards, bins and tokenizer corpus it wrote: a clean
+    corpus passes, an Acts verse planted in another source's document stops it with the verse and
+    the file named, and one planted in train.bin afterwards is found there too."""
+    english = {**ENGLISH, **{("Jonah", *key): text for key, text in JONAH.items()}}
+    editions = {bibles.SWORD_MODULES["en"]: english, bibles.SWORD_MODULES["es"]: SPANISH}
+    monkeypatch.setattr(bibles, "read_bible", lambda root, module: editions[module])
+    (tmp_path / "corpus").mkdir()
+    corpus = make_corpus(tmp_path / "corpus")
+    bible_source = dict(kind="bible", name="bible", languages=["en", "es"], weight=0.1)
+    clean = prepare.run(prepare_config(corpus, tmp_path / "data", dataset="clean", vocab_size=300,
+                                       sources=[dict(kind="jsonl", name="prose", weight=1.0,
+                                                     paths=[str(corpus / "docs.jsonl")]), bible_source]))
+    assert bibles.check_held_out("unused", [clean]) > 0
+    with open(corpus / "docs.jsonl", "a") as f:  # a document of ordinary prose that quotes Acts 1:1
+        f.write(json.dumps({"id": "quote", "text": prose_doc(random.Random(7)) + " " + ENGLISH["Acts", 1, 1]
+                            + " " + prose_doc(random.Random(8))}) + "\n")
+    with pytest.raises(tasks.TaskError, match=r"held-out verse\(s\) found in training text: en Acts 1 1 "
+                                              r"in planted/curated/prose-00000.jsonl.gz"):
+        prepare.run(prepare_config(corpus, tmp_path / "data", dataset="planted", vocab_size=300,
+                                   sources=[dict(kind="jsonl", name="prose", weight=1.0,
+                                                 paths=[str(corpus / "docs.jsonl")]), bible_source]))
+    tokenizer = Tokenizer.load(clean / "tokenizer.json")
+    meta = json.loads((clean / "meta.json").read_text())
+    planted = np.concatenate([np.fromfile(clean / "train.bin", dtype=meta["dtype"]),
+                              np.array(tokenizer.encode(SPANISH["Acts", 1, 1]), dtype=meta["dtype"])])
+    planted.tofile(clean / "train.bin")
+    with pytest.raises(tasks.TaskError, match=r"es Acts 1 1 in clean/train.bin"):
+        bibles.check_held_out("unused", [clean])
+
+
+def test_the_translation_task_checks_its_training_pairs_by_content(data_root, tmp_path, monkeypatch):
+    """prepare.py's translation task: the pairs of the training books pass the content check; with
+    the book split broken so that every book lands in the training pairs, it stops and names the
+    first verses found (the validation book Ruth's, then Mark's)."""
+    english = {**ENGLISH, **{("Jonah", *key): text for key, text in JONAH.items()}}
+    editions = {bibles.SWORD_MODULES["en"]: english, bibles.SWORD_MODULES["es"]: SPANISH}
+    monkeypatch.setattr(bibles, "read_bible", lambda root, module: editions[module])
+    task = ["--task=translation", f"--data_root={tmp_path}",
+            f"--tokenizer_from={data_root / 'tiny' / 'tokenizer.json'}"]
+    out = prepare.run(configurator.parse(prepare.SPEC, task + ["--dataset=clean"]))
+    assert [json.loads(line)["book"] for line in (out / "train.jsonl").read_text().splitlines()] == ["Gen"] * 4
+    split = bibles.split_by_book
+    monkeypatch.setattr(bibles, "split_by_book", lambda rows: {**split(rows), "train": rows})
+    with pytest.raises(tasks.TaskError, match=r"held-out verse\(s\) found in training text: en Ruth 1 1 "
+                                              r"in leaky/train\.bin, document 4"):
+        prepare.run(configurator.parse(prepare.SPEC, task + ["--dataset=leaky"]))
+
+
+def test_each_score_comes_with_its_95_percent_bootstrap_interval(tmp_path):
+    """corpus_scores' intervals are sacrebleu's paired bootstrap (1,000 resamples, its fixed seed):
+    the command line's --confidence gives the same half widths, and the scores are the corpus
+    scores themselves; a system that scores every pair alike has no spread."""
+    rng = random.Random(0)
+    words = ["el", "la", "de", "que", "y", "a", "en", "los", "se", "del"]
+    references = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(60)]
+    hypotheses = [" ".join(w if rng.random() < 0.6 else rng.choice(words) for w in r.split())
+                  for r in references]
+    scores = task_eval.corpus_scores(hypotheses, references)
+    (tmp_path / "refs.txt").write_text("\n".join(references) + "\n")
+    (tmp_path / "hyps.txt").write_text("\n".join(hypotheses) + "\n")
+    command = subprocess.run([sys.executable, "-m", "sacrebleu", str(tmp_path / "refs.txt"), "-i",
+                              str(tmp_path / "hyps.txt"), "-m", "bleu", "chrf", "--confidence", "-w", "4"],
+                             capture_output=True, text=True, check=True)
+    bleu, chrf = json.loads(command.stdout)
+    assert (round(scores["bleu"], 4), round(scores["bleu_ci95"], 4)) == (bleu["score"], bleu["confidence_var"])
+    assert (round(scores["chrf"], 4), round(scores["chrf_ci95"], 4)) == (chrf["score"], chrf["confidence_var"])
+    assert 0 < scores["bleu_ci95"] < scores["bleu"] and "bs:1000" in scores["bleu_signature"]
+    assert task_eval.corpus_scores(references, references)["bleu_ci95"] == 0.0
