@@ -7,7 +7,7 @@ REQUIREMENTS ?= requirements.txt requirements-extra.txt
 LOCK         ?= requirements.lock
 PIP_OPTIONS  ?=
 
-.PHONY: setup browser bibles demo test lock clean
+.PHONY: setup browser bibles demo translate test lock clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: $(REQUIREMENTS) $(LOCK)
@@ -20,6 +20,11 @@ demo: setup
 	$(BIN)/python prepare.py
 	$(BIN)/python train.py config/cpu_demo.py
 	$(BIN)/python eval.py --ckpt out/best.pt
+
+# The English <-> Spanish translator from raw text to BLEU on Acts (benchmarks/translate.py); a
+# rerun resumes where a killed one stopped.
+translate: setup bibles
+	$(BIN)/python bench.py translate
 
 # Headless Chromium for tests/test_playground.py, from Debian's packages where apt-get works (as root);
 # elsewhere that test is skipped and says why.

@@ -24,7 +24,7 @@ if not torch.cuda.is_available() and sys.argv[1:2] != ["kernel_compile"]:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from benchmarks import ablate, cpu, data_pipeline, gpu, gpu_run, harness, kernel_compile  # noqa: E402
-from benchmarks import scripts, soak  # noqa: E402
+from benchmarks import scripts, soak, translate  # noqa: E402
 from core import configurator  # noqa: E402
 
 # bench.py's options, for the suites that have none of their own
@@ -82,8 +82,10 @@ SUITES = {
                        "shared memory", kernel_compile.main),
     "gpu_run": ("on a GPU machine, within a time budget: tests, kernels, mini_lm's training, "
                 "evaluation and fine-tune, every figure into summary.json", gpu_run.main),
+    "translate": ("the English <-> Spanish translator from raw text to BLEU on Acts, resumable "
+                  "(make translate)", translate.main),
 }
-OWN_OPTIONS = {"ablate", "kernel_compile", "gpu_run"}
+OWN_OPTIONS = {"ablate", "kernel_compile", "gpu_run", "translate"}
 
 
 def usage():

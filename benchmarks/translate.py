@@ -1,0 +1,140 @@
+"""bench.py translate: the English <-> Spanish translator from raw text to scores, in one command.
+
+    make translate                                    # the same, after make setup and make bibles
+    python bench.py translate                         # every stage; a rerun resumes where it stopped
+    python bench.py translate --out_dir=out/t2 --pretrain=config/translate_pretrain.py
+
+The stages, each run in this process and marked done in out_dir/progress.json when it ends, so a
+killed run starts again at the stage it was in (a training stage from its last.pt):
+  corpus     prepare.py with the corpus config (--corpus): the pretraining text and its tokenizer,
+             checked by content for held-out verses (curation/bibles.py)
+  task       prepare.py's translation task in that tokenizer, checked the same way
+  pretrain   train.py with --pretrain on the corpus
+  finetune   train.py with --finetune on the task, from the pretrained best.pt
+  validate   eval.py on the validation books (Ruth, Jonah, Philippians, 1 John)
+  test       eval.py on Acts: BLEU and chrF per direction with 95% intervals, beside copying the
+             source and retrieving the closest training verse's translation
+Before each stage it prints the stage, the minutes spent and the minutes left of --budget_minutes;
+train.py prints its steps. At the end the scores go to out_dir/summary.json and are printed, with
+sacrebleu's signatures; the hypotheses are in out_dir/test/, for `sacrebleu` on the command line.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import eval as eval_script
+import prepare
+import train
+from core import atomic, configurator
+
+SPEC = {
+    "out_dir": ("out/translate", "progress.json, summary.json, each stage's checkpoints and reports"),
+    "data_root": ("data", "parent folder of the prepared corpus and task"),
+    "corpus": ("config/translate_corpus.py", "prepare.py config of the pretraining corpus"),
+    "pretrain": ("config/translate_pretrain.py", "train.py config of the pretraining"),
+    "finetune": ("config/translate_finetune.py", "train.py config of the fine-tune"),
+    "beam_size": (2, "beams when answering the validation and test verses (1: greedy)"),
+    "length_penalty": (1.5, "beam search's length normalisation"),
+    "batch_size": (64, "verses answered together"),
+    "budget_minutes": (60.0, "the whole run: printed as minutes left before each stage, and the "
+                             "training stages stop early (max_minutes) to keep within it"),
+    "sword_root": ("/usr/share/sword", "the folder of the SWORD Bible modules"),
+    "extra": ("", "train.py options added to both training stages, space-separated (the tests "
+                  "shrink the model with it)"),
+}
+STAGES = ("corpus", "task", "pretrain", "finetune", "validate", "test")
+# minutes each stage after training needs on 2 CPU cores, kept from the budget of the training
+# before it (the evaluations answer 662 and 2,012 verses)
+RESERVED = {"pretrain": 16.0, "finetune": 3.0}
+
+
+def stage_paths(cfg):
+    out, data = Path(cfg["out_dir"]), Path(cfg["data_root"])
+    corpus = configurator.parse(prepare.SPEC, [cfg["corpus"]])["dataset"]
+    return {"corpus": data / corpus, "task": data / f"{corpus}_task", "pretrain": out / "pretrain",
+            "finetune": out / "finetune", "validate": out / "validate", "test": out / "test"}
+
+
+def training_arguments(cfg, stage, paths, minutes_left):
+    """train.py's arguments for a training stage: resume from its last.pt if a killed run left one,
+    and stop in time for the stages after it."""
+    config = cfg[stage]
+    data = paths["corpus"] if stage == "pretrain" else paths["task"]
+    arguments = [config, f"--data_root={data.parent}", f"--dataset={data.name}",
+                 f"--out_dir={paths[stage]}", "--tensorboard=False",
+                 f"--max_minutes={max(0.5, minutes_left - RESERVED[stage]):.2f}", *cfg["extra"].split()]
+    if (paths[stage] / "last.pt").exists():
+        arguments.append("--init_from=resume")
+    elif stage == "finetune":
+        arguments.append(f"--init_from={paths['pretrain'] / 'best.pt'}")
+    return arguments
+
+
+def run_stage(stage, cfg, paths, minutes_left):
+    """Run one stage; returns what summary.json keeps of it."""
+    if stage in ("corpus", "task"):
+        options = ([cfg["corpus"]] if stage == "corpus" else
+                   ["--task=translation", f"--tokenizer_from={paths['corpus'] / 'tokenizer.json'}"])
+        folder = paths[stage]
+        prepare.run(configurator.parse(prepare.SPEC, [*options, f"--data_root={folder.parent}",
+                                                      f"--dataset={folder.name}",
+                                                      f"--sword_root={cfg['sword_root']}"]))
+        return json.loads((folder / "meta.json").read_text())["splits"]
+    if stage in ("pretrain", "finetune"):
+        train.main(training_arguments(cfg, stage, paths, minutes_left))
+        return {"best_val_loss": min(r["val_loss"] for r in read_log(paths[stage], "eval"))}
+    result = eval_script.main([f"--ckpt={paths['finetune'] / 'best.pt'}", f"--out_dir={paths[stage]}",
+                               f"--task_split={'val' if stage == 'validate' else 'test'}",
+                               f"--beam_size={cfg['beam_size']}", f"--length_penalty={cfg['length_penalty']}",
+                               f"--batch_size={cfg['batch_size']}", "--tensorboard=False", "--track=False"])
+    return {direction: {system: {k: v for k, v in scores[system].items()}
+                        for system in ("model", "copy", "retrieval")}
+            for direction, scores in result["task"].items()}
+
+
+def read_log(folder, kind):
+    return [r for r in map(json.loads, (folder / "log.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def report(summary):
+    """The test scores as the lines a user reads: per direction, the model beside the baselines."""
+    lines = []
+    for direction, systems in summary["stages"]["test"]["result"].items():
+        model = systems["model"]
+        lines.append(f"{direction}: BLEU {model['bleu']:.2f} ± {model['bleu_ci95']:.2f}, chrF "
+                     f"{model['chrf']:.2f} ± {model['chrf_ci95']:.2f}; retrieval BLEU "
+                     f"{systems['retrieval']['bleu']:.2f} ± {systems['retrieval']['bleu_ci95']:.2f}, "
+                     f"chrF {systems['retrieval']['chrf']:.2f}; copy BLEU {systems['copy']['bleu']:.2f}, "
+                     f"chrF {systems['copy']['chrf']:.2f}")
+    model = next(iter(summary["stages"]["test"]["result"].values()))["model"]
+    return lines + [f"BLEU: {model['bleu_signature']}", f"chrF: {model['chrf_signature']}"]
+
+
+def main(argv=None):
+    cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="bench.py translate")
+    paths = stage_paths(cfg)
+    out = Path(cfg["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    progress_file = out / "progress.json"
+    summary = (json.loads(progress_file.read_text()) if progress_file.exists()
+               else {"config": cfg, "stages": {}})
+    for number, stage in enumerate(STAGES, 1):
+        spent = sum(s["seconds"] for s in summary["stages"].values()) / 60
+        if stage in summary["stages"]:
+            print(f"[{number}/{len(STAGES)} {stage}] done earlier", flush=True)
+            continue
+        left = cfg["budget_minutes"] - spent
+        print(f"\n[{number}/{len(STAGES)} {stage}] {spent:.1f} minutes spent, {left:.1f} of "
+              f"{cfg['budget_minutes']:.0f} left", flush=True)
+        start = time.time()
+        result = run_stage(stage, cfg, paths, left)
+        summary["stages"][stage] = {"seconds": round(time.time() - start, 1), "result": result}
+        atomic.write_text(progress_file, json.dumps(summary, indent=1, default=str))
+    minutes = sum(s["seconds"] for s in summary["stages"].values()) / 60
+    lines = [f"translate: {minutes:.1f} minutes in all (" + ", ".join(
+        f"{stage} {s['seconds'] / 60:.1f}" for stage, s in summary["stages"].items()) + ")", *report(summary)]
+    print("\n".join(lines), flush=True)
+    atomic.write_text(out / "summary.json", json.dumps({**summary, "minutes": minutes, "lines": lines},
+                                                       indent=1, default=str))
+    return 0
