@@ -5,7 +5,8 @@
     python bench.py translate --out_dir=out/t2 --pretrain=config/translate_pretrain.py
 
 The stages, each run in this process and marked done in out_dir/progress.json when it ends, so a
-killed run starts again at the stage it was in (a training stage from its last.pt):
+killed run starts again at the stage it was in (a training stage from its last.pt; remove out_dir
+to start over, after changing a config say):
   corpus     prepare.py with the corpus config (--corpus): the pretraining text and its tokenizer,
              checked by content for held-out verses (curation/bibles.py)
   task       prepare.py's translation task in that tokenizer, checked the same way
@@ -88,8 +89,7 @@ def run_stage(stage, cfg, paths, minutes_left):
                                f"--task_split={'val' if stage == 'validate' else 'test'}",
                                f"--beam_size={cfg['beam_size']}", f"--length_penalty={cfg['length_penalty']}",
                                f"--batch_size={cfg['batch_size']}", "--tensorboard=False", "--track=False"])
-    return {direction: {system: {k: v for k, v in scores[system].items()}
-                        for system in ("model", "copy", "retrieval")}
+    return {direction: {system: scores[system] for system in ("model", "copy", "retrieval")}
             for direction, scores in result["task"].items()}
 
 
