@@ -400,10 +400,11 @@ def log_step(run, state, lr, loss, grad_norm, seconds):
     tokens_per_s = run.tokens_per_step / seconds
     mfu = run.flops_per_token * tokens_per_s / run.peak_flops if run.peak_flops else None
     memory_gb = hardware.peak_memory_gb(run.device)
+    minutes_left = (run.cfg["max_iters"] - state.iter_num) * seconds / 60  # at this step's pace
     print(f"iter {state.iter_num}: loss {loss:.4f}, lr {lr:.2e}, grad norm {grad_norm:.3f}, "
           f"{seconds * 1000:.0f} ms, {tokens_per_s:,.0f} tokens/s"
-          + (f", MFU {mfu:.1%}" if mfu is not None else "") + f", memory {memory_gb:.2f} GB",
-          flush=True)
+          + (f", MFU {mfu:.1%}" if mfu is not None else "") + f", memory {memory_gb:.2f} GB, "
+          f"~{minutes_left:.1f} min to step {run.cfg['max_iters']:,}", flush=True)
     values = {"loss/train_step": loss, "lr": lr, "grad_norm": grad_norm,
               "tokens_per_s": tokens_per_s, "memory_gb": memory_gb}
     if mfu is not None:
