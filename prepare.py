@@ -83,6 +83,9 @@ SPEC = {
     "tokenizer_from": ("", "task: the pretrained checkpoint (.pt) or tokenizer.json whose tokenizer "
                            "encodes the pairs"),
     "sword_root": ("/usr/share/sword", "translation: the folder of the SWORD Bible modules"),
+    "book_split": ({}, "translation and bible sources: changes to the split of the Bibles' books "
+                       "(curation/bibles.py BOOK_SPLIT), e.g. \"{'Luke': 'test', 'Acts': None}\" to "
+                       "test on a Gospel instead of Acts"),
 }
 TASK_KEYS = {"task", "task_files", "tokenizer_from", "sword_root"}  # prepare_task's; no stage's
 
@@ -90,7 +93,7 @@ TASK_KEYS = {"task", "task_files", "tokenizer_from", "sword_root"}  # prepare_ta
 STAGE_KEYS = {
     "curate": ["sources", "target_tokens", "collect_bytes_per_token", "redact_pii", "disabled_filters",
                *filters.SETTINGS, "dedup_exact", "minhash_threshold", "minhash_num_perm",
-               "minhash_shingle_words", "docs_per_shard", "report_examples"],
+               "minhash_shingle_words", "docs_per_shard", "report_examples", "book_split"],
     "tokenizer": ["vocab_size", "tokenizer_sample_bytes", "tokenizer_pattern"],
     "encode": ["target_tokens", "val_fraction"],
     "report": [],
@@ -306,7 +309,7 @@ def write_tokens(path, values, dtype):
 def task_pairs(cfg):
     """({split: [(prompt, response, meta)]}, counts) of the configured task."""
     if cfg["task"] == "translation":
-        return bibles.translation_task(cfg["sword_root"])
+        return bibles.translation_task(cfg["sword_root"], bibles.book_split(cfg["book_split"]))
     if cfg["task"] != "pairs":
         raise configurator.ConfigError(f"task={cfg['task']!r} must be 'translation' or 'pairs'")
     if not isinstance(cfg["task_files"], dict) or not cfg["task_files"].get("train"):
@@ -351,7 +354,7 @@ def prepare_task(cfg, out):
     tokenizer.save(out / "tokenizer.json")
     atomic.write_text(out / "meta.json", json.dumps(meta, indent=1))
     if cfg["task"] == "translation":  # the training pairs hold no verse of the other books: by content
-        checked = bibles.check_held_out(cfg["sword_root"], [out])
+        checked = bibles.check_held_out(cfg["sword_root"], [out], bibles.book_split(cfg["book_split"]))
         log(f"held-out check: none of {checked:,} test, validation and held-out verses in {out}'s training pairs")
     example = splits["train"][0]
     atomic.write_text(out / "report.md", "\n".join([
@@ -373,7 +376,8 @@ def run(cfg):
     out.mkdir(parents=True, exist_ok=True)
     if cfg["task"]:
         return prepare_task(cfg, out)
-    source_specs = sources_mod.resolve_sources(cfg["sources"])
+    source_specs = [{**spec, "book_split": spec["book_split"] or cfg["book_split"]} if spec["kind"] == "bible"
+                    else spec for spec in sources_mod.resolve_sources(cfg["sources"])]
     if not 0 < cfg["val_fraction"] < 1:
         raise configurator.ConfigError(f"val_fraction={cfg['val_fraction']} must be in (0, 1)")
     unknown = set(cfg["disabled_filters"]) - set(filters.PROSE_RULES) - set(filters.CODE_RULES)
@@ -393,7 +397,7 @@ def run(cfg):
     stages.run("report", data_report.write_report, out, cfg, stats, meta, tokenizer)
     for spec in source_specs:
         if spec["kind"] == "bible":  # its training books' text, and none of the others': by content
-            checked = bibles.check_held_out(spec["sword_root"], [out])
+            checked = bibles.check_held_out(spec["sword_root"], [out], bibles.book_split(spec["book_split"]))
             log(f"held-out check: none of {checked:,} test, validation and held-out verses in {out}")
     log(f"wrote {out}/: train.bin {meta['splits']['train']['tokens']:,} tokens, val.bin "
         f"{meta['splits']['val']['tokens']:,} tokens, vocab {meta['vocab_size']:,}; see {out}/report.md")

@@ -41,6 +41,9 @@ SPEC = {
     "budget_minutes": (60.0, "the whole run: printed as minutes left before each stage, and the "
                              "training stages stop early (max_minutes) to keep within it"),
     "sword_root": ("/usr/share/sword", "the folder of the SWORD Bible modules"),
+    "book_split": ({}, "changes to the Bibles' book split for both prepare.py stages, e.g. "
+                       "\"{'Luke': 'test', 'Acts': None}\": a check on a Gospel, whose verses the "
+                       "other Gospels echo (use another out_dir and corpus dataset)"),
     "extra": ("", "train.py options added to both training stages, space-separated (the tests "
                   "shrink the model with it)"),
 }
@@ -80,7 +83,8 @@ def run_stage(stage, cfg, paths, minutes_left):
         folder = paths[stage]
         prepare.run(configurator.parse(prepare.SPEC, [*options, f"--data_root={folder.parent}",
                                                       f"--dataset={folder.name}",
-                                                      f"--sword_root={cfg['sword_root']}"]))
+                                                      f"--sword_root={cfg['sword_root']}",
+                                                      f"--book_split={cfg['book_split']!r}"]))
         return json.loads((folder / "meta.json").read_text())["splits"]
     if stage in ("pretrain", "finetune"):
         train.main(training_arguments(cfg, stage, paths, minutes_left))

@@ -34,6 +34,7 @@ LEAK_MIN_WORDS = 6          # a held-out verse of fewer words ("Jesus wept.") is
                             # a leak, and is not looked for
 BOOK_SPLIT = {"Acts": "test", "Ruth": "val", "Jonah": "val", "Phil": "val", "1John": "val",
               "Mark": None, "Heb": None}  # OSIS names; None: in no set; any other book: train
+SPLITS = ("train", "val", "test", None)
 
 
 def clean_verse(text, drop_cap=False):
@@ -127,11 +128,22 @@ def aligned_verses(english, spanish):
     return rows, dropped
 
 
-def split_by_book(rows):
-    """{"train": rows, "val": rows, "test": rows}: each row in its book's set (BOOK_SPLIT)."""
+def book_split(changes=None):
+    """BOOK_SPLIT with changes laid over it ({OSIS book name: "train", "val", "test" or None}): a
+    check of one's own, such as a Gospel held out as the test book ({"Luke": "test", "Acts": None})."""
+    changes = dict(changes or {})
+    wrong = {book: split for book, split in changes.items() if split not in SPLITS}
+    if wrong:
+        raise TaskError(f"book_split: {wrong}: each book's set must be 'train', 'val', 'test' or None")
+    return {**BOOK_SPLIT, **changes}
+
+
+def split_by_book(rows, split_of=BOOK_SPLIT):
+    """{"train": rows, "val": rows, "test": rows}: each row in its book's set (split_of, a
+    book_split(); any book it does not name trains)."""
     splits = {"train": [], "val": [], "test": []}
     for row in rows:
-        split = BOOK_SPLIT.get(row[0][0], "train")
+        split = split_of.get(row[0][0], "train")
         if split:
             splits[split].append(row)
     return splits
@@ -148,11 +160,15 @@ def translation_pairs(rows):
     return pairs
 
 
-def translation_task(root):
+def translation_task(root, split_of=BOOK_SPLIT):
     """{split: [(prompt, response, meta)]} of the translation task, and what reading it counted."""
     english, spanish = (read_bible(root, SWORD_MODULES[lang]) for lang in ("en", "es"))
+    unknown = set(split_of) - set(BOOK_SPLIT) - {book for book, _, _ in english}  # a changed name
+    if unknown:
+        raise TaskError(f"book_split names book(s) the Bible does not have: {sorted(unknown)} (OSIS "
+                        "names: Gen, Exod, ..., Matt, Mark, Luke, John, Acts, ...)")
     rows, dropped = aligned_verses(english, spanish)
-    splits = split_by_book(rows)
+    splits = split_by_book(rows, split_of)
     counts = {"aligned_verses": len(rows), **{f"dropped_{k}": v for k, v in dropped.items()},
               **{f"{split}_verses": len(r) for split, r in splits.items()}}
     return {split: translation_pairs(r) for split, r in splits.items()}, counts
@@ -181,16 +197,16 @@ def find_leaks(held_out, documents):
     return leaks
 
 
-def held_out_verses(verses_of):
+def held_out_verses(verses_of, split_of=BOOK_SPLIT):
     """{(language, book, chapter, verse): words} of the verses no training text may hold: those of
-    the test, validation and held-out books (BOOK_SPLIT) in each language ({language: verses}) of
+    the test, validation and held-out books (split_of) in each language ({language: verses}) of
     LEAK_MIN_WORDS words or more, less any that the training books' own text holds (the Gospels
     and Kings repeat verses word for word: such a verse is training text whatever its book)."""
     candidates, training = {}, []
     for language, verses in verses_of.items():
         chapters = {}
         for (book, chapter, verse), text in verses.items():
-            if BOOK_SPLIT.get(book, "train") == "train":
+            if split_of.get(book, "train") == "train":
                 chapters.setdefault((book, chapter), []).append(text)
             elif len(verse_words(text)) >= LEAK_MIN_WORDS:
                 candidates[(language, book, chapter, verse)] = verse_words(text)
@@ -221,11 +237,11 @@ def training_texts(folder):
             yield f"{folder.name}/train.jsonl:{number}", pair["prompt"] + "\n" + pair["response"]
 
 
-def check_held_out(root, folders):
+def check_held_out(root, folders, split_of=BOOK_SPLIT):
     """Raise a TaskError naming the first leaks if any test, validation or held-out verse of the
-    Bibles under root stands in what the prepared folders train on."""
+    Bibles under root (split_of) stands in what the prepared folders train on."""
     verses_of = {lang: read_bible(root, module) for lang, module in SWORD_MODULES.items()}
-    held_out = held_out_verses(verses_of)
+    held_out = held_out_verses(verses_of, split_of)
     leaks = [leak for folder in folders for leak in find_leaks(held_out, training_texts(folder))]
     if leaks:
         shown = "; ".join(f"{' '.join(map(str, key))} in {name}" for key, name in leaks[:5])

@@ -24,10 +24,12 @@ Kinds (fields beyond kind, name and weight):
 - git:          repos (URLs or paths git can clone), languages=["python"] (repos.LANGUAGES),
                 licenses=repos.PERMISSIVE (SPDX ids kept), branch=None, cache_dir, max_file_bytes,
                 clone_timeout (repos.py: license detection, vendored/generated/minified rules)
-- bible:        sword_root="/usr/share/sword", languages=["en", "es"], paired=False: the
-                translation task's two Bibles (tasks.py), the books it trains on only (never its
-                test, validation or held-out books), a document per chapter: one per language, or
-                with paired=True one holding each verse in both languages (needs pysword)
+- bible:        sword_root="/usr/share/sword", languages=["en", "es"], paired=False,
+                book_split={}: the translation task's two Bibles (bibles.py), the books it trains
+                on only (never its test, validation or held-out books: bibles.BOOK_SPLIT with
+                book_split's changes, or prepare.py's book_split when this is empty), a document
+                per chapter: one per language, or with paired=True one holding each verse in both
+                languages (needs pysword)
 
 A source may yield (doc_id, doc_type, raw, metadata) instead, where it knows more about a document
 (the git source: repository, path, commit, license, language); the metadata dict goes into the
@@ -71,7 +73,8 @@ FIELDS = {
             "delay_seconds": 1.0, "timeout": 20.0, "retries": 3, "backoff_seconds": 1.0},
     "git": {"repos": None, "languages": ["python"], "licenses": repos.PERMISSIVE, "branch": None,
             "cache_dir": "data/repos", "max_file_bytes": 1_000_000, "clone_timeout": 600},
-    "bible": {"sword_root": "/usr/share/sword", "languages": ["en", "es"], "paired": False},
+    "bible": {"sword_root": "/usr/share/sword", "languages": ["en", "es"], "paired": False,
+              "book_split": {}},
 }
 REQUIRED = {"files": ["paths"], "jsonl": ["paths"], "hf": ["dataset"], "git": ["repos"]}
 # the optional packages (requirements-extra.txt) each kind imports, besides its extractor's
@@ -329,6 +332,7 @@ def iter_bible(spec, warn):
     in even ones, so both directions are seen; verses that bibles.aligned_verses leaves out are not
     in it. Monolingual: every nonempty verse of each language."""
     try:
+        split_of = bibles.book_split(spec["book_split"])
         verses_of = {lang: bibles.read_bible(spec["sword_root"], bibles.SWORD_MODULES[lang])
                      for lang in spec["languages"]}
     except tasks.TaskError as e:
@@ -336,7 +340,7 @@ def iter_bible(spec, warn):
     if spec["paired"]:
         rows, _ = bibles.aligned_verses(verses_of["en"], verses_of["es"])
         lines = {}
-        for (book, chapter, _), english, spanish in bibles.split_by_book(rows)["train"]:
+        for (book, chapter, _), english, spanish in bibles.split_by_book(rows, split_of)["train"]:
             pair = (english, spanish) if chapter % 2 else (spanish, english)
             lines.setdefault(("en-es", book, chapter), []).append("\n".join(pair))
         chapters = {key: "\n\n".join(verses) for key, verses in lines.items()}
@@ -344,7 +348,7 @@ def iter_bible(spec, warn):
         lines = {}
         for lang, verses in verses_of.items():
             for (book, chapter, _), text in verses.items():
-                if text and bibles.BOOK_SPLIT.get(book, "train") == "train":
+                if text and split_of.get(book, "train") == "train":
                     lines.setdefault((lang, book, chapter), []).append(text)
         chapters = {key: "\n".join(verses) for key, verses in lines.items()}
     for (lang, book, chapter), text in chapters.items():

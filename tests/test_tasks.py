@@ -361,7 +361,7 @@ def test_the_translation_task_checks_its_training_pairs_by_content(data_root, tm
     out = prepare.run(configurator.parse(prepare.SPEC, task + ["--dataset=clean"]))
     assert [json.loads(line)["book"] for line in (out / "train.jsonl").read_text().splitlines()] == ["Gen"] * 4
     split = bibles.split_by_book
-    monkeypatch.setattr(bibles, "split_by_book", lambda rows: {**split(rows), "train": rows})
+    monkeypatch.setattr(bibles, "split_by_book", lambda rows, split_of: {**split(rows, split_of), "train": rows})
     with pytest.raises(tasks.TaskError, match=r"held-out verse\(s\) found in training text: en Ruth 1 1 "
                                               r"in leaky/train\.bin, document 4"):
         prepare.run(configurator.parse(prepare.SPEC, task + ["--dataset=leaky"]))
@@ -387,3 +387,25 @@ def test_each_score_comes_with_its_95_percent_bootstrap_interval(tmp_path):
     assert (round(scores["chrf"], 4), round(scores["chrf_ci95"], 4)) == (chrf["score"], chrf["confidence_var"])
     assert 0 < scores["bleu_ci95"] < scores["bleu"] and "bs:1000" in scores["bleu_signature"]
     assert task_eval.corpus_scores(references, references)["bleu_ci95"] == 0.0
+
+
+def test_a_book_split_of_ones_own_moves_a_book_out_of_training_everywhere(monkeypatch):
+    """book_split's changes: a training book made the test book leaves the training pairs, the
+    bible source and the content check's training text alike; a wrong set or book is refused."""
+    english = {**ENGLISH, ("Matt", 1, 1): "The book of the generation of Jesus Christ, the son of David,"}
+    spanish = {**SPANISH, ("Matt", 1, 1): "LIBRO de la generación de Jesucristo, hijo de David, hijo de Abraham."}
+    split_of = bibles.book_split({"Matt": "test", "Acts": None})
+    assert split_of["Matt"] == "test" and split_of["Acts"] is None and split_of["Ruth"] == "val"
+    rows, _ = bibles.aligned_verses(english, spanish)
+    assert [key for key, _, _ in bibles.split_by_book(rows, split_of)["test"]] == [("Matt", 1, 1)]
+    assert ("en", "Matt", 1, 1) in bibles.held_out_verses({"en": english}, split_of)
+    assert ("en", "Matt", 1, 1) not in bibles.held_out_verses({"en": english})
+    editions = {bibles.SWORD_MODULES["en"]: english, bibles.SWORD_MODULES["es"]: spanish}
+    monkeypatch.setattr(bibles, "read_bible", lambda root, module: editions[module])
+    spec = sources.resolve_sources([dict(kind="bible", book_split={"Matt": "test"})])[0]
+    assert not [doc for doc, _, _ in sources.iter_source(spec, None) if "Matt" in doc]
+    assert bibles.translation_task("unused", split_of)[0]["test"][0][2]["book"] == "Matt"
+    with pytest.raises(tasks.TaskError, match="each book's set must be 'train', 'val', 'test' or None"):
+        bibles.book_split({"Luke": "held out"})
+    with pytest.raises(tasks.TaskError, match=r"the Bible does not have: \['Lk'\]"):
+        bibles.translation_task("unused", bibles.book_split({"Lk": "test"}))
