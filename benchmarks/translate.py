@@ -2,16 +2,17 @@
 
     make translate                                    # the same, after make setup and make bibles
     python bench.py translate                         # every stage; a rerun resumes where it stopped
-    python bench.py translate --out_dir=out/t2 --pretrain=config/translate_pretrain.py
+    python bench.py translate --out_dir=out/t2 --pretrain=config/translate_pretrain.py  # pretrained
 
 The stages, each run in this process and marked done in out_dir/progress.json when it ends, so a
 killed run starts again at the stage it was in (a training stage from its last.pt; remove out_dir
 to start over, after changing a config say):
-  corpus     prepare.py with the corpus config (--corpus): the pretraining text and its tokenizer,
-             checked by content for held-out verses (curation/bibles.py)
+  corpus     prepare.py with the corpus config (--corpus): the training books' text and the
+             tokenizer trained on it, checked by content for held-out verses (curation/bibles.py)
   task       prepare.py's translation task in that tokenizer, checked the same way
-  pretrain   train.py with --pretrain on the corpus
-  finetune   train.py with --finetune on the task, from the pretrained best.pt
+  pretrain   train.py with --pretrain on the corpus (skipped when --pretrain is empty, the default:
+             training on the task alone measured better for the same minutes, BENCHMARKS.md)
+  train      train.py with --train on the task: from scratch, or fine-tuning the pretrained best.pt
   validate   eval.py on the validation books (Ruth, Jonah, Philippians, 1 John)
   test       eval.py on Acts: BLEU and chrF per direction with 95% intervals, beside copying the
              source and retrieving the closest training verse's translation
@@ -32,9 +33,11 @@ from core import atomic, configurator
 SPEC = {
     "out_dir": ("out/translate", "progress.json, summary.json, each stage's checkpoints and reports"),
     "data_root": ("data", "parent folder of the prepared corpus and task"),
-    "corpus": ("config/translate_corpus.py", "prepare.py config of the pretraining corpus"),
-    "pretrain": ("config/translate_pretrain.py", "train.py config of the pretraining"),
-    "finetune": ("config/translate_finetune.py", "train.py config of the fine-tune"),
+    "corpus": ("config/translate_corpus.py", "prepare.py config of the corpus (the tokenizer's, and "
+                                              "the pretraining's if any)"),
+    "pretrain": ("", "train.py config of a pretraining on the corpus (empty: none)"),
+    "train": ("config/translate_train.py", "train.py config of the training on the task (its model "
+                                           "keys apply when there is no pretraining)"),
     "beam_size": (2, "beams when answering the validation and test verses (1: greedy)"),
     "length_penalty": (1.5, "beam search's length normalisation"),
     "batch_size": (64, "verses answered together"),
@@ -47,17 +50,18 @@ SPEC = {
     "extra": ("", "train.py options added to both training stages, space-separated (the tests "
                   "shrink the model with it)"),
 }
-STAGES = ("corpus", "task", "pretrain", "finetune", "validate", "test")
-# minutes each stage after training needs on 2 CPU cores, kept from the budget of the training
-# before it (the evaluations answer 662 and 2,012 verses)
-RESERVED = {"pretrain": 16.0, "finetune": 3.0}
+STAGES = ("corpus", "task", "pretrain", "train", "validate", "test")
+# minutes a training stage leaves of the budget for the stages after it on 2 CPU cores: after
+# pretraining, the task's training and the evaluations; after that, the two evaluations (662 and
+# 2,012 verses, 2 beams: about 1.5 minutes) with room to spare
+RESERVED = {"pretrain": 30.0, "train": 3.0}
 
 
 def stage_paths(cfg):
     out, data = Path(cfg["out_dir"]), Path(cfg["data_root"])
     corpus = configurator.parse(prepare.SPEC, [cfg["corpus"]])["dataset"]
     return {"corpus": data / corpus, "task": data / f"{corpus}_task", "pretrain": out / "pretrain",
-            "finetune": out / "finetune", "validate": out / "validate", "test": out / "test"}
+            "train": out / "train", "validate": out / "validate", "test": out / "test"}
 
 
 def training_arguments(cfg, stage, paths, minutes_left):
@@ -70,7 +74,7 @@ def training_arguments(cfg, stage, paths, minutes_left):
                  f"--max_minutes={max(0.5, minutes_left - RESERVED[stage]):.2f}", *cfg["extra"].split()]
     if (paths[stage] / "last.pt").exists():
         arguments.append("--init_from=resume")
-    elif stage == "finetune":
+    elif stage == "train" and cfg["pretrain"]:
         arguments.append(f"--init_from={paths['pretrain'] / 'best.pt'}")
     return arguments
 
@@ -86,10 +90,12 @@ def run_stage(stage, cfg, paths, minutes_left):
                                                       f"--sword_root={cfg['sword_root']}",
                                                       f"--book_split={cfg['book_split']!r}"]))
         return json.loads((folder / "meta.json").read_text())["splits"]
-    if stage in ("pretrain", "finetune"):
+    if stage == "pretrain" and not cfg["pretrain"]:
+        return {"skipped": "no --pretrain config"}
+    if stage in ("pretrain", "train"):
         train.main(training_arguments(cfg, stage, paths, minutes_left))
         return {"best_val_loss": min(r["val_loss"] for r in read_log(paths[stage], "eval"))}
-    result = eval_script.main([f"--ckpt={paths['finetune'] / 'best.pt'}", f"--out_dir={paths[stage]}",
+    result = eval_script.main([f"--ckpt={paths['train'] / 'best.pt'}", f"--out_dir={paths[stage]}",
                                f"--task_split={'val' if stage == 'validate' else 'test'}",
                                f"--beam_size={cfg['beam_size']}", f"--length_penalty={cfg['length_penalty']}",
                                f"--batch_size={cfg['batch_size']}", "--tensorboard=False", "--track=False"])

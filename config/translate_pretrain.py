@@ -1,5 +1,5 @@
-# The translator's pretraining (python bench.py translate, stage "pretrain"): the CPU demo's model
-# and recipe on config/translate_corpus.py's verses, about 2.5 epochs of them.
+# A pretraining for the translator (python bench.py translate --pretrain=config/translate_pretrain.py):
+# the CPU demo's model and recipe on config/translate_corpus.py's verses, about 2.5 epochs of them.
 n_layer = 4
 n_head = 4
 n_embd = 128

@@ -5,6 +5,7 @@ import json
 import random
 
 import pytest
+import torch
 
 from benchmarks import translate
 from curation import bibles
@@ -36,11 +37,10 @@ def configs(folder):
         'vocab_size = 300\nworkers = 1\nval_fraction = 0.2\n')
     (folder / "pretrain.py").write_text("max_iters = 6\nlr_decay_iters = 6\nwarmup_iters = 1\n"
                                         "eval_interval = 3\nblock_size = 64\ncompile = False\n")
-    (folder / "finetune.py").write_text("max_iters = 4\nlr_decay_iters = 4\nwarmup_iters = 1\n"
-                                        "eval_interval = 2\ncompile = False\n")
+    (folder / "train.py").write_text("max_iters = 4\nlr_decay_iters = 4\nwarmup_iters = 1\n"
+                                     "eval_interval = 2\nblock_size = 64\ncompile = False\n")
     return [f"--corpus={folder / 'corpus.py'}", f"--pretrain={folder / 'pretrain.py'}",
-            f"--finetune={folder / 'finetune.py'}", f"--extra={TINY}", "--beam_size=1",
-            "--batch_size=16"]
+            f"--train={folder / 'train.py'}", f"--extra={TINY}", "--beam_size=1", "--batch_size=16"]
 
 
 def test_raw_text_to_scores_and_a_killed_run_resumed(tmp_path, monkeypatch, capsys):
@@ -48,24 +48,25 @@ def test_raw_text_to_scores_and_a_killed_run_resumed(tmp_path, monkeypatch, caps
     monkeypatch.setattr(bibles, "read_bible", lambda root, module: editions[module])
     arguments = configs(tmp_path) + [f"--out_dir={tmp_path / 'out'}", f"--data_root={tmp_path / 'data'}"]
 
-    # killed in the fine-tune: corpus, task and pretraining are done and recorded
+    # killed in the training on the task: corpus, task and pretraining are done and recorded
     def killed(*args):
         raise KeyboardInterrupt
     real_run_stage = translate.run_stage
     monkeypatch.setattr(translate, "run_stage", lambda stage, *rest: (
-        killed() if stage == "finetune" else real_run_stage(stage, *rest)))
+        killed() if stage == "train" else real_run_stage(stage, *rest)))
     with pytest.raises(KeyboardInterrupt):
         translate.main(arguments)
     progress = json.loads((tmp_path / "out" / "progress.json").read_text())
     assert list(progress["stages"]) == ["corpus", "task", "pretrain"]
     pretrained = (tmp_path / "out" / "pretrain" / "best.pt").stat().st_mtime_ns
 
-    # the rerun starts at the fine-tune: the earlier stages are not run again
+    # the rerun starts at the training, a fine-tune of the pretrained model: nothing earlier runs again
     monkeypatch.setattr(translate, "run_stage", real_run_stage)
     capsys.readouterr()
     assert translate.main(arguments) == 0
     printed = capsys.readouterr().out
-    assert "[1/6 corpus] done earlier" in printed and "[4/6 finetune]" in printed
+    assert "[1/6 corpus] done earlier" in printed and "[4/6 train]" in printed
+    assert json.loads((tmp_path / "out" / "train" / "log.jsonl").read_text().splitlines()[0])["kind"] == "eval"
     assert (tmp_path / "out" / "pretrain" / "best.pt").stat().st_mtime_ns == pretrained
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert list(summary["stages"]) == list(translate.STAGES)
@@ -86,3 +87,15 @@ def test_raw_text_to_scores_and_a_killed_run_resumed(tmp_path, monkeypatch, caps
     folders = [tmp_path / "data" / "bibles", tmp_path / "data" / "bibles_task"]
     assert [leak for folder in folders for leak in bibles.find_leaks(held_out, bibles.training_texts(folder))] == []
     assert bibles.find_leaks(held_out, bibles.training_texts(tmp_path / "data" / "bibles_task")) == []
+
+
+def test_without_pretraining_the_task_trains_from_scratch(tmp_path, monkeypatch):
+    editions = made_up_bibles()
+    monkeypatch.setattr(bibles, "read_bible", lambda root, module: editions[module])
+    arguments = [a for a in configs(tmp_path) if not a.startswith("--pretrain")]
+    assert translate.main(arguments + [f"--out_dir={tmp_path / 'out'}", f"--data_root={tmp_path / 'data'}"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["stages"]["pretrain"]["result"] == {"skipped": "no --pretrain config"}
+    assert not (tmp_path / "out" / "pretrain").exists()
+    trained = torch.load(tmp_path / "out" / "train" / "best.pt", weights_only=True)
+    assert trained["config"]["init_from"] == "scratch" and trained["model_args"]["block_size"] == 64
