@@ -7,6 +7,7 @@ words with the test pair's (a model that only recalls training pairs scores abou
 import json
 import re
 
+import numpy as np
 import sacrebleu
 import torch
 
@@ -145,9 +146,22 @@ def retrieve(train_sources, train_responses, sources, chunk=256):
     return found
 
 
-# sacrebleu's bootstrap: the pairs resampled with replacement this many times (its fixed seed, so
-# the same hypotheses give the same interval); the 95% interval is the 2.5th to 97.5th percentile
-BOOTSTRAP_RESAMPLES = 1000
+# sacrebleu's bootstrap: the pairs resampled with replacement this many times from its seed, so the
+# same hypotheses give the same interval; the 95% interval runs from the 2.5th to the 97.5th percentile
+BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 1000, 12345
+
+
+def bootstrap_ci95(metric, hypotheses, references):
+    """Half the width of the 95% bootstrap interval of metric's corpus score: sacrebleu's own
+    procedure (its resamples of the pairs' statistics, its percentiles), done here because
+    sacrebleu 2.6's fails on small sets (its mean mixes float and float32 scores); the metric's
+    signature then records the resampling as sacrebleu's would."""
+    stats = np.array(metric._extract_corpus_statistics(hypotheses, [references]), dtype="float32")
+    rows = np.random.default_rng(BOOTSTRAP_SEED).choice(len(stats), size=(BOOTSTRAP_RESAMPLES, len(stats)))
+    scores = sorted(float(metric._compute_score_from_stats(s.sum(0)).score) for s in stats[rows])
+    metric.n_bootstrap, metric.seed = BOOTSTRAP_RESAMPLES, str(BOOTSTRAP_SEED)
+    low = len(scores) // 40
+    return 0.5 * (scores[len(scores) - low - 1] - scores[low])
 
 
 def corpus_scores(hypotheses, references):
@@ -156,9 +170,8 @@ def corpus_scores(hypotheses, references):
     bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
     result = {}
     for name, metric in (("bleu", bleu), ("chrf", chrf)):
-        score = metric.corpus_score(hypotheses, [references], n_bootstrap=BOOTSTRAP_RESAMPLES)
-        # sacrebleu keeps the interval's half width in _ci (half the 2.5-97.5 percentile range)
-        result[name], result[f"{name}_ci95"] = score.score, score._ci
+        result[name] = metric.corpus_score(hypotheses, [references]).score
+        result[f"{name}_ci95"] = bootstrap_ci95(metric, hypotheses, references)
     return {**result, "bleu_signature": str(bleu.get_signature()),
             "chrf_signature": str(chrf.get_signature())}
 

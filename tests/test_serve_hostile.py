@@ -130,6 +130,7 @@ def test_hostile_bodies_beside_valid_requests(ckpt, tmp_path):
             assert status == 200
             alone[body["prompt"]] = json.loads(data)["choices"][0]["text"]
         failures, statuses, valid_count, done = [], {}, [0], threading.Event()
+        counting = threading.Lock()  # the workers' counts: a read-then-write from 8 threads loses some
 
         def hostile_worker(seed, count):
             rng = random.Random(seed)
@@ -137,7 +138,8 @@ def test_hostile_bodies_beside_valid_requests(ckpt, tmp_path):
                 method, path, body, headers = hostile_request(rng)
                 try:
                     status, data = send(server.url, method, path, body, headers)
-                    statuses[status] = statuses.get(status, 0) + 1
+                    with counting:
+                        statuses[status] = statuses.get(status, 0) + 1
                     if status >= 500:
                         failures.append(f"{status} for {body[:300]!r}: {data[:300]!r}")
                     elif status == 200 and b'"stream": true' in body and path == "/v1/completions":
@@ -154,7 +156,8 @@ def test_hostile_bodies_beside_valid_requests(ckpt, tmp_path):
                     text = json.loads(data)["choices"][0]["text"]
                     if status != 200 or text != alone[body["prompt"]]:
                         failures.append(f"valid request {body}: {status} {data[:300]!r}")
-                    valid_count[0] += 1
+                    with counting:
+                        valid_count[0] += 1
                 except Exception as e:
                     failures.append(f"valid request {body}: {type(e).__name__}: {e}")
 
