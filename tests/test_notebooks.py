@@ -50,8 +50,9 @@ def execute(name):
 
 
 def figures(nb):
-    """What each figure the notebook showed draws, in order: a list of axes per figure."""
-    (line,) = [out["text"] for out in nb.cells[-1]["outputs"] if out.get("name") == "stdout"]
+    """What each figure the notebook showed draws, in order: a list of axes per figure. The kernel
+    may send one long print as several stdout messages (it did on a loaded machine): joined here."""
+    line = "".join(out["text"] for out in nb.cells[-1]["outputs"] if out.get("name") == "stdout")
     return json.loads(line.removeprefix("FIGURES "))
 
 
