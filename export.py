@@ -7,7 +7,10 @@
 
 Every folder holds config.json, model.safetensors, generation_config.json, and tokenizer.json with
 tokenizer_config.json (a fast byte-level BPE tokenizer with the same ids, the same pre-tokenizing
-pattern and <|endoftext|> as its end-of-text token). The model depends on the recipe:
+pattern and <|endoftext|> as its end-of-text token). A checkpoint fine-tuned on a task (the
+translator of `bench.py translate`, say) keeps the task's prompt template as config.json's
+prompt_template: `model.config.prompt_template.format(prompt=...)` asks it as sample.py does. The
+model depends on the recipe:
 
 - GPT-2's (config/gpt2.py: learned positions, GELU, no QK-norm, no value embeddings, no soft-cap)
   is transformers' own GPT2LMHeadModel (biases off export as zeros; an untied head exports
@@ -138,8 +141,8 @@ def hf_state_dict(state, n_layer, bias):
     return out
 
 
-def write_gpt2(model, tokenizer, folder):
-    """model as transformers' GPT2LMHeadModel, saved into folder."""
+def write_gpt2(model, tokenizer, folder, extra):
+    """model as transformers' GPT2LMHeadModel, saved into folder (extra: more config.json keys)."""
     from transformers import GPT2Config, GPT2LMHeadModel  # optional (requirements-extra.txt)
     c = model.config
     config = GPT2Config(
@@ -147,7 +150,8 @@ def write_gpt2(model, tokenizer, folder):
         n_head=c.n_head, n_inner=4 * c.n_embd,
         activation_function="gelu",  # exact GELU, as F.gelu in model.py (GPT-2's own is tanh's)
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
-        bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id, tie_word_embeddings=c.tied_head)
+        bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id, tie_word_embeddings=c.tied_head,
+        **extra)
     hf_model = GPT2LMHeadModel(config)
     missing, unexpected = hf_model.load_state_dict(
         hf_state_dict(model.state_dict(), c.n_layer, c.bias), strict=False)
@@ -158,9 +162,10 @@ def write_gpt2(model, tokenizer, folder):
     hf_model.save_pretrained(folder)
 
 
-def write_remote_code(model, tokenizer, folder):
+def write_remote_code(model, tokenizer, folder, extra):
     """model for modeling_mini_lm.py, saved into folder with that file: its weights under model.py's
-    own names (the tied LM head once, as the token embedding), its config.json with auto_map."""
+    own names (the tied LM head once, as the token embedding), its config.json with auto_map (and
+    extra's keys)."""
     from safetensors.torch import save_file  # comes with transformers (requirements-extra.txt)
     c, eot = model.config, tokenizer.eot_id
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -172,7 +177,7 @@ def write_remote_code(model, tokenizer, folder):
               "auto_map": {"AutoConfig": "modeling_mini_lm.MiniLMConfig",
                            "AutoModelForCausalLM": "modeling_mini_lm.MiniLMForCausalLM"},
               **{k: getattr(c, k) for k in REMOTE_CODE_KEYS},
-              "bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
+              "bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot, **extra}
     atomic.write_text(folder / "config.json", json.dumps(config, indent=2))
     atomic.write_text(folder / "generation_config.json", json.dumps(
         {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}, indent=2))
@@ -185,28 +190,34 @@ def export(cfg):
     except ImportError as e:
         raise ExportError(f"export.py needs transformers ({e}): pip install -r "
                           "requirements-extra.txt -c requirements.lock") from None
-    model, tokenizer, _ = checkpoint.load_model(cfg["ckpt"])
+    model, tokenizer, ckpt = checkpoint.load_model(cfg["ckpt"])
+    # a checkpoint fine-tuned on a task answers prompts in the task's template: the folder keeps it
+    # (config.prompt_template; ask with prompt_template.format(prompt=...), as sample.py does)
+    template = ckpt.get("prompt_template")
+    extra = {"prompt_template": template} if template else {}
     out = Path(cfg["out"])
     if out.exists() and not out.is_dir():
         raise ExportError(f"out={out} is a file, not a folder: name a folder to write")
     tmp = out.with_name(f".{out.name}.tmp")  # written whole, then renamed into place
     shutil.rmtree(tmp, ignore_errors=True)
     gpt2 = is_gpt2_architecture(model.config)
-    (write_gpt2 if gpt2 else write_remote_code)(model, tokenizer, tmp)
+    (write_gpt2 if gpt2 else write_remote_code)(model, tokenizer, tmp, extra)
     hf_tokenizer(tokenizer, model.config.block_size).save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    return out, gpt2
+    return out, gpt2, template
 
 
 def main(argv=None):
     cfg = configurator.parse_or_exit(SPEC, argv, description=__doc__, prog="export.py")
     with configurator.errors_exit(ExportError, checkpoint.CheckpointError):
-        out, gpt2 = export(cfg)
+        out, gpt2, template = export(cfg)
     trust = "" if gpt2 else ", trust_remote_code=True"
     print(f"wrote {out} ({'GPT2LMHeadModel' if gpt2 else 'modeling_mini_lm.py, for this recipe'}): "
           f"load it with AutoModelForCausalLM.from_pretrained({str(out)!r}{trust}) and "
-          f"AutoTokenizer.from_pretrained({str(out)!r})")
+          f"AutoTokenizer.from_pretrained({str(out)!r})" + (
+              "; it was fine-tuned on a task: ask it in config.prompt_template "
+              f"({template!r}.format(prompt=...)) and stop at eos_token_id" if template else ""))
     return out
 
 

@@ -16,6 +16,9 @@ to start over, after changing a config say):
   validate   eval.py on the validation books (Ruth, Jonah, Philippians, 1 John)
   test       eval.py on Acts: BLEU and chrF per direction with 95% intervals, beside copying the
              source and retrieving the closest training verse's translation
+  curve      eval.py on the validation books again, for each checkpoint the training kept
+             (ckpt_<step>.pt, every checkpoint_interval steps): out_dir/curve.json and curve.png,
+             validation BLEU against the pipeline's minutes when the checkpoint was written
 Before each stage it prints the stage, the minutes spent and the minutes left of --budget_minutes;
 train.py prints its steps. At the end the scores go to out_dir/summary.json and are printed, with
 sacrebleu's signatures; the hypotheses are in out_dir/test/, for `sacrebleu` on the command line.
@@ -25,16 +28,23 @@ import json
 import time
 from pathlib import Path
 
-import eval as eval_script
-import prepare
-import train
-from core import atomic, configurator
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import eval as eval_script  # noqa: E402
+import prepare  # noqa: E402
+import train  # noqa: E402
+from core import atomic, configurator  # noqa: E402
 
 SPEC = {
     "out_dir": ("out/translate", "progress.json, summary.json, each stage's checkpoints and reports"),
     "data_root": ("data", "parent folder of the prepared corpus and task"),
     "corpus": ("config/translate_corpus.py", "prepare.py config of the corpus (the tokenizer's, and "
                                               "the pretraining's if any)"),
+    "dataset": ("", "the corpus's folder under data_root, the task's beside it with _task added "
+                    "(empty: the corpus config's dataset)"),
     "pretrain": ("", "train.py config of a pretraining on the corpus (empty: none)"),
     "train": ("config/translate_train.py", "train.py config of the training on the task (its model "
                                            "keys apply when there is no pretraining)"),
@@ -46,22 +56,24 @@ SPEC = {
     "sword_root": ("/usr/share/sword", "the folder of the SWORD Bible modules"),
     "book_split": ({}, "changes to the Bibles' book split for both prepare.py stages, e.g. "
                        "\"{'Luke': 'test', 'Acts': None}\": a check on a Gospel, whose verses the "
-                       "other Gospels echo (use another out_dir and corpus dataset)"),
+                       "other Gospels echo (give it its own --out_dir and --dataset)"),
     "extra": ("", "train.py options added to both training stages, space-separated (the tests "
                   "shrink the model with it)"),
 }
-STAGES = ("corpus", "task", "pretrain", "train", "validate", "test")
+STAGES = ("corpus", "task", "pretrain", "train", "validate", "test", "curve")
 # minutes a training stage leaves of the budget for the stages after it on 2 CPU cores: after
 # pretraining, the task's training and the evaluations; after that, the two evaluations (662 and
-# 2,012 verses, 2 beams: about 1.5 minutes) with room to spare
-RESERVED = {"pretrain": 30.0, "train": 3.0}
+# 2,012 verses, 2 beams) and the curve's (662 verses for each kept checkpoint), with room to spare
+RESERVED = {"pretrain": 35.0, "train": 8.0}
+KEEP_ALL = 10_000  # train.py's keep_last in the training on the task: every checkpoint, for the curve
 
 
 def stage_paths(cfg):
     out, data = Path(cfg["out_dir"]), Path(cfg["data_root"])
-    corpus = configurator.parse(prepare.SPEC, [cfg["corpus"]])["dataset"]
+    corpus = cfg["dataset"] or configurator.parse(prepare.SPEC, [cfg["corpus"]])["dataset"]
     return {"corpus": data / corpus, "task": data / f"{corpus}_task", "pretrain": out / "pretrain",
-            "train": out / "train", "validate": out / "validate", "test": out / "test"}
+            "train": out / "train", "validate": out / "validate", "test": out / "test",
+            "curve": out / "curve"}
 
 
 def training_arguments(cfg, stage, paths, minutes_left):
@@ -71,7 +83,8 @@ def training_arguments(cfg, stage, paths, minutes_left):
     data = paths["corpus"] if stage == "pretrain" else paths["task"]
     arguments = [config, f"--data_root={data.parent}", f"--dataset={data.name}",
                  f"--out_dir={paths[stage]}", "--tensorboard=False",
-                 f"--max_minutes={max(0.5, minutes_left - RESERVED[stage]):.2f}", *cfg["extra"].split()]
+                 f"--max_minutes={max(0.5, minutes_left - RESERVED[stage]):.2f}",
+                 *([f"--keep_last={KEEP_ALL}"] if stage == "train" else []), *cfg["extra"].split()]
     if (paths[stage] / "last.pt").exists():
         arguments.append("--init_from=resume")
     elif stage == "train" and cfg["pretrain"]:
@@ -79,7 +92,16 @@ def training_arguments(cfg, stage, paths, minutes_left):
     return arguments
 
 
-def run_stage(stage, cfg, paths, minutes_left):
+def evaluate(cfg, checkpoint, out_dir, split):
+    """eval.py's task scores of a checkpoint on the split's verses: {direction: {system: scores}}."""
+    result = eval_script.main([f"--ckpt={checkpoint}", f"--out_dir={out_dir}", f"--task_split={split}",
+                               f"--beam_size={cfg['beam_size']}", f"--length_penalty={cfg['length_penalty']}",
+                               f"--batch_size={cfg['batch_size']}", "--tensorboard=False", "--track=False"])
+    return {direction: {system: scores[system] for system in ("model", "copy", "retrieval")}
+            for direction, scores in result["task"].items()}
+
+
+def run_stage(stage, cfg, paths, minutes_left, summary):
     """Run one stage; returns what summary.json keeps of it."""
     if stage in ("corpus", "task"):
         options = ([cfg["corpus"]] if stage == "corpus" else
@@ -95,12 +117,54 @@ def run_stage(stage, cfg, paths, minutes_left):
     if stage in ("pretrain", "train"):
         train.main(training_arguments(cfg, stage, paths, minutes_left))
         return {"best_val_loss": min(r["val_loss"] for r in read_log(paths[stage], "eval"))}
-    result = eval_script.main([f"--ckpt={paths['train'] / 'best.pt'}", f"--out_dir={paths[stage]}",
-                               f"--task_split={'val' if stage == 'validate' else 'test'}",
-                               f"--beam_size={cfg['beam_size']}", f"--length_penalty={cfg['length_penalty']}",
-                               f"--batch_size={cfg['batch_size']}", "--tensorboard=False", "--track=False"])
-    return {direction: {system: scores[system] for system in ("model", "copy", "retrieval")}
-            for direction, scores in result["task"].items()}
+    if stage == "curve":
+        return learning_curve(cfg, paths, summary)
+    return evaluate(cfg, paths["train"] / "best.pt", paths[stage], "val" if stage == "validate" else "test")
+
+
+def learning_curve(cfg, paths, summary):
+    """Validation BLEU per direction of each checkpoint the training kept, against the pipeline's
+    minutes when it was written (the stages before the training, then the training's log; a
+    resumed training's time stopped counts too). Each checkpoint's scores stay in curve/step_<N>/,
+    so a killed curve resumes. Writes out_dir/curve.json and curve.png; returns the points."""
+    before = sum(summary["stages"][s]["seconds"] for s in ("corpus", "task", "pretrain")) / 60
+    log = read_log(paths["train"], "eval") + read_log(paths["train"], "step")
+    started = min(r["time"] for r in log)
+    written = {r["iter"]: r["time"] for r in log}  # a step's time: its eval's or its log line's
+    points = []
+    for checkpoint in sorted(paths["train"].glob("ckpt_*.pt")):
+        step = int(checkpoint.stem.split("_")[1])
+        folder = paths["curve"] / f"step_{step}"
+        scores = (json.loads((folder / "eval.json").read_text())["task"] if (folder / "eval.json").exists()
+                  else evaluate(cfg, checkpoint, folder, "val"))
+        at = written.get(step, checkpoint.stat().st_mtime)
+        points.append({"step": step, "minutes": round(before + (at - started) / 60, 2),
+                       **{direction: round(s["model"]["bleu"], 2) for direction, s in scores.items()}})
+    if points:
+        plot_curve(points, summary, Path(cfg["out_dir"]) / "curve.png")
+    atomic.write_text(Path(cfg["out_dir"]) / "curve.json", json.dumps(points, indent=1))
+    return {"points": points}
+
+
+def plot_curve(points, summary, path):
+    """Validation BLEU per direction against the pipeline's minutes, retrieval's as a dashed line."""
+    figure, axes = plt.subplots(figsize=(7, 4))
+    retrieval = summary["stages"].get("validate", {}).get("result", {})
+    for direction in [d for d in points[0] if d not in ("step", "minutes")]:
+        line, = axes.plot([p["minutes"] for p in points], [p[direction] for p in points], marker="o",
+                          label=f"{direction}, the model")
+        if direction in retrieval:
+            axes.axhline(retrieval[direction]["retrieval"]["bleu"], linestyle="--", color=line.get_color(),
+                         label=f"{direction}, retrieving the closest training verse")
+    axes.axhline(20, color="grey", linewidth=0.8, label="the course's bar (BLEU 20)")
+    axes.set_xlabel("minutes of the whole pipeline (corpus, tokenizer, task, training)")
+    axes.set_ylabel("BLEU on the validation books")
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    with atomic.replacing(path, "wb") as f:
+        figure.savefig(f, format="png", dpi=110)
+    plt.close(figure)
 
 
 def read_log(folder, kind):
@@ -138,12 +202,14 @@ def main(argv=None):
         print(f"\n[{number}/{len(STAGES)} {stage}] {spent:.1f} minutes spent, {left:.1f} of "
               f"{cfg['budget_minutes']:.0f} left", flush=True)
         start = time.time()
-        result = run_stage(stage, cfg, paths, left)
+        result = run_stage(stage, cfg, paths, left, summary)
         summary["stages"][stage] = {"seconds": round(time.time() - start, 1), "result": result}
         atomic.write_text(progress_file, json.dumps(summary, indent=1, default=str))
     minutes = sum(s["seconds"] for s in summary["stages"].values()) / 60
     lines = [f"translate: {minutes:.1f} minutes in all (" + ", ".join(
-        f"{stage} {s['seconds'] / 60:.1f}" for stage, s in summary["stages"].items()) + ")", *report(summary)]
+        f"{stage} {s['seconds'] / 60:.1f}" for stage, s in summary["stages"].items()) + ")", *report(summary),
+             f"validation BLEU of {len(summary['stages']['curve']['result']['points'])} checkpoints: "
+             f"{out / 'curve.json'}, {out / 'curve.png'}"]
     print("\n".join(lines), flush=True)
     atomic.write_text(out / "summary.json", json.dumps({**summary, "minutes": minutes, "lines": lines},
                                                        indent=1, default=str))
