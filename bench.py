@@ -24,7 +24,7 @@ if not torch.cuda.is_available() and sys.argv[1:2] != ["kernel_compile"]:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from benchmarks import ablate, cpu, data_pipeline, gpu, gpu_run, harness, kernel_compile  # noqa: E402
-from benchmarks import scripts, soak, translate  # noqa: E402
+from benchmarks import scripts, soak, translate, translate_levers  # noqa: E402
 from core import configurator  # noqa: E402
 
 # bench.py's options, for the suites that have none of their own
@@ -84,8 +84,10 @@ SUITES = {
                 "evaluation and fine-tune, every figure into summary.json", gpu_run.main),
     "translate": ("the English <-> Spanish translator from raw text to BLEU on Acts, resumable "
                   "(make translate)", translate.main),
+    "translate_levers": ("a finished translator's decoding, weight averaging and context room, on "
+                         "the validation books", translate_levers.main),
 }
-OWN_OPTIONS = {"ablate", "kernel_compile", "gpu_run", "translate"}
+OWN_OPTIONS = {"ablate", "kernel_compile", "gpu_run", "translate", "translate_levers"}
 
 
 def usage():

@@ -10,7 +10,7 @@ import torch
 import export
 import sample
 import serve
-from benchmarks import translate
+from benchmarks import translate, translate_levers
 from core import configurator, inference, tasks
 from curation import bibles
 from evaluation import task_eval
@@ -188,3 +188,32 @@ def test_the_exported_translator_answers_in_its_template(translator, capsys):
     ids = hf_tokenizer(hf_model.config.prompt_template.format(prompt=prompt), return_tensors="pt").input_ids
     generated = hf_model.generate(ids, max_new_tokens=room, do_sample=False)[0, ids.shape[1]:].tolist()
     assert hf_tokenizer.decode(generated, skip_special_tokens=True) == expected
+
+
+def test_the_levers_on_a_finished_run(translator, capsys):
+    out, data = translator
+    assert translate_levers.main([f"--out_dir={out}", "--decodings=1:1.0", "--averages=1,2,3",
+                                  "--block_sizes=64,100000"]) == 0
+    levers = json.loads((out / "levers.json").read_text())
+    printed = capsys.readouterr().out
+    # greedy decoding of best.pt is what the run's validate stage did: the same scores
+    assert levers["decoding 1:1.0"] == levers["validate"]
+    assert "| decoding | 1 beams, length penalty 1.0 |" in printed and "en-es +0.00, es-en +0.00" in printed
+    # averaging: the mean of the kept checkpoints' weights; 3 asked of 2 kept is skipped, said so
+    kept = sorted((out / "train").glob("ckpt_*.pt"))
+    assert len(kept) == 2 and "averaging 3: only 2 checkpoints kept; skipped" in printed
+    averaged = torch.load(out / "levers" / "average_2" / "averaged.pt", weights_only=True)["model"]
+    states = [torch.load(c, weights_only=True)["model"] for c in kept]
+    for name, tensor in averaged.items():
+        torch.testing.assert_close(tensor, (states[0][name] + states[1][name]) / 2)
+    assert set(levers) == {"validate", "room", "decoding 1:1.0", "average 1", "average 2", "lines"}
+    one = torch.load(out / "levers" / "average_1" / "averaged.pt", weights_only=True)["model"]
+    assert all(torch.equal(one[name], states[1][name]) for name in one)
+    # room: every prompt of the made-up verses is longer than 64 tokens, none is cut in a huge context
+    assert levers["room"] == {split: {"64": 1.0, "100000": 0.0} for split in ("val", "test")}
+
+
+def test_the_levers_need_a_finished_run(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        translate_levers.main([f"--out_dir={tmp_path}"])
+    assert f"{tmp_path / 'summary.json'} not found: run `python bench.py translate" in capsys.readouterr().err
