@@ -395,12 +395,14 @@ def evaluate_and_report(run, state, lr):
     return state
 
 
-def log_step(run, state, lr, loss, grad_norm, seconds):
-    """The log line and the logged scalars of one step: loss, lr, grad norm, tokens/s, MFU, memory."""
+def log_step(run, state, lr, loss, grad_norm, seconds, pace):
+    """The log line and the logged scalars of one step: loss, lr, grad norm, tokens/s, MFU, memory;
+    pace: seconds per step since this process started training, evaluations included, for the
+    minutes left (one step's time would swing with a busy machine)."""
     tokens_per_s = run.tokens_per_step / seconds
     mfu = run.flops_per_token * tokens_per_s / run.peak_flops if run.peak_flops else None
     memory_gb = hardware.peak_memory_gb(run.device)
-    minutes_left = (run.cfg["max_iters"] - state.iter_num) * seconds / 60  # at this step's pace
+    minutes_left = (run.cfg["max_iters"] - state.iter_num) * pace / 60
     print(f"iter {state.iter_num}: loss {loss:.4f}, lr {lr:.2e}, grad norm {grad_norm:.3f}, "
           f"{seconds * 1000:.0f} ms, {tokens_per_s:,.0f} tokens/s"
           + (f", MFU {mfu:.1%}" if mfu is not None else "") + f", memory {memory_gb:.2f} GB, "
@@ -433,7 +435,7 @@ def train_loop(run, state, stop):
     """Train until max_iters, max_minutes or a stop request (SIGTERM/SIGINT); the final state."""
     cfg, device = run.cfg, run.device  # a fine-tune's model settings are its checkpoint's
     started = last_save = time.time()
-    bad_steps, time_up = 0, False
+    first_step, bad_steps, time_up = state.iter_num, 0, False
     run.model.train()
     while True:
         # the learning rates of this step: linear warmup, then the schedule's decay to min_lr
@@ -465,7 +467,8 @@ def train_loop(run, state, stop):
                         tokens_seen=state.tokens_seen + run.tokens_per_step)
         hardware.synchronize(device)
         if run.master and state.iter_num % cfg["log_interval"] == 0:
-            log_step(run, state, lr, loss, grad_norm, time.time() - t0)
+            pace = (time.time() - started) / (state.iter_num - first_step)
+            log_step(run, state, lr, loss, grad_norm, time.time() - t0, pace)
 
         # last.pt on schedule; SIGTERM/SIGINT or max_minutes end the run, on every rank at once
         over_time = bool(cfg["max_minutes"]) and time.time() - started > 60 * cfg["max_minutes"]

@@ -1,6 +1,7 @@
 """train.py on CPU with a tiny model: exact resume, DDP equivalence, precision, checkpoints, config."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -275,9 +276,14 @@ def test_max_minutes_stops_evaluates_and_saves(data_root, tmp_path):
     assert ckpt["iter_num"] == 1 and [h["iter"] for h in ckpt["history"]] == [0, 1]
 
 
-def test_log_jsonl_holds_every_logged_step_and_evaluation(data_root, tmp_path):
+def test_log_jsonl_holds_every_logged_step_and_evaluation(data_root, tmp_path, capsys):
     ckpt = run(data_root, tmp_path / "j", "--max_iters=10", "--eval_interval=5", "--log_interval=2")
     steps, evals = log_records(tmp_path / "j", "step"), log_records(tmp_path / "j", "eval")
+    # each printed step line ends with the minutes left at the pace so far, none at the last step
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("iter ")]
+    assert [line.split(":")[0] for line in lines] == ["iter 2", "iter 4", "iter 6", "iter 8", "iter 10"]
+    assert all(re.search(r", ~\d+\.\d min to step 10$", line) for line in lines)
+    assert lines[-1].endswith("~0.0 min to step 10")
     assert [r["iter"] for r in steps] == [2, 4, 6, 8, 10]
     assert all(r["tokens_per_s"] > 0 and r["loss"] > 0 for r in steps)
     # MFU where the device's peak FLOP/s is known (GPUs in hardware.PEAK_FLOPS), none on a CPU
