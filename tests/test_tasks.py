@@ -416,3 +416,30 @@ def test_intervals_on_a_handful_of_pairs():
     2.6's own bootstrap fails here, mixing float and float32 in its mean)."""
     scores = task_eval.corpus_scores(["200 200", "1", "x"], ["200 200", "201 201", "202 202"])
     assert scores["chrf"] > 0 and scores["chrf_ci95"] > 0 and scores["bleu_ci95"] >= 0
+
+
+def test_each_direction_is_scored_against_its_own_training_pairs(data_root, tmp_path):
+    """Retrieval answers an English -> Spanish verse from the English -> Spanish training pairs
+    only: a Spanish -> English pair whose source shares more words is never the answer. Each
+    direction's files and scores hold its own pairs."""
+    def pair(direction, source, response):
+        return {"prompt": f"{direction}:\n{source}", "response": response, "source": source,
+                "direction": direction}
+    train_pairs = [pair("en-es", "a dog", "RIGHT"), pair("en-es", "a cat", "OTHER"),
+                   pair("es-en", "the dog ran far", "WRONG"), pair("es-en", "el gato", "the cat")]
+    test_pairs = [pair("en-es", "the dog ran far", "RIGHT now"), pair("es-en", "el gato duerme", "the cat sleeps"),
+                  pair("es-en", "gato negro", "a black cat")]
+    for name, rows in (("train", train_pairs), ("test", test_pairs)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tokenizer = Tokenizer.load(data_root / "tiny" / "tokenizer.json")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=16)).eval()
+    scores = task_eval.evaluate_task(model, tokenizer, tmp_path, tmp_path / "test.jsonl", tmp_path, 4)
+    assert {group: row["pairs"] for group, row in scores.items()} == {"en-es": 1, "es-en": 2}
+    read = lambda name: (tmp_path / name).read_text().splitlines()  # noqa: E731
+    assert read("en-es.retrieval.txt") == ["RIGHT"]
+    assert read("es-en.retrieval.txt") == ["the cat", "the cat"]
+    assert read("en-es.copy.txt") == ["the dog ran far"]
+    assert read("es-en.references.txt") == ["the cat sleeps", "a black cat"]
+    assert scores["en-es"]["retrieval"]["bleu"] == pytest.approx(
+        task_eval.corpus_scores(["RIGHT"], ["RIGHT now"])["bleu"])
