@@ -337,3 +337,29 @@ def test_continuations_stop_at_end_of_text():
         model, tokenizer, streams, cfg, "cpu")
     assert prompts == ["1 2 3"] and references == [" ".join(map(str, reference))]
     assert hypotheses == [" ".join(map(str, free[:cut]))]
+
+
+class IdTokenizer:
+    """Token ids as words, so a case's text says which ids it holds."""
+    eot_id = 0
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+def test_a_prompt_longer_than_the_context_keeps_its_start_and_the_reference_follows_it():
+    """prompt_tokens beyond the context: a case's prompt is its document's first block_size - 1
+    tokens, its reference the reference_tokens right after them, and the continuation the model's
+    own from that prompt."""
+    model = tiny_model(block=16, vocab=60)
+    document = np.arange(1, 50)  # ids 1..49, then the end of the document
+    streams = {"prose": np.concatenate([document, [0], np.arange(1, 10), [0]])}  # a short one after
+    cfg = {"prompt_tokens": 500, "reference_tokens": 4, "gen_documents": 4, "batch_size": 2,
+           "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+    sources, prompts, references, continuations = evaluate_script.generation_task(
+        model, IdTokenizer(), streams, cfg, torch.device("cpu"))
+    assert sources == ["prose"]  # the short document has no room for a case
+    assert prompts == [" ".join(map(str, range(1, 16)))]
+    assert references == ["16 17 18 19"]
+    expected = model.generate([list(range(1, 16))], 4, temperature=0, stop_tokens=(0,))[0]
+    assert continuations == [" ".join(map(str, expected))]
