@@ -22,7 +22,7 @@ HTML = "text/html; charset=utf-8"
 def pages(server):
     port = server.server_address[1]
     return {
-        "/robots.txt": (200, "text/plain", b"User-agent: *\nDisallow: /private\n"),
+        "/robots.txt": (200, "text/plain", getattr(server, "robots", b"User-agent: *\nDisallow: /private\n")),
         "/a.html": (200, HTML, w.html_page("River town", ARTICLE).encode()),
         "/b.html": (200, HTML, w.html_page("Railway", ARTICLE[::-1]).encode()),
         "/moved": (301, None, "/b.html"),
@@ -53,6 +53,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         server = self.server
         server.requests.append(self.path)
+        server.times.append(time.monotonic())
         status, content_type, body = pages(server).get(self.path, (404, HTML, b"no such page"))
         if status == "slow":
             time.sleep(1.0)  # beyond the client's timeout
@@ -73,15 +74,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
             pass
 
 
-@pytest.fixture
-def server():
+def start_server(robots=None):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.requests = []
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield httpd
+    httpd.requests, httpd.times = [], []
+    if robots is not None:
+        httpd.robots = robots
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return httpd
+
+
+def stop_server(httpd):
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    httpd = start_server()
+    yield httpd
+    stop_server(httpd)
 
 
 def crawl(server, tmp_path, paths=(), sitemaps=(), **fields):
@@ -141,6 +152,28 @@ def test_per_host_delay_is_kept(server, tmp_path):
     start = time.monotonic()
     crawl(server, tmp_path, ["/a.html", "/b.html"], delay_seconds=0.3)
     assert time.monotonic() - start >= 0.6  # robots.txt, a.html, b.html: two waits between three
+
+
+def test_each_host_keeps_its_own_crawl_delay(tmp_path):
+    """Host A's robots.txt asks for 1 s between requests, host B's for nothing (delay_seconds 0.05):
+    A's requests are 1 s apart, B's are not held back by A's delay."""
+    slow, fast = start_server(b"User-agent: *\nCrawl-delay: 1\n"), start_server(b"User-agent: *\n")
+    try:
+        urls = [f"http://127.0.0.1:{httpd.server_address[1]}{path}"
+                for httpd, path in ((slow, "/a.html"), (fast, "/a.html"), (fast, "/b.html"), (slow, "/b.html"))]
+        spec = sources.resolve_sources([dict(kind="web", urls=urls, cache_dir=str(tmp_path), delay_seconds=0.05,
+                                             timeout=2.0, retries=1)])[0]
+        pages = list(sources.iter_source(spec, lambda kind, message: None))
+    finally:
+        stop_server(slow)
+        stop_server(fast)
+    assert len(pages) == 4
+    assert slow.requests == fast.requests == ["/robots.txt", "/a.html", "/b.html"]
+    gaps = {name: [b - a for a, b in zip(httpd.times, httpd.times[1:])]
+            for name, httpd in (("slow", slow), ("fast", fast))}
+    # robots.txt, then each page a whole Crawl-delay later (as the server sees it: a little jitter)
+    assert min(gaps["slow"]) >= 0.95
+    assert 0.04 <= min(gaps["fast"]) and max(gaps["fast"]) < 0.5
 
 
 def test_unreachable_robots_disallows_the_host(tmp_path):
