@@ -5,6 +5,7 @@ with train.py's log.jsonl and eval.py's eval.json."""
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -38,25 +39,36 @@ def needs(package):
     return pytest.importorskip(package, reason=f"{package} is not installed (requirements-extra.txt)")
 
 
-def start_mlflow_server(folder):
-    """(process, url) of `mlflow server` on a free port, in its own process group; None, log text if
-    it did not answer /health (the port was taken, or it failed)."""
-    port = free_port()
-    log = open(folder / f"server-{port}.log", "w")
+def start_mlflow_server(folder, tries=3):
+    """(process, url) of `mlflow server` on a free port, in its own process group, tried on up to
+    `tries` fresh ports (another process may take a port between free_port() and the server's
+    bind); None and the last log's end if none answered /health."""
+    for _ in range(tries):
+        proc, url = start_mlflow_server_once(folder, free_port())
+        if proc:
+            return proc, url
+    return None, url
+
+
+def start_mlflow_server_once(folder, port):
+    """(process, url) of `mlflow server` on port; None, log text if it did not answer /health or
+    said the port is taken (it then lingers for seconds before it exits)."""
+    log_file = folder / f"server-{port}.log"
+    log = open(log_file, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'store.db'}",
          "--artifacts-destination", str(folder / "artifacts")],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url, deadline = f"http://127.0.0.1:{port}", time.time() + 120
-    while proc.poll() is None and time.time() < deadline:
+    while proc.poll() is None and time.time() < deadline and "address already in use" not in log_file.read_text():
         try:
-            with urllib.request.urlopen(url + "/health", timeout=5):
+            with urllib.request.urlopen(url + "/health", timeout=1):
                 return proc, url
         except OSError:
             time.sleep(0.5)
     stop_process_group(proc)
-    return None, (folder / f"server-{port}.log").read_text()[-3000:]
+    return None, log_file.read_text()[-3000:]
 
 
 def stop_process_group(proc):
@@ -74,10 +86,7 @@ def mlflow_server(tmp_path_factory):
     """The URL of a real MLflow tracking server (tried on up to 3 fresh ports)."""
     needs("mlflow")
     folder = tmp_path_factory.mktemp("mlflow")
-    for _ in range(3):
-        proc, url = start_mlflow_server(folder)
-        if proc:
-            break
+    proc, url = start_mlflow_server(folder)
     assert proc, f"mlflow server did not start:\n{url}"
     yield url
     stop_process_group(proc)
@@ -177,6 +186,26 @@ def test_eval_names_an_unreachable_server_of_a_tracked_checkpoint(ckpt, tmp_path
     result = evaluate_script.main([f"--ckpt={tmp_path / 'tracked.pt'}", f"--out_dir={tmp_path / 'f'}",
                                    "--track=False", *EVAL])  # the same checkpoint, runs left alone
     assert result["likelihood"]["overall"]["tokens"] > 0
+
+
+def test_a_taken_port_is_retried_on_a_fresh_one(tmp_path, monkeypatch):
+    """The first port offered is held by another listener: the server is started again on the next."""
+    needs("mlflow")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = [taken.getsockname()[1], free_port()]
+        offered = []
+        monkeypatch.setattr(sys.modules[__name__], "free_port", lambda: offered.append(ports[len(offered)]) or offered[-1])
+        proc, url = start_mlflow_server(tmp_path, tries=2)
+    try:
+        assert proc, url
+        assert offered == ports and url == f"http://127.0.0.1:{ports[1]}"
+        with urllib.request.urlopen(url + "/health", timeout=5) as answer:
+            assert answer.status == 200
+    finally:
+        if proc:
+            stop_process_group(proc)
 
 
 def test_a_server_lost_mid_run_stops_the_logging_not_the_training(data_root, tmp_path):
