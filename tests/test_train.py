@@ -386,3 +386,32 @@ def test_muon_equals_torch_muon_and_orthogonalizes():
         assert (fp32 - ref).abs().max() < 0.05 * moved  # bfloat16 keeps ~3 significant digits
     singular = torch.linalg.svdvals(optim.orthogonalize(torch.randn(32, 12), torch.float64))
     assert singular.min() > 0.6 and singular.max() < 1.3
+
+
+def test_tensorboard_scalars_and_the_mid_training_sample(data_root, tmp_path, capsys):
+    """The scalars in out_dir/tb, read back with TensorBoard's own reader, are log.jsonl's values
+    at the same steps; the text sample printed at each sample_interval is the model's own at that
+    step (the last one regenerated from last.pt) and is in TensorBoard too."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    out = tmp_path / "tb_run"
+    ckpt = run(data_root, out, "--max_iters=6", "--eval_interval=3", "--log_interval=2",
+               "--tensorboard=True", "--sample_interval=3", "--sample_tokens=6")
+    events = event_accumulator.EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    scalar = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    steps, evals = log_records(out, "step"), log_records(out, "eval")
+    for tag, records, key in (("loss/train_step", steps, "loss"), ("lr", steps, "lr"),
+                              ("grad_norm", steps, "grad_norm"), ("loss/val", evals, "val_loss"),
+                              ("loss/train", evals, "train_loss")):
+        assert [s for s, _ in scalar[tag]] == [r["iter"] for r in records], tag
+        assert [v for _, v in scalar[tag]] == pytest.approx([r[key] for r in records], rel=1e-6), tag
+    assert [r["iter"] for r in steps] == [2, 4, 6] and [r["iter"] for r in evals] == [0, 3, 6]
+
+    printed = re.findall(r"^sample: (.*)$", capsys.readouterr().out, flags=re.MULTILINE)
+    assert len(printed) == 3  # steps 0, 3 and 6
+    model, tokenizer, _ = checkpoint.load_model(out / "last.pt")
+    prompt = ckpt["config"]["sample_prompt"]
+    new = model.generate([tokenizer.encode(prompt)], 6, temperature=0.8, top_k=200, seed=ckpt["config"]["seed"])[0]
+    assert printed[-1] == repr(prompt + tokenizer.decode(new))
+    texts = [(e.step, e.tensor_proto.string_val[0].decode()) for e in events.Tensors("sample/text_summary")]
+    assert [s for s, _ in texts] == [0, 3, 6] and repr(texts[-1][1]) == printed[-1]
