@@ -377,3 +377,49 @@ def test_cli_help_and_bad_option():
     assert result.returncode == 2 and "Did you mean 'target_tokens'" in result.stderr
     result = run("--sources=[{'kind': 'nope'}]")
     assert result.returncode == 2 and "sources[0]" in result.stderr
+
+
+def test_the_charts_plot_the_data(prepared, corpus, tmp_path, monkeypatch):
+    """What each chart draws, caught at matplotlib's plotting calls while the report is written
+    again, against the data recomputed here: the kept lengths from the curated shards, the tokens
+    per source from the bins' sizes, the drops from stats.json, the top tokens from train.bin."""
+    import matplotlib.axes
+    drawn = []
+    for method in ("step", "bar", "barh"):
+        real = getattr(matplotlib.axes.Axes, method)
+        monkeypatch.setattr(matplotlib.axes.Axes, method, lambda self, *a, _m=method, _r=real, **k: (
+            drawn.append((_m, self, a, k)), _r(self, *a, **k))[1])
+    meta, bins = load(prepared)
+    stats = json.loads((prepared / "curated" / "stats.json").read_text())
+    (tmp_path / "train.bin").write_bytes((prepared / "train.bin").read_bytes())
+    data_report.write_report(tmp_path, config(corpus, tmp_path), stats, meta, Tokenizer.load(prepared / "tokenizer.json"))
+    drawn = [(method, axes.get_title(), a, k) for method, axes, a, k in drawn]  # titles come after
+
+    # lengths: per source, the kept documents' lengths binned as the chart's edges say
+    kept_lines = {d[1]: list(d[2][1]) for d in drawn if d[0] == "step" and d[3].get("label") == "kept"}
+    assert set(kept_lines) == {"code: document length before and after curation",
+                               "prose: document length before and after curation"}
+    edges = [step for step in drawn if step[0] == "step"][0][2][0]
+    for source in ("code", "prose"):
+        lengths = [len(d["text"]) for d in prepare.iter_curated(prepared / "curated", source)]
+        upper = np.asarray(edges)  # a step drawn "pre": the count of the bin that ends at the edge
+        expected = np.bincount(np.searchsorted(upper, lengths, side="right"), minlength=len(upper))[:len(upper)]
+        assert kept_lines[f"{source}: document length before and after curation"] == expected.tolist()
+        assert sum(expected) == stats[source]["docs_kept"]
+
+    # tokens per source: the stacked train and val bars sum to each bin's size
+    bars = [d for d in drawn if d[0] == "bar" and d[1] == "Tokens per source"]
+    assert [d[3]["label"] for d in bars] == ["train", "val"]
+    assert [sum(d[2][1]) for d in bars] == [len(bins["train"]), len(bins["val"])]
+
+    # drops: one bar per reason and source, as stats.json counts them
+    drops = {d[3]["label"]: dict(zip(d[2][0], d[2][1])) for d in drawn
+             if d[0] == "barh" and d[1] == "Documents dropped per filter and by dedup"}
+    assert drops == {source: {reason: stats[source]["dropped"].get(reason, 0) for reason in drops[source]}
+                     for source in ("code", "prose")}
+    assert set(drops["prose"]) == {r for s in stats.values() for r in s["dropped"]}
+
+    # top tokens: the 30 most frequent ids' shares of train.bin, largest at the top
+    top = [d for d in drawn if d[0] == "barh" and d[1] == "Most frequent 30 tokens"][0][2][1]
+    counts = np.bincount(bins["train"], minlength=meta["vocab_size"])
+    assert list(top)[::-1] == pytest.approx((np.sort(counts)[::-1][:30] / len(bins["train"])).tolist())
