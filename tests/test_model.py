@@ -1,5 +1,6 @@
 """The GPT: implementations agree, padding and the KV cache change nothing, sampling behaves."""
 import math
+from collections import Counter
 import subprocess
 import sys
 from pathlib import Path
@@ -209,6 +210,38 @@ def test_greedy_generation_with_cache_equals_without(attention):
     uncached = reference.generate(prompts, n, temperature=0, use_cache=False)
     assert cached == uncached
     assert cached == [reference_greedy(reference, p, n) for p in prompts]
+
+
+class ForwardLaunches:
+    """model.forward wrapped: the Triton launches of each forward, as a Counter per call."""
+
+    def __init__(self, model, calls):
+        self.forward, self.calls, self.per_forward = model.forward, calls, []
+
+    def __call__(self, *args, **kwargs):
+        before = len(self.calls)
+        out = self.forward(*args, **kwargs)
+        self.per_forward.append(Counter(self.calls[before:]))
+        return out
+
+
+def test_every_generation_step_launches_the_triton_attention_once_per_layer():
+    """Left-padded prompts, cached decoding to the context's end, then three steps of the sliding
+    window past it: every forward (the prefill, each decoding step, each windowed step) launches
+    the Triton softmax once per layer and LayerNorm 2 n_layer + 1 times, and the tokens are those
+    of the same model on PyTorch's kernels."""
+    settings, dtype, device, _ = attention_case("triton")
+    model = tiny(dtype, **settings).to(device).eval()
+    prompts = [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7]]
+    n = 16 - len(prompts[0]) + 3  # three tokens past block_size=16
+    with triton_launches() as calls:
+        model.forward = ForwardLaunches(model, calls)
+        tokens = model.generate(prompts, n, temperature=0)
+    per_forward = model.forward.per_forward
+    layers = model.config.n_layer
+    assert len(per_forward) == n  # the prefill gives the first token, each later forward one more
+    assert per_forward == [Counter({"_softmax.causal_softmax": layers, "_layernorm.layer_norm": 2 * layers + 1})] * n
+    assert tokens == clone_as(model, kernels="torch").generate(prompts, n, temperature=0, use_cache=False)
 
 
 def test_decoding_layout_changes_no_value():
