@@ -92,7 +92,7 @@ def main(argv=None):
                                           "batch_size": cfg["batch_size"]}, paths["train"] / "best.pt",
                                          out / "levers" / f"decoding_{beams}_{penalty}", "val"))
         results[f"decoding {decoding}"] = scores
-        lines.append(row("decoding", f"{beams} beams, length penalty {penalty}", scores, reference))
+        lines.append(row("decoding", f"{beams} beam{'s' * (beams != '1')}, length penalty {penalty}", scores, reference))
     kept = sorted(paths["train"].glob("ckpt_*.pt"))
     for count in [int(k) for k in items(cfg["averages"])]:
         if count > len(kept):

@@ -198,7 +198,7 @@ def test_the_levers_on_a_finished_run(translator, capsys):
     printed = capsys.readouterr().out
     # greedy decoding of best.pt is what the run's validate stage did: the same scores
     assert levers["decoding 1:1.0"] == levers["validate"]
-    assert "| decoding | 1 beams, length penalty 1.0 |" in printed and "en-es +0.00, es-en +0.00" in printed
+    assert "| decoding | 1 beam, length penalty 1.0 |" in printed and "en-es +0.00, es-en +0.00" in printed
     # averaging: the mean of the kept checkpoints' weights; 3 asked of 2 kept is skipped, said so
     kept = sorted((out / "train").glob("ckpt_*.pt"))
     assert len(kept) == 2 and "averaging 3: only 2 checkpoints kept; skipped" in printed
