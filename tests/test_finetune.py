@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import train
-from test_train import args, assert_same_parameters, run, run_ddp
+from test_train import ON_CPU, args, assert_same_parameters, run, run_ddp
 from core import configurator
 from training.batches import IGNORE, Batches
 
@@ -88,7 +88,7 @@ def test_ddp_with_a_loss_mask_equals_one_process_accumulating(masked_root, tmp_p
     """torchrun, 2 ranks (gloo), one micro-batch each == one process accumulating 2: each rank
     weighs its loss by its share of the whole step's targets."""
     common = ["--max_iters=3", "--lr_decay_iters=3", "--eval_interval=100", "--dropout=0.0",
-              "--gradient_accumulation_steps=2"]
+              "--gradient_accumulation_steps=2", ON_CPU]
     single = run(masked_root, tmp_path / "single", *common)
     ddp = run_ddp(masked_root, tmp_path / "ddp", *common)
     assert len(ddp["rng"]) == 2 and ddp["iter_num"] == 3

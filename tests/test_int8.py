@@ -68,19 +68,20 @@ def test_sample_and_eval_load_a_checkpoint_as_int8_and_leave_it_as_trained(data_
     before = hashlib.sha256(ckpt.read_bytes()).hexdigest()
     model, tokenizer, _ = inference.load_for_inference(ckpt, "cpu", "int8")
     assert isinstance(model.lm_head, int8.Int8Linear)
-    texts = sample.main([f"--ckpt={ckpt}", "--dtype=int8", "--start=The ", "--temperature=0",
+    # int8 weights are a CPU feature (refused on CUDA): every script is pinned to the CPU here
+    texts = sample.main([f"--ckpt={ckpt}", "--device=cpu", "--dtype=int8", "--start=The ", "--temperature=0",
                          "--num_samples=1", "--max_new_tokens=8"])
     expected = tokenizer.decode(model.generate([tokenizer.encode("The ")], 8, temperature=0,
                                                stop_tokens=[tokenizer.eot_id])[0])
     assert texts == [expected]
-    serve_cfg = configurator.parse(serve.SPEC, [f"--ckpt={ckpt}", "--dtype=int8"])
+    serve_cfg = configurator.parse(serve.SPEC, [f"--ckpt={ckpt}", "--device=cpu", "--dtype=int8"])
     served, served_tokenizer, template = serve.load(serve_cfg)
     client = serve.create_app(served, served_tokenizer, serve_cfg, template).test_client()
     answer = client.post("/v1/completions", json={"prompt": "The ", "max_tokens": 8, "temperature": 0})
     assert answer.status_code == 200 and answer.get_json()["choices"][0]["text"] == expected
-    exact = eval_script.main([f"--ckpt={ckpt}", f"--out_dir={tmp_path / 'e32'}", "--gen_documents=0"])
-    quantized = eval_script.main([f"--ckpt={ckpt}", f"--out_dir={tmp_path / 'e8'}", "--gen_documents=0",
-                                  "--dtype=int8"])
+    exact = eval_script.main([f"--ckpt={ckpt}", "--device=cpu", f"--out_dir={tmp_path / 'e32'}", "--gen_documents=0"])
+    quantized = eval_script.main([f"--ckpt={ckpt}", "--device=cpu", f"--out_dir={tmp_path / 'e8'}",
+                                  "--gen_documents=0", "--dtype=int8"])
     ppl32 = exact["likelihood"]["overall"]["perplexity"]
     ppl8 = quantized["likelihood"]["overall"]["perplexity"]
     assert ppl8 != ppl32 and abs(ppl8 / ppl32 - 1) < 0.05

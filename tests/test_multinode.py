@@ -14,8 +14,10 @@ from core import checkpoint
 from conftest import free_port
 from test_train import ROOT, args, assert_same_parameters, run
 
+# on the CPU (gloo) whatever the machine has: both launchers run on this one machine, and two ranks
+# cannot share its GPU; the single process they are compared with runs there too
 COMMON = ["--lr_decay_iters=1000", "--eval_interval=100000", "--dropout=0.0",
-          "--gradient_accumulation_steps=2", "--checkpoint_interval=3"]
+          "--gradient_accumulation_steps=2", "--checkpoint_interval=3", "--device=cpu"]
 
 
 def process_tree(pid):

@@ -24,7 +24,9 @@ def out_dir(ckpt, tmp_path_factory):
 
 
 def draw(out_dir, capsys, *extra):
-    texts = sample.main([f"--out_dir={out_dir}", "--max_new_tokens=12", *extra])
+    """sample.py on the CPU: the expected texts are the model's there (on CUDA another generator
+    draws the samples and other kernels round differently)."""
+    texts = sample.main([f"--out_dir={out_dir}", "--device=cpu", "--max_new_tokens=12", *extra])
     return texts, capsys.readouterr()
 
 

@@ -18,7 +18,7 @@ import pytest
 import eval as evaluate_script
 import train
 from conftest import free_port
-from test_train import ROOT, args, log_records, run
+from test_train import ON_CPU, ROOT, args, log_records, run
 from core import checkpoint, tracking
 
 EVAL = ["--gen_documents=4", "--prompt_tokens=16", "--reference_tokens=8", "--tensorboard=False"]
@@ -249,7 +249,7 @@ def test_under_ddp_only_rank_0_logs_to_mlflow(data_root, tmp_path, mlflow_server
     mlflow = needs("mlflow")
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "train.py", *args(data_root, tmp_path, "--max_iters=4", "--log_interval=1",
+           "train.py", *args(data_root, tmp_path, ON_CPU, "--max_iters=4", "--log_interval=1",
                              "--gradient_accumulation_steps=2", "--batch_size=2",
                              "--mlflow_log=True", "--mlflow_experiment=ddp")]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=280)

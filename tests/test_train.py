@@ -40,10 +40,16 @@ def log_records(out_dir, kind):
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
+# Two ranks on one machine run on the CPU (gloo) whatever the machine has: two ranks cannot share
+# one GPU (hardware.check_ddp refuses it), and the single process they are compared with is pinned
+# to the CPU with them, so that both sides round alike.
+ON_CPU = "--device=cpu"
+
+
 def run_ddp(data_root, out_dir, *extra):
-    """train.py under torchrun with 2 ranks (gloo); its last.pt."""
+    """train.py under torchrun with 2 ranks (gloo) on the CPU; its last.pt."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "train.py", *args(data_root, out_dir, *extra)]
+           "train.py", *args(data_root, out_dir, ON_CPU, *extra)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[:4000]
     return checkpoint.load(Path(out_dir) / "last.pt")
@@ -89,7 +95,7 @@ def test_resume_continues_exactly(data_root, tmp_path, recipe):
 def test_ddp_equals_single_process_accumulation(data_root, tmp_path, recipe):
     """torchrun, 2 ranks (gloo), accumulation 2 overall (1 per rank) == one process accumulating 2."""
     common = ["--max_iters=4", "--lr_decay_iters=4", "--eval_interval=100", "--dropout=0.0",
-              "--gradient_accumulation_steps=2", *recipe]
+              "--gradient_accumulation_steps=2", ON_CPU, *recipe]
     single = run(data_root, tmp_path / "single", *common)
     ddp = run_ddp(data_root, tmp_path / "ddp", *common)
     assert len(ddp["rng"]) == 2 and ddp["iter_num"] == 4
