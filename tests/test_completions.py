@@ -137,3 +137,19 @@ def test_an_end_of_text_token_that_ends_a_choice_is_listed_last(app):
         out["usage"]["completion_tokens"] + n_ended
     others = [c for c in out["choices"] if c["finish_reason"] == "length"]
     assert all(c["logprobs"]["tokens"][-1] != "<|endoftext|>" for c in others)
+
+
+@pytest.mark.parametrize("as_ids", [False, True])
+def test_a_long_prompt_keeps_its_end(app, as_ids):
+    """The tokens cut are the prompt's first ones: echo returns the kept prompt, and the completion
+    is the model's greedy continuation of exactly those tokens."""
+    flask_app, model, tokenizer = app
+    ids = tokenizer.encode(" ".join(f"w{i}" for i in range(400)))  # no two windows alike
+    room = model.config.block_size - 3
+    assert len(ids) > 2 * room
+    out = flask_app.test_client().post("/v1/completions", json={
+        "prompt": ids if as_ids else tokenizer.decode(ids), "max_tokens": 3, "temperature": 0,
+        "echo": True}).get_json()
+    kept = tokenizer.decode(ids[-room:])
+    expected = tokenizer.decode(model.generate([ids[-room:]], 3, temperature=0)[0])
+    assert out["choices"][0]["text"] == kept + expected and out["usage"]["prompt_tokens"] == room
